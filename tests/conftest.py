@@ -1,0 +1,92 @@
+"""Shared fixtures: one tiny CPU config (tests/tiny_params.yaml) and a tiny real DVC project built from it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_PARAMS = ROOT / "tests" / "tiny_params.yaml"
+_SCRATCH = Path(tempfile.mkdtemp(prefix="hopfield-replay-tests-"))
+
+# Offline and project-local tools, before anything imports Prefect or DVC.
+os.environ.update({
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "PREFECT_HOME": str(_SCRATCH / "prefect"),
+    "DVC_SITE_CACHE_DIR": str(_SCRATCH / "dvc_site_cache"),
+    "MPLCONFIGDIR": str(_SCRATCH / "mpl"),
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.3",
+})
+# dvc.yaml's `python` and the `dvc` command must be this environment's.
+os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_params() -> dict:
+    return yaml.safe_load(TINY_PARAMS.read_text())
+
+
+def write_params(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def make_project(dest: Path, params: dict, *, extra_params: dict | None = None) -> Path:
+    """A real git + DVC project: the repo's dvc.yaml, stages/, flows/ and library sources, with ``params``."""
+    dest.mkdir(parents=True)
+    for name in ("dvc.yaml",):
+        shutil.copy(ROOT / name, dest / name)
+    for name in ("stages", "flows", "src"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    merged = dict(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    merged.update(params)
+    merged.update(extra_params or {})
+    write_params(dest / "params.yaml", merged)
+    run(["git", "init", "-q"], dest)
+    run(["git", "config", "user.email", "tests@example.com"], dest)
+    run(["git", "config", "user.name", "tests"], dest)
+    run(["dvc", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-q", "-m", "tiny project"], dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory, tiny_params) -> Path:
+    """The tiny project after one real `dvc repro` of the whole pipeline (shared by the integration tests)."""
+    project = make_project(tmp_path_factory.mktemp("tiny") / "project", tiny_params)
+    run(["dvc", "repro"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "reproduced"], project)
+    return project
