@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/bench_energy.py            # N = M = 20000 at d = 784 and 3072 (several minutes)
     .venv/bin/python benchmarks/bench_energy.py --quick    # N = M = 4000: a minute
 
-Times are best-of-``--repeats``, with every variant timed once per round (interleaved), so that load from other
-processes hits all of them alike; the figures that matter are the ratios to the floor measured in the same run:
+Times are best-of-``--repeats``, with every variant timed once per round (interleaved, the order rotated from
+round to round), so that load from other processes hits all of them alike; the figures that matter are the ratios to the floor measured in the same run:
 
     floor  = one torch.matmul(queries, memories.T)   (the arithmetic the energy cannot avoid; it writes N x M)
     naive  = materialise the N x M logits (matmul or cdist), then torch.logsumexp
@@ -60,10 +60,16 @@ def machine(device: torch.device) -> str:
 
 
 def make_data(n: int, d: int, device: torch.device, seed: int = 0):
-    """Gaussian clusters plus an offset (off-centre data, like pixels): queries are the memories (leave-one-out)."""
+    """Gaussian clusters plus an offset (off-centre data, like pixels); the queries are the memories.
+
+    Built in place, block by block, so that making the data leaves no temporary peak behind.
+    """
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g)
-    x.add_(torch.randn(64, d, generator=g)[torch.randint(0, 64, (n,), generator=g)], alpha=2.0).add_(0.5)
+    centres = torch.randn(64, d, generator=g).mul_(2.0).add_(0.5)
+    x = torch.empty(n, d)
+    for i in range(0, n, 1024):
+        block = x[i : i + 1024]
+        block.normal_(generator=g).add_(centres[torch.randint(0, 64, (len(block),), generator=g)])
     w = torch.rand(n, generator=g) + 0.5
     return x.to(device), w.to(device)
 
@@ -102,7 +108,7 @@ def sync(device):
 def time_all(names, x, w, beta, repeats, device):
     best = {k: math.inf for k in names}
     for r in range(repeats):
-        for k in names:
+        for k in names[r % len(names):] + names[: r % len(names)]:  # rotate the order: no fixed position effect
             sync(device)
             t0 = time.perf_counter()
             out = run_variant(k, x, w, beta)
@@ -113,11 +119,15 @@ def time_all(names, x, w, beta, repeats, device):
     return best
 
 
-def memory_child(name: str, n: int, d: int, device: str) -> None:
+def _proc_status(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(key + ":"))
+
+
+def memory_child(name: str, n: int, d: int, device: str, beta: float) -> None:
     """Run in a fresh process: print the peak extra memory (bytes) of one call."""
     dev = torch.device(device)
     x, w = make_data(n, d, dev)
-    beta = beta_for(x)
     small, ws = x[:256].clone(), w[:256].clone()
     run_variant(name, small, ws, beta)  # warm-up: libraries' own buffers are not the variant's memory
     if dev.type == "cuda":
@@ -128,15 +138,22 @@ def memory_child(name: str, n: int, d: int, device: str) -> None:
         torch.cuda.synchronize()
         print(json.dumps({"peak_extra": torch.cuda.max_memory_allocated() - base}))
         return
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    run_variant(name, x, w, beta)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"peak_extra": after - before}))
+    try:  # reset the kernel's peak-RSS mark (VmHWM), then read it after the call
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        base = _proc_status("VmRSS")
+        run_variant(name, x, w, beta)
+        peak = _proc_status("VmHWM")
+    except OSError:  # no /proc: ru_maxrss (a lower bound if the process peaked higher before the call)
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        run_variant(name, x, w, beta)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"peak_extra": peak - base}))
 
 
-def peak_memory(name: str, n: int, d: int, device: torch.device) -> int:
+def peak_memory(name: str, n: int, d: int, device: torch.device, beta: float) -> int:
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", name, "--n", str(n), "--dims", str(d),
-           "--device", str(device)]
+           "--device", str(device), "--beta", repr(beta)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_extra"]
 
@@ -182,10 +199,11 @@ def main(argv=None) -> None:
     ap.add_argument("--no-naive", action="store_true", help="skip the naive N x M baseline")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--beta", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     n = args.n or (4000 if args.quick else 20000)
     if args.memory_child:
-        memory_child(args.memory_child, n, args.dims[0], args.device)
+        memory_child(args.memory_child, n, args.dims[0], args.device, args.beta)
         return
     device = torch.device(args.device)
     print(machine(device), flush=True)
@@ -199,7 +217,7 @@ def main(argv=None) -> None:
         mem = {}
         if not args.no_memory:
             for k in ["floor", "inner+loo", "distance+loo+w", *([] if args.no_naive else NAIVE)]:
-                mem[k] = peak_memory(k, n, d, device)
+                mem[k] = peak_memory(k, n, d, device, beta)
         acc = accuracy(x, w, beta, args.check_rows)
         floor = best["floor"]
         print(f"{'variant':<18}{'time':>9}{'/floor':>8}{'/naive':>8}{'peak extra':>12}{'max rel err':>13}")

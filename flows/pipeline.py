@@ -174,7 +174,6 @@ def main(argv=None) -> int:
         return 1
     ran = [k for k, v in results.items() if v == "ran"]
     print("pipeline: " + (f"ran {', '.join(ran)}" if ran else "up to date, nothing ran"))
-    print(summarize(args.repo_root))
     return 0
 
 

@@ -24,7 +24,7 @@ KIND = {
 
 def reset(project):
     """Back to the committed params, lock and outputs (the tests share one reproduced project)."""
-    run(["git", "checkout", "--", "params.yaml", "dvc.lock"], project)
+    run(["git", "checkout", "--", "."], project)  # params.yaml, dvc.lock and the uncached metrics
     run(["dvc", "checkout", "--force", "-q"], project)
     assert json.loads(run(["dvc", "status", "--json"], project).stdout) == {}
 

@@ -7,6 +7,7 @@ a bad value raises ``ParamsError("train_a.steps: must be an integer >= 1, got -3
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,12 +21,28 @@ class ParamsError(ValueError):
     """A bad parameter: the message names the field and what is accepted."""
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, also reading YAML 1.2 floats with no dot (``1e-05``, as DVC's ``-S`` writes them)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_yaml(text: str):
+    """YAML text as the stages read params (PyYAML safe loading, plus YAML 1.2 floats such as 1e-05)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def load_params(path: str | Path = "params.yaml") -> dict:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found; run from the project root or pass --params")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

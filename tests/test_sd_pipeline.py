@@ -1,0 +1,209 @@
+"""The same DVC pipeline switched to Stable Diffusion by ``model.family: sd``: a real `dvc repro` (prepare -> encode
+-> train_a -> energy -> train_b -> forgetting -> select_replay -> retrain -> evaluate -> report) on a tiny
+random-weight SD pipeline built offline, one-line errors of the stage command lines on bad SD input (slow), and
+the profile tool (`python -m stages.profile`) that selects the SD profiles in one command (fast)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from hopfield_replay.energy import hopfield_energy
+from hopfield_replay.stable_diffusion import build_tiny_sd_pipeline
+from hopfield_replay.tables import load_tensors, read_meta
+from tests.conftest import ROOT, make_project, run, write_params
+
+RES = 16  # the tiny VAE downsamples by 2: latents (4, 8, 8)
+LATENT = (4, RES // 2, RES // 2)
+
+
+def sd_params(tiny_params: dict, pretrained) -> dict:
+    """The tiny DDPM test config with the model switched to SD, one replay arm (to stay fast on 2 cores)."""
+    params = json.loads(json.dumps(tiny_params))
+    params["model"] = {"family": "sd", "sd": {"pretrained": str(pretrained), "resolution": RES, "encode_batch_size": 64}}
+    params["select_replay"] = {"strategies": ["energy_high"], "budgets": [10], "score": "energy_a", "seed": 0}
+    return params
+
+
+@pytest.fixture(scope="module")
+def one_thread_env():
+    """Stage subprocesses with one OpenMP thread: tiny ops on a shared 2-core machine are much slower with two
+    threads spinning against other processes. Only this module's subprocesses; restored afterwards."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sd") / "tiny-sd"
+    build_tiny_sd_pipeline(path, resolution=RES, seed=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sd_project(tmp_path_factory, tiny_params, tiny_sd, one_thread_env):
+    project = make_project(tmp_path_factory.mktemp("sdproj") / "project", sd_params(tiny_params, tiny_sd))
+    run(["dvc", "repro", "report"], project)  # the diffusion pipeline (not the separate mhn_* experiments)
+    return project
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_whole_sd_pipeline_on_latents(sd_project, tiny_params):
+    tables = sd_project / "data" / "tables"
+    n = 5 * tiny_params["prepare"]["max_per_class"]
+    n_t = len(tiny_params["forgetting"]["timesteps"])
+    expected_rows = {"samples": 2 * n, "energies": n, "forgetting": n * n_t, "selection": 10,
+                     "replay_forgetting": 2 * n * n_t}  # the no-replay arm + energy_high-10
+    for name, rows in expected_rows.items():
+        assert len(pd.read_parquet(tables / f"{name}.parquet")) == rows, name
+
+    # encode: frozen-VAE latents of every sample, in sample_id order, with their provenance
+    space = sd_project / "data" / "prepared" / "model_space.safetensors"
+    x0 = load_tensors(space)
+    images = load_tensors(sd_project / "data" / "prepared" / "images.safetensors")
+    assert tuple(x0["x0"].shape) == (2 * n, *LATENT)
+    assert torch.equal(x0["sample_id"], images["sample_id"])
+    from stages.common import tensor_meta
+
+    meta = tensor_meta(space)
+    assert meta["family"] == "sd" and meta["space"] == "latents" and meta["shape"] == list(LATENT)
+    assert meta["class_names"] == [str(i) for i in range(10)]  # digits: the label numbers
+
+    # energies: the same hopfield_energy on the flattened latents, with the recorded beta
+    energies = pd.read_parquet(tables / "energies.parquet").sort_values("sample_id")
+    emeta = read_meta(tables / "energies.parquet")["energy"]
+    assert emeta["space"] == "sd" and emeta["dim"] == 4 * (RES // 2) ** 2
+    samples = pd.read_parquet(tables / "samples.parquet")
+    ids_a = samples.loc[samples.task == "A", "sample_id"].sort_values().to_numpy()
+    pos = {int(s): i for i, s in enumerate(x0["sample_id"].tolist())}
+    z_a = x0["x0"][[pos[int(s)] for s in ids_a]].flatten(1)
+    expected = hopfield_energy(z_a, z_a, emeta["beta"], form=emeta["form"], exclude_self=True).double()
+    assert torch.allclose(torch.tensor(energies["energy_a"].to_numpy().copy()), expected, rtol=1e-5, atol=1e-6)
+    assert energies["model_energy"].notna().all()
+
+    # every model is the SD family: the fine-tuned UNet saved, the frozen VAE and text encoder referenced
+    for model in ("task_a", "task_b", "retrain/energy_high-10"):
+        folder = sd_project / "data" / "models" / model
+        info = json.loads((folder / "hopfield_replay_model.json").read_text())
+        assert info["family"] == "sd" and info["resolution"] == RES
+        assert (folder / "unet" / "config.json").is_file() and not (folder / "vae").exists()
+    replay = pd.read_parquet(tables / "replay_forgetting.parquet")
+    assert set(replay.strategy) == {"none", "energy_high"} and replay["forgetting"].notna().all()
+    assert (sd_project / "data" / "report" / "report.md").is_file()
+    status = json.loads(run(["dvc", "status", "--json", "report"], sd_project).stdout)
+    assert status == {}
+
+
+def stage(project, module, params, *args):
+    """Run a stage's command line with its own params file; (returncode, stderr)."""
+    path = write_params(project / f"bad-{module}.yaml", params)
+    proc = subprocess.run([sys.executable, "-m", f"stages.{module}", "--params", str(path), *args], cwd=project,
+                          capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stderr
+
+
+def assert_one_line_error(code, stderr, field):
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 2, stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {field}"), stderr[-2000:]
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, field", [
+    ("missing", "model.sd.pretrained: "),
+    ("not_a_pipeline", "model.sd.pretrained: "),
+    ("resolution", "model.sd.resolution: "),
+    ("template", "model.sd.prompt_template: "),
+])
+def test_encode_rejects_bad_sd_input_in_one_line(sd_project, tiny_params, tiny_sd, case, field):
+    params = sd_params(tiny_params, tiny_sd)
+    sd = params["model"]["sd"]
+    if case == "missing":
+        sd["pretrained"] = str(sd_project / "no-such-model")
+    elif case == "not_a_pipeline":
+        sd["pretrained"] = str(sd_project / "data" / "models" / "task_a")  # a model folder, not a pipeline
+    elif case == "resolution":
+        sd["resolution"] = 12
+    else:
+        sd["prompt_template"] = "a photo"
+    out = sd_project / f"bad-{case}.safetensors"
+    code, stderr = stage(sd_project, "encode", params, "--images", "data/prepared/images.safetensors", "--out", str(out))
+    assert_one_line_error(code, stderr, field)
+    assert not out.exists() and not list(sd_project.glob(f"bad-{case}.safetensors*"))
+
+
+@pytest.mark.slow
+def test_train_a_rejects_a_pipeline_that_is_not_sd(sd_project, tiny_params, tiny_sd, tmp_path):
+    params = sd_params(tiny_params, tiny_sd)
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"]}))
+    params["model"]["sd"]["pretrained"] = str(tmp_path)
+    out = tmp_path / "task_a"
+    code, stderr = stage(sd_project, "train_a", params, "--x0", "data/prepared/model_space.safetensors",
+                         "--samples", "data/tables/samples.parquet", "--out", str(out))
+    assert_one_line_error(code, stderr, "model.sd.pretrained: ")
+    assert "not a Stable Diffusion pipeline" in stderr and not out.exists()
+
+
+# -- the profile tool -----------------------------------------------------------------------------------------------
+
+def test_profile_merges_into_params_keeping_comments(tmp_path):
+    from hopfield_replay.params import load_params, validate_all
+    from stages import profile
+
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    profile.main(["--params", str(params), str(ROOT / "profiles" / "sd-v15-cifar10.yaml"),
+                  "--set", "prepare.root=/data/cifar-10-batches-py", "--set", "model.sd.pretrained=/models/sd15"])
+    text = params.read_text()
+    assert "# auto (CUDA with bf16 autocast" in text and "mhn_closed_form:" in text  # comments and other sections kept
+    assert "lr: 1.0e-05" in text  # a float PyYAML also reads as a float
+    raw = load_params(params)
+    parsed = validate_all(raw)
+    sd = parsed["model"].sd
+    assert parsed["model"].family == "sd" and parsed["device"] == "cuda"
+    assert sd.pretrained == "/models/sd15" and sd.resolution == 256 and sd.gradient_checkpointing and not sd.lora
+    assert sd.class_names[3] == "cat" and parsed["train_a"].lr == 1e-5 and parsed["energy"].batch_size == 256
+    assert parsed["prepare"].root == "/data/cifar-10-batches-py" and parsed["select_replay"].budgets == [250, 1000]
+    assert raw["mhn_trained"] == load_params(ROOT / "params.yaml")["mhn_trained"]
+
+
+def test_profile_exp_prints_dvc_exp_run_and_leaves_params(tmp_path, capsys):
+    from stages import profile
+
+    params = tmp_path / "params.yaml"
+    before = (ROOT / "params.yaml").read_text()
+    params.write_text(before)
+    profile.main(["--params", str(params), str(ROOT / "profiles" / "sd-v15-cifar10.yaml"), "--exp"])
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert out.startswith("dvc exp run -S ") and "-S model.family=sd" in out
+    assert """-S 'model.sd.prompt_template="a photo of a {class}"'""" in out
+    assert params.read_text() == before
+
+
+def test_profile_builds_the_tiny_pipeline_and_rejects_bad_values(tmp_path):
+    from hopfield_replay.params import ParamsError, load_params
+    from stages import profile
+
+    params = tmp_path / "params.yaml"
+    before = (ROOT / "params.yaml").read_text()
+    params.write_text(before)
+    yaml_text = (ROOT / "profiles" / "sd-smoke.yaml").read_text()
+    tiny = tmp_path / "cache" / "sd-tiny"
+    smoke = yaml_text.replace("path: .cache/sd-tiny-16", f"path: {tiny}")
+    (tmp_path / "smoke.yaml").write_text(smoke)
+    with pytest.raises(ParamsError, match=r"^model\.sd\.prompt_template: 'nope' has no \{class\}"):
+        profile.main(["--params", str(params), str(tmp_path / "smoke.yaml"), "--set", "model.sd.prompt_template=nope"])
+    assert params.read_text() == before and not tiny.exists()  # nothing written, nothing built
+    profile.main(["--params", str(params), str(tmp_path / "smoke.yaml")])
+    assert (tiny / "model_index.json").is_file()
+    raw = load_params(params)
+    assert raw["model"]["family"] == "sd" and raw["model"]["sd"]["pretrained"] == str(tiny)
+    with pytest.raises(FileNotFoundError, match="profile: .*no-such.yaml does not exist"):
+        profile.main(["--params", str(params), str(tmp_path / "no-such.yaml")])
