@@ -46,7 +46,7 @@ def main(argv=None):
             path = Path(args.models_dir) / name
             model = load_model(path)
             common.check_model_space(model, args.x0)
-            err = reconstruction_error(model, x_a, ids_a, fp.timesteps, labels=labels_a, seed=fp.noise_seed,
+            err = reconstruction_error(model, x_a, ids_a, fp.timesteps, labels=labels_a, seed=fp.noise_seed, space=fp.space,
                                        batch_size=fp.batch_size, device=device).double().numpy()
             buffer = set(selection.loc[(selection.strategy == strategy) & (selection.budget == budget), "sample_id"])
             arm = pd.DataFrame({"sample_id": ids_a.repeat(len(fp.timesteps)),

@@ -45,7 +45,7 @@ def main(argv=None):
     for name, path in (("error_a", args.model_a), ("error_b", args.model_b)):
         model = load_model(path)
         common.check_model_space(model, args.x0)
-        errors[name] = reconstruction_error(model, x_a, ids_a, p.timesteps, labels=labels_a, seed=p.noise_seed,
+        errors[name] = reconstruction_error(model, x_a, ids_a, p.timesteps, labels=labels_a, seed=p.noise_seed, space=p.space,
                                             batch_size=p.batch_size, device=device)
     errors["forgetting"] = errors["error_b"] - errors["error_a"]
     df = long_table(ids_a, labels_a, p.timesteps, errors)

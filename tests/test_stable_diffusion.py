@@ -293,3 +293,25 @@ def test_from_params(tiny):
     assert m.lora == LoraSettings(rank=2) and m.resolution == 16 and m.prompts[0] == "a photo of a airplane"
     with pytest.raises(ValueError, match=r"model\.sd\.pretrained: not set"):
         LatentDiffusion.from_params(SDParams(), class_names=NAMES)
+
+
+def test_pixel_space_reconstruction_decodes_both_sides(model):
+    from hopfield_replay.reconstruction import fixed_noise
+
+    z = model.encode(images(3))
+    ids, t = [4, 9, 2], 300
+    latent = reconstruction_error(model, z, ids, [t], labels=torch.tensor([0, 1, 2]), seed=5, progress=False)
+    pixel = reconstruction_error(model, z, ids, [t], labels=torch.tensor([0, 1, 2]), seed=5, progress=False,
+                                 space="pixel")
+    # Independent computation: the same fixed noise, one-step estimate, decoded, compared with the decoded sample.
+    a = model.scheduler.alphas_cumprod[t].double()
+    eps = fixed_noise(ids, t, tuple(z.shape[1:]), 5).double()
+    x_t = a.sqrt() * z.double() + (1 - a).sqrt() * eps
+    with torch.no_grad():
+        pred = model.predict_noise(x_t.float(), torch.full((3,), t), torch.tensor([0, 1, 2])).double()
+        x0_hat = (x_t - (1 - a).sqrt() * pred) / a.sqrt()
+        expected = ((model.decode(x0_hat.float()) - model.decode(z)) ** 2).double().mean((1, 2, 3))
+    torch.testing.assert_close(pixel[:, 0].double(), expected, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(pixel, latent)
+    with pytest.raises(ValueError, match="space='latent'"):
+        reconstruction_error(model, z, ids, [t], space="latent", progress=False)

@@ -180,7 +180,6 @@ class SDParams:
     lora_alpha: float | None = spec(None, min=1e-6)
     lora_targets: list[str] = spec(default_factory=lambda: list(SD_DEFAULT_LORA_TARGETS), nonempty=True)
     gradient_checkpointing: bool = False
-    pixel_space_forgetting: bool = False  # also measure reconstruction in pixels (decode), besides latents
     encode_batch_size: int = spec(32, min=1)
 
     def validate(self, section: str) -> None:
@@ -248,6 +247,7 @@ class ForgettingParams:
     timesteps: list[int] = spec(default_factory=lambda: [100, 250, 500, 750], nonempty=True, min=0, max=999)
     noise_seed: int = spec(0, min=0)
     batch_size: int | None = spec(None, min=1)
+    space: typing.Literal["model", "pixel"] = "model"
 
 
 @dataclass

@@ -120,8 +120,15 @@ def _per_pair_errors(
     device: torch.device | None,
     desc: str,
     progress: bool,
+    space: str = "model",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, T) reconstruction MSE and (N, T) noise-prediction MSE for every sample and timestep."""
+    """(N, T) reconstruction MSE and (N, T) noise-prediction MSE for every sample and timestep.
+
+    space='pixel' measures the reconstruction after decoding: mean (decode(x0_hat) - decode(x0))^2, so the
+    VAE's own reconstruction error cancels and only the diffusion model's error remains.
+    """
+    if space not in ("model", "pixel"):
+        raise ValueError(f"space={space!r}: use 'model' or 'pixel'")
     device = device or model.device
     model.to(device).eval()
     n = x0.shape[0]
@@ -161,7 +168,10 @@ def _per_pair_errors(
         pred = pred.float()
         x0_hat = (x_t - sqrt_1ma * pred) / sqrt_a
         dims = tuple(range(1, x_t.ndim))
-        recon[rows, tcol] = ((x0_hat - clean) ** 2).mean(dims).cpu()
+        if space == "pixel":
+            recon[rows, tcol] = ((model.decode(x0_hat) - model.decode(clean)) ** 2).mean(dims).cpu()
+        else:
+            recon[rows, tcol] = ((x0_hat - clean) ** 2).mean(dims).cpu()
         eps_err[rows, tcol] = ((pred - noise) ** 2).mean(dims).cpu()
     return recon, eps_err
 
@@ -177,11 +187,13 @@ def reconstruction_error(
     batch_size: int | None = None,
     device: torch.device | None = None,
     progress: bool = True,
+    space: str = "model",
 ) -> torch.Tensor:
-    """(N, T) one-step reconstruction MSE of every sample at every timestep (module docstring)."""
+    """(N, T) one-step reconstruction MSE of every sample at every timestep (module docstring), in the model's
+    space or, with space='pixel', between the decoded estimate and the decoded sample."""
     recon, _ = _per_pair_errors(
         model, x0, sample_ids, timesteps, labels=labels, seed=seed, batch_size=batch_size,
-        device=device, desc="reconstruction", progress=progress,
+        device=device, desc="reconstruction", progress=progress, space=space,
     )
     return recon
 
