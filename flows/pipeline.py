@@ -78,11 +78,10 @@ def run_streamed(cmd: list[str], cwd: Path, timeout_s: float, log) -> tuple[int,
     lines: list[str] = []
     try:
         for line in proc.stdout:
-            for part in line.rstrip("\n").split("\r"):  # progress bars redraw with \r: log the last state
-                if part.strip():
-                    lines.append(part)
-            if lines:
-                log(lines[-1])
+            parts = [p for p in line.rstrip("\n").split("\r") if p.strip()]
+            if parts:  # progress bars redraw with \r: keep and log the last state of the line
+                lines.append(parts[-1])
+                log(parts[-1])
         code = proc.wait()
     finally:
         timer.cancel()

@@ -28,7 +28,7 @@ def plot_energy_vs_forgetting(per_sample: pd.DataFrame, decile_means: pd.DataFra
     fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols), 3.2), sharex=True)
     for ax, col in zip(np.atleast_1d(axes), cols):
         ax.scatter(per_sample[x], per_sample[col], s=3, alpha=0.25, color="tab:blue", rasterized=True)
-        ax.plot(decile_means[f"{x}_mean"], decile_means[col], "o-", color="tab:red", ms=4, label="decile mean")
+        ax.plot(decile_means.sort_values(f"{x}_mean")[f"{x}_mean"], decile_means.sort_values(f"{x}_mean")[col], "o-", color="tab:red", ms=4, label="decile mean")
         ax.axhline(0, color="k", lw=0.5)
         ax.set_title(f"forgetting, {col}" if col != "mean" else "forgetting, mean over t")
         ax.set_xlabel(f"Hopfield {x.replace('_', ' ')}")
@@ -45,6 +45,7 @@ def plot_arms_by_decile(arm_deciles: pd.DataFrame, path: Path) -> Path:
         for (strategy, b), g in arm_deciles.groupby(["strategy", "budget"]):
             if b not in (0, budget):
                 continue
+            g = g.sort_values("decile")
             color, ls = ARM_STYLE.get(strategy, (None, "-"))
             label = "no replay" if strategy == "none" else strategy
             ax.plot(g["decile"], g["forgetting"], ls, color=color, marker="o", ms=3, label=label)
