@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+from hopfield_replay.devices import machine_description  # noqa: E402
 from hopfield_replay.energy import beta_from_data, hopfield_energy  # noqa: E402
 
 VARIANTS = {
@@ -44,19 +44,6 @@ VARIANTS = {
 }
 NAIVE = ("naive:inner+loo", "naive:distance+loo")
 
-
-def machine(device: torch.device) -> str:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    text = (f"CPU: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"python {platform.python_version()}, device {device}")
-    if device.type == "cuda":
-        text += f" ({torch.cuda.get_device_name(device)})"
-    return text
 
 
 def make_data(n: int, d: int, device: torch.device, seed: int = 0):
@@ -206,8 +193,8 @@ def main(argv=None) -> None:
         memory_child(args.memory_child, n, args.dims[0], args.device, args.beta)
         return
     device = torch.device(args.device)
-    print(machine(device), flush=True)
-    results = {"machine": machine(device), "n": n, "dims": {}}
+    print(machine_description(device), flush=True)
+    results = {"machine": machine_description(device), "n": n, "dims": {}}
     for d in args.dims:
         x, w = make_data(n, d, device)
         beta = beta_for(x)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import time
 
@@ -26,23 +25,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-from hopfield_replay.devices import autocast  # noqa: E402
+from hopfield_replay.devices import autocast, machine_description  # noqa: E402
 from hopfield_replay.diffusion import DDPMConfig, PixelDDPM  # noqa: E402
 from hopfield_replay.reconstruction import default_batch_size, denoising_energy, fixed_noise  # noqa: E402
 
-
-def machine(device: torch.device) -> str:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    text = (f"CPU: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"python {platform.python_version()}, device {device}")
-    if device.type == "cuda":
-        text += f" ({torch.cuda.get_device_name(device)})"
-    return text
 
 
 def old_fixed_noise(sample_ids, t: int, shape, seed: int) -> torch.Tensor:
@@ -89,7 +75,7 @@ def main(argv=None) -> None:
     n = args.images or (32 if args.quick else 256)
     n_t = args.timesteps or (4 if args.quick else 10)
     device = torch.device(args.device)
-    print(machine(device))
+    print(machine_description(device))
     torch.manual_seed(0)
     model = PixelDDPM.from_config(DDPMConfig(resolution=args.resolution, channels=args.channels,
                                              block_out_channels=[32, 64, 64]))

@@ -106,14 +106,21 @@ def build_sd_model(sd, class_names):
     return LatentDiffusion.from_params(sd, class_names=class_names, where="model.sd")
 
 
-def device_and_meta(raw: dict, *, seed: int, table: str):
-    """The run's device (from the top-level ``device`` param) and the provenance for a table written on it."""
+def params_of(raw: dict, *sections: str) -> dict:
+    """The params sections a table depends on: what its params hash covers. Hashing only these (not the whole
+    file) keeps a table's bytes, and so DVC's view of everything downstream, unchanged by unrelated params."""
+    return {name: raw.get(name) for name in sections}
+
+
+def device_and_meta(raw: dict, *, sections: tuple[str, ...], seed: int, table: str):
+    """The run's device (from the top-level ``device`` param) and the provenance of a table written on it from
+    the params ``sections``."""
     from hopfield_replay.devices import describe, resolve_device
     from hopfield_replay.params import device_param
     from hopfield_replay.tables import provenance
 
     device = resolve_device(device_param(raw))
-    return device, provenance(raw, seed=seed, device=describe(device), table=table)
+    return device, provenance(params_of(raw, "device", *sections), seed=seed, device=describe(device), table=table)
 
 
 def train_and_save(model, x0, labels, tp: TrainParams, device, out, *, desc, replay_x0=None, replay_labels=None,

@@ -33,7 +33,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     raw = common.load(args)
     m = parse_section(raw, ModelParams, "model")
-    device, meta = common.device_and_meta(raw, seed=0, table="model_space")
+    device, meta = common.device_and_meta(raw, sections=("model",), seed=0, table="model_space")
     images_meta = common.tensor_meta(args.images)
     tensors = load_tensors(args.images)
     images, ids = tensors["images"], tensors["sample_id"]

@@ -31,7 +31,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     raw = common.load(args)
     p = parse_section(raw, EnergyParams, "energy")
-    device, meta = common.device_and_meta(raw, seed=p.noise_seed, table="energies")
+    device, meta = common.device_and_meta(raw, sections=("energy",), seed=p.noise_seed, table="energies")
     x_a, labels_a, ids_a = common.load_task(args.x0, args.samples, "A")
     x_b, _, _ = common.load_task(args.x0, args.samples, "B")
     model = load_model(args.model)

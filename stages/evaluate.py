@@ -33,7 +33,8 @@ def main(argv=None):
     raw = common.load(args)
     fp = parse_section(raw, ForgettingParams, "forgetting")
     sp = parse_section(raw, SelectParams, "select_replay")
-    device, meta = common.device_and_meta(raw, seed=fp.noise_seed, table="replay_forgetting")
+    device, meta = common.device_and_meta(raw, sections=("forgetting", "select_replay"), seed=fp.noise_seed,
+                                           table="replay_forgetting")
     base = read_table(args.forgetting)
     if sorted(base["t"].unique().tolist()) != sorted(fp.timesteps):
         raise ValueError(f"{args.forgetting} was made with other timesteps than forgetting.timesteps; rerun forgetting")

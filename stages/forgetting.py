@@ -39,7 +39,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     raw = common.load(args)
     p = parse_section(raw, ForgettingParams, "forgetting")
-    device, meta = common.device_and_meta(raw, seed=p.noise_seed, table="forgetting")
+    device, meta = common.device_and_meta(raw, sections=("forgetting",), seed=p.noise_seed, table="forgetting")
     x_a, labels_a, ids_a = common.load_task(args.x0, args.samples, "A")
     errors = {}
     for name, path in (("error_a", args.model_a), ("error_b", args.model_b)):

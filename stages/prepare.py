@@ -71,7 +71,7 @@ def main(argv=None):
     task = np.where(np.isin(keep, idx_a), "A", "B")
     samples = pd.DataFrame({"sample_id": keep.astype(np.int64), "task": task, "label": labels[keep].astype(np.int64),
                             "source_index": keep.astype(np.int64)})
-    meta = provenance(raw, seed=0, device="cpu", table="samples")
+    meta = provenance(common.params_of(raw, "prepare"), seed=0, device="cpu", table="samples")
     save_tensors({"images": x, "sample_id": torch.from_numpy(keep.astype(np.int64))}, args.out_images,
                  meta={"dataset": p.dataset, "resolution": p.resolution,
                        "class_names": class_names(p.dataset, p.root, p.split, labels)})

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from hopfield_replay.forgetting import arm_summary, energy_deciles, per_sample_forgetting, correlation
 from hopfield_replay.params import ReportParams, parse_section

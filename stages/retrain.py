@@ -29,7 +29,7 @@ def main(argv=None):
         raise ValueError(f"--strategy: unknown strategy {args.strategy!r}; use one of {', '.join(STRATEGIES)}")
     tp = parse_section(raw, TrainParams, "train_b")
     rp = parse_section(raw, RetrainParams, "retrain")
-    device, _ = common.device_and_meta(raw, seed=tp.seed, table="model")
+    device, _ = common.device_and_meta(raw, sections=("train_b", "retrain"), seed=tp.seed, table="model")
     buffer = read_table(args.selection)
     if not ((buffer["strategy"] == args.strategy).all() and (buffer["budget"] == args.budget).all()):
         raise ValueError(f"--selection: {args.selection} is not the buffer of {args.strategy}-{args.budget}")

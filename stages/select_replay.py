@@ -33,11 +33,15 @@ def main(argv=None):
         raise ValueError(f"select_replay.budgets: {too_big} exceed the {n} task-A samples; use budgets in [1, {n}]")
     arms = [select_replay(energies[p.score].to_numpy(), energies["sample_id"].to_numpy(), s, b, seed=p.seed)
             for s in p.strategies for b in p.budgets]
-    meta = provenance(raw, seed=p.seed, device="cpu", table="selection")
     with atomic_path(args.out_dir, is_dir=True) as tmp:
         for arm in arms:
-            name = arm_name(arm["strategy"].iat[0], int(arm["budget"].iat[0]))
-            write_table(arm, Path(tmp) / f"{name}.parquet", table="selection", meta=meta)
+            strategy, budget = arm["strategy"].iat[0], int(arm["budget"].iat[0])
+            # An arm's file depends on its own identity only, so adding an arm leaves the others byte-identical
+            # and DVC retrains only the new arms.
+            arm_params = {"select_replay": {"strategy": strategy, "budget": budget, "score": p.score, "seed": p.seed}}
+            write_table(arm, Path(tmp) / f"{arm_name(strategy, budget)}.parquet", table="selection",
+                        meta=provenance(arm_params, seed=p.seed, device="cpu", table="selection"))
+    meta = provenance(common.params_of(raw, "select_replay"), seed=p.seed, device="cpu", table="selection")
     table = pd.concat(arms, ignore_index=True)
     write_table(table, args.out, table="selection", meta=meta)
     print(f"select_replay: {len(arms)} arms ({', '.join(p.strategies)} x budgets {p.budgets}) by {p.score}")

@@ -44,7 +44,7 @@ def main(argv=None):
     raw = common.load(args)
     parse_section(raw, ModelParams, "model")  # bad model params fail before any data is read
     tp = parse_section(raw, TrainParams, "train_a")
-    device, _ = common.device_and_meta(raw, seed=tp.seed, table="model")
+    device, _ = common.device_and_meta(raw, sections=("model", "train_a"), seed=tp.seed, table="model")
     x0, labels, _ = common.load_task(args.x0, args.samples, "A")
     model = build_model(raw, x0, common.tensor_meta(args.x0))
     common.train_and_save(model, x0, labels, tp, device, args.out, desc="train_a")

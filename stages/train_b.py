@@ -17,7 +17,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     raw = common.load(args)
     tp = parse_section(raw, TrainParams, "train_b")
-    device, _ = common.device_and_meta(raw, seed=tp.seed, table="model")
+    device, _ = common.device_and_meta(raw, sections=("train_b",), seed=tp.seed, table="model")
     x0, labels, _ = common.load_task(args.x0, args.samples, "B")
     model = load_model(args.model)
     common.check_model_space(model, args.x0)

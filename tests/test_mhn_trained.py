@@ -21,12 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(seeds=[0], steps_a=60, steps_b=40, memories=24, bootstrap=50)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def np_mixture_logpdf(v, xi, beta):

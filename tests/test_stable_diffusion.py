@@ -26,14 +26,7 @@ RES = 16  # tiny VAE: 2 blocks -> downsampling 2 -> latents (4, 8, 8)
 NAMES = CIFAR10_CLASSES
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two OpenMP threads spin against
-    other processes (seen: 20x slower); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 Every table is long format (one row per sample and condition) and shares column names across tables
 (``sample_id``, ``task``, ``label``, ``t``, ``strategy``, ``budget``, ``seed``), so they join without renaming.
-The file's schema metadata holds ``hopfield_replay`` = JSON {params_hash, seed, versions, device, table}.
+The file's schema metadata holds ``hopfield_replay`` = JSON {params_hash, seed, versions, device, table}, where
+params_hash covers the params sections the table was made from (so unrelated params leave its bytes unchanged).
 """
 
 from __future__ import annotations
