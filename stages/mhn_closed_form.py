@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         if result.gains is not None:
             write_table(result.gains, out / "gains.parquet", table="mhn_gains", meta=meta("mhn_gains"))
         write_table(result.summary, out / "summary.parquet", table="mhn_summary", meta=meta("mhn_summary"))
-        write_json(result.metrics, out / "metrics.json")
+        # Wall-clock time is logged, not written: metrics must be the same for the same params and seed.
+        write_json({k: v for k, v in result.metrics.items() if k != "seconds"}, out / "metrics.json")
     m = result.metrics
     log.info("mhn_closed_form: %d memories, %d rotations, %.1f s -> %s", m["memories"], m["rotations"], m["seconds"],
              args.out_dir)

@@ -10,6 +10,8 @@ model with diffusion.load_model, whatever its family.
 
 from __future__ import annotations
 
+import torch
+
 from hopfield_replay.diffusion import DDPMConfig, DenoisingModel, PixelDDPM
 from hopfield_replay.params import ModelParams, TrainParams, parse_section
 from stages import common
@@ -46,6 +48,7 @@ def main(argv=None):
     tp = parse_section(raw, TrainParams, "train_a")
     device, _ = common.device_and_meta(raw, sections=("model", "train_a"), seed=tp.seed, table="model")
     x0, labels, _ = common.load_task(args.x0, args.samples, "A")
+    torch.manual_seed(tp.seed)  # the UNet's initial weights come from the global RNG: seed them too
     model = build_model(raw, x0, common.tensor_meta(args.x0))
     common.train_and_save(model, x0, labels, tp, device, args.out, desc="train_a")
 
