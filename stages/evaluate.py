@@ -12,7 +12,7 @@ import pandas as pd
 
 from hopfield_replay.diffusion import load_model
 from hopfield_replay.params import ForgettingParams, SelectParams, parse_section
-from hopfield_replay.reconstruction import reconstruction_error
+from hopfield_replay.reconstruction import forgetting, reconstruction_error
 from hopfield_replay.replay import arm_name
 from hopfield_replay.tables import read_table, write_table
 from stages import common
@@ -54,7 +54,7 @@ def main(argv=None):
                                 "t": list(fp.timesteps) * len(ids_a), "error": err.reshape(-1)})
             arm = arm.merge(base[["sample_id", "t", "label", "error_a"]], on=["sample_id", "t"], validate="one_to_one")
             arm["strategy"], arm["budget"] = strategy, budget
-            arm["forgetting"] = arm["error"] - arm["error_a"]
+            arm["forgetting"] = forgetting(arm["error_a"], arm["error"])
             arm["replayed"] = arm["sample_id"].isin(buffer)
             parts.append(arm[COLUMNS])
             print(f"evaluate: {name}: mean forgetting {arm.forgetting.mean():.4g} "

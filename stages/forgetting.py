@@ -12,7 +12,7 @@ import pandas as pd
 
 from hopfield_replay.diffusion import load_model
 from hopfield_replay.params import ForgettingParams, parse_section
-from hopfield_replay.reconstruction import reconstruction_error
+from hopfield_replay.reconstruction import forgetting, reconstruction_error
 from hopfield_replay.tables import write_table
 from stages import common
 
@@ -47,7 +47,7 @@ def main(argv=None):
         common.check_model_space(model, args.x0)
         errors[name] = reconstruction_error(model, x_a, ids_a, p.timesteps, labels=labels_a, seed=p.noise_seed, space=p.space,
                                             batch_size=p.batch_size, device=device)
-    errors["forgetting"] = errors["error_b"] - errors["error_a"]
+    errors["forgetting"] = forgetting(errors["error_a"], errors["error_b"])
     df = long_table(ids_a, labels_a, p.timesteps, errors)
     write_table(df, args.out, table="forgetting", meta=meta)
     means = df.groupby("t")["forgetting"].mean()

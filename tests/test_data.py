@@ -119,3 +119,21 @@ def test_resize_and_range():
     assert abs(float(small.mean()) - float(x.mean())) < 0.02  # antialiased: preserves mean intensity
     scaled = to_model_range(small)
     assert float(scaled.min()) >= -1 and float(scaled.max()) <= 1
+
+
+def test_class_names_follow_the_detected_format(tmp_path):
+    from PIL import Image
+
+    from hopfield_replay.data import CIFAR10_CLASSES, class_names
+
+    labels = np.array([0, 1, 2])
+    assert class_names("digits", None, "train", labels) == ["0", "1", "2"]
+    cifar = tmp_path / "c" / "cifar-10-batches-py"
+    cifar.mkdir(parents=True)
+    (cifar / "data_batch_1").write_bytes(b"")
+    assert class_names("folder", str(tmp_path / "c"), "train", np.arange(10)) == CIFAR10_CLASSES
+    tree = tmp_path / "tree"
+    for name in ("cat", "ant", "bee"):
+        (tree / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((4, 4), np.uint8), mode="L").save(tree / name / "x.png")
+    assert class_names("folder", str(tree), "train", labels) == ["ant", "bee", "cat"]

@@ -200,3 +200,39 @@ def resize(images: np.ndarray | torch.Tensor, resolution: int) -> torch.Tensor:
 def to_model_range(images01: torch.Tensor) -> torch.Tensor:
     """[0, 1] -> [-1, 1]."""
     return (images01 * 2.0 - 1.0).clamp_(-1.0, 1.0)
+
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _cifar_names(root: Path) -> list[str] | None:
+    for folder in (root, root / "cifar-10-batches-py"):
+        if (folder / "data_batch_1").is_file() or (folder / "test_batch").is_file():
+            meta = folder / "batches.meta"
+            if meta.is_file():
+                try:
+                    with open(meta, "rb") as fh:
+                        names = pickle.load(fh, encoding="bytes").get(b"label_names")
+                    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+                except Exception:  # a damaged meta file: the standard names
+                    pass
+            return list(CIFAR10_CLASSES)
+    return None
+
+
+def class_names(dataset: str, root: str | None, split: str, labels: np.ndarray) -> list[str]:
+    """The dataset's class names, index = label (as detected by data.load_folder's order of formats)."""
+    numbers = [str(i) for i in range(int(labels.max()) + 1)] if labels.size else []
+    if dataset != "folder" or not root:
+        return numbers
+    base = Path(root)
+    if any(base.rglob("train-images*idx3-ubyte*")) or any(base.rglob("t10k-images*idx3-ubyte*")):
+        return numbers
+    cifar = _cifar_names(base)
+    if cifar is not None:
+        return cifar
+    if any(base.glob("*.npz")):
+        return numbers
+    folder = base / split if (base / split).is_dir() else base
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return names if len(names) == len(numbers) else numbers
