@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 from hopfield_replay.devices import autocast, machine_description  # noqa: E402
-from hopfield_replay.diffusion import DDPMConfig, PixelDDPM  # noqa: E402
+from hopfield_replay.models import DDPMConfig, PixelDDPM  # noqa: E402
 from hopfield_replay.reconstruction import default_batch_size, denoising_energy, fixed_noise  # noqa: E402
 
 

@@ -4,8 +4,10 @@
     python -m flows.pipeline --stages prepare train_a
 
 Each task runs `dvc repro --single-item <stage>` in a subprocess from the repo root and streams its output into
-the flow's log. DVC's lock file decides what is up to date (no Prefect result caching on top); a task is retried
-only for transient failures (another DVC process holding the repo lock), and killed after its timeout.
+the flow's log (flows/stage_output.py: one line per progress bar, its final state with elapsed time and rate;
+DVC's git hints dropped; bars stay live in a terminal's `dvc repro`). DVC's lock file decides what is up to date
+(no Prefect result caching on top); a task is retried only for transient failures (another DVC process holding the
+repo lock), and killed after its timeout.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +37,8 @@ for _key, _value in OFFLINE_ENV.items():
 import yaml  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402
 
+from flows.stage_output import run_streamed  # noqa: E402
+
 TRANSIENT_MARKERS = ("Unable to acquire lock", "is busy", "Lock acquisition", "database is locked")
 DEFAULT_TIMEOUT_S = 4 * 3600
 
@@ -54,40 +57,15 @@ def dvc_stages(repo_root: str | Path) -> list[str]:
 
 
 def dvc_env() -> dict:
-    """The subprocess environment: offline settings, and this interpreter's bin first on PATH (dvc.yaml's
-    `python` must be the project's environment)."""
+    """The subprocess environment: offline settings, unbuffered Python output (a stage's prints and its progress
+    bars reach the log in order, as they happen), and this interpreter's bin first on PATH (dvc.yaml's `python`
+    must be the project's environment)."""
     env = dict(os.environ)
     env.update({k: os.environ.get(k, v) for k, v in OFFLINE_ENV.items()})
+    env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("DVC_SITE_CACHE_DIR", str(Path(env.get("PREFECT_HOME", ROOT / ".prefect")).parent / ".dvc" / "site_cache"))
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
-
-
-def run_streamed(cmd: list[str], cwd: Path, timeout_s: float, log) -> tuple[int, list[str]]:
-    """Run ``cmd``, sending each output line to ``log``; kill it after ``timeout_s``. Returns (code, lines)."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=dvc_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
-    timed_out = threading.Event()
-
-    def _kill():
-        timed_out.set()
-        proc.kill()
-
-    timer = threading.Timer(timeout_s, _kill)
-    timer.start()
-    lines: list[str] = []
-    try:
-        for line in proc.stdout:
-            parts = [p for p in line.rstrip("\n").split("\r") if p.strip()]
-            if parts:  # progress bars redraw with \r: keep and log the last state of the line
-                lines.append(parts[-1])
-                log(parts[-1])
-        code = proc.wait()
-    finally:
-        timer.cancel()
-    if timed_out.is_set():
-        lines.append(f"killed after the {timeout_s:.0f} s timeout")
-    return code, lines
 
 
 def _is_transient(task, task_run, state) -> bool:
@@ -105,7 +83,8 @@ def _is_transient(task, task_run, state) -> bool:
 def dvc_stage(stage: str, repo_root: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
     """`dvc repro --single-item <stage>`; returns 'ran' or 'up to date'."""
     log = get_run_logger()
-    code, lines = run_streamed(["dvc", "repro", "--single-item", stage], Path(repo_root), timeout_s, log.info)
+    code, lines = run_streamed(["dvc", "repro", "--single-item", stage], Path(repo_root), dvc_env(), timeout_s,
+                               log.info)
     if code != 0:
         raise StageFailed(stage, code, lines)
     ran = any(line.startswith("Running stage") for line in lines)
@@ -122,22 +101,20 @@ def pipeline_status(repo_root: str | Path) -> dict:
 
 
 def summarize(repo_root: str | Path) -> str:
-    """The headline numbers from the report's metrics, and where the outputs are."""
+    """The verdicts on the paper's two claims (the report's first section), and where the outputs are."""
     root = Path(repo_root)
-    metrics_path = root / "data" / "metrics" / "report.json"
+    report = root / "data" / "report" / "report.md"
     lines = []
-    if metrics_path.is_file():
-        m = json.loads(metrics_path.read_text())
-        for t, r in m["spearman"]["energy_a"].items():
-            lines.append(f"  Spearman(task-A energy, forgetting) {t:>7}: {r['rho']:+.3f}  95% CI [{r['lo']:+.3f}, {r['hi']:+.3f}]")
-        lines.append("  mean forgetting per replay arm (lower is better; averaged over t):")
-        for arm, r in sorted(m["arms"].items(), key=lambda kv: kv[1]["mean"]):
-            lines.append(f"    {arm:>18}: {r['mean']:.5f}   top energy decile {r['top_decile']:.5f}")
+    if report.is_file():
+        text = report.read_text()
+        if "## Verdicts" in text:
+            section = text.split("## Verdicts", 1)[1].split("\n## ", 1)[0]
+            lines += ["  " + line for line in section.strip().splitlines() if line.strip()]
     mhn = root / "data" / "mhn" / "report" / "summary.md"
     if mhn.is_file():
         lines.append(f"  Hopfield-network experiments: {mhn}")
     lines += [f"  tables: {root / 'data' / 'tables'} (Parquet, keyed by sample_id)",
-              f"  report: {root / 'data' / 'report' / 'report.md'}"]
+              f"  report: {report} (predictors against baselines, arms against random over seeds)"]
     return "\n".join(lines)
 
 
@@ -162,7 +139,9 @@ def pipeline(repo_root: str = str(ROOT), stages: list[str] | None = None,
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Run the hopfield-replay pipeline as a Prefect flow.")
-    ap.add_argument("--repo-root", default=str(ROOT))
+    ap.add_argument("--repo-root", default=str(ROOT),
+                    help="the project to run: a git + DVC repository with dvc.yaml and params.yaml "
+                         "(default: this checkout)")
     ap.add_argument("--stages", nargs="*", help="stage names from dvc.yaml (default: all, in order)")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="per-stage timeout in seconds")
     args = ap.parse_args(argv)

@@ -34,10 +34,12 @@ def build_deployment(name: str, cron: str, repo_root: str, timezone: str = "UTC"
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--name", default="nightly")
+    ap.add_argument("--name", default="nightly", help="the deployment's name (default: nightly)")
     ap.add_argument("--cron", default=DEFAULT_CRON, help=f"cron schedule (default: {DEFAULT_CRON!r}, daily 03:00)")
-    ap.add_argument("--timezone", default="UTC")
-    ap.add_argument("--repo-root", default=str(ROOT))
+    ap.add_argument("--timezone", default="UTC", help="the cron schedule's time zone (default: UTC)")
+    ap.add_argument("--repo-root", default=str(ROOT),
+                    help="the project each run runs: a git + DVC repository with dvc.yaml and params.yaml "
+                         "(default: this checkout)")
     args = ap.parse_args(argv)
     if not os.environ.get("PREFECT_API_URL"):
         print("error: PREFECT_API_URL is not set; start a server (make server) and set "

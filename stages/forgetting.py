@@ -1,58 +1,50 @@
-"""forgetting: reconstruction error of every task-A sample at each t under the task-A and task-B models, in the
-model's space (encode's x0: pixels for the DDPM, VAE latents for Stable Diffusion).
+"""forgetting: reconstruction error of every task-A sample at each t under the task-B model of every seed (no
+replay), beside its error under the task-A model (from the scores table), in the model's space.
 
-    error(t) = mean |x0_hat(x_t) - x0|^2 (one-step estimate, noise fixed per (sample, t));
-    forgetting = error_b - error_a
+    error(t) = mean |x0_hat(x_t) - x0|^2   (one-step Tweedie estimate, noise fixed per (sample, t))
+    absolute = error - error_a             relative = log(error / error_a)
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
-from hopfield_replay.diffusion import load_model
-from hopfield_replay.params import ForgettingParams, parse_section
-from hopfield_replay.reconstruction import forgetting, reconstruction_error
-from hopfield_replay.tables import write_table
-from stages import common
+from hopfield_replay.devices import resolve_device
+from hopfield_replay.reconstruction import measure_forgetting
+from hopfield_replay.models import load_model
+from hopfield_replay.tables import load_task, read_table, write_table
+from stages.runner import provenance, stage
 
 
-def long_table(ids, labels, timesteps, errors: dict) -> pd.DataFrame:
-    """(N, T) error matrices -> one row per (sample_id, t)."""
-    n, t = len(ids), len(timesteps)
-    df = pd.DataFrame({"sample_id": np.repeat(np.asarray(ids, dtype=np.int64), t),
-                       "task": "A", "label": np.repeat(np.asarray(labels, dtype=np.int64), t),
-                       "t": np.tile(np.asarray(timesteps, dtype=np.int64), n)})
-    for name, err in errors.items():
-        df[name] = err.double().numpy().reshape(-1)
-    return df
+def task_a_errors(scores_path, timesteps) -> pd.DataFrame:
+    """The task-A model's error per (sample_id, t), as the scores stage measured it (recon_error_a_t{t})."""
+    cols = [f"recon_error_a_t{t}" for t in timesteps]
+    scores = read_table(scores_path, columns=["sample_id", "task", "label", *cols])
+    long = scores.melt(id_vars=["sample_id", "task", "label"], value_vars=cols, var_name="t", value_name="error_a")
+    long["t"] = long["t"].str.removeprefix("recon_error_a_t").astype(np.int64)
+    return long.sort_values(["sample_id", "t"], ignore_index=True)
 
 
-def main(argv=None):
-    ap = common.parser(__doc__)
-    ap.add_argument("--x0", default="data/prepared/model_space.safetensors",
-                    help="model-space x0 in sample_id order (written by encode)")
-    ap.add_argument("--samples", default="data/tables/samples.parquet")
-    ap.add_argument("--model-a", default="data/models/task_a")
-    ap.add_argument("--model-b", default="data/models/task_b")
-    ap.add_argument("--out", default="data/tables/forgetting.parquet")
-    args = ap.parse_args(argv)
-    raw = common.load(args)
-    p = parse_section(raw, ForgettingParams, "forgetting")
-    device, meta = common.device_and_meta(raw, sections=("forgetting",), seed=p.noise_seed, table="forgetting")
-    x_a, labels_a, ids_a = common.load_task(args.x0, args.samples, "A")
-    errors = {}
-    for name, path in (("error_a", args.model_a), ("error_b", args.model_b)):
-        model = load_model(path)
-        common.check_model_space(model, args.x0)
-        errors[name] = reconstruction_error(model, x_a, ids_a, p.timesteps, labels=labels_a, seed=p.noise_seed, space=p.space,
-                                            batch_size=p.batch_size, device=device)
-    errors["forgetting"] = forgetting(errors["error_a"], errors["error_b"])
-    df = long_table(ids_a, labels_a, p.timesteps, errors)
-    write_table(df, args.out, table="forgetting", meta=meta)
-    means = df.groupby("t")["forgetting"].mean()
-    print("forgetting: mean per t: " + ", ".join(f"t={t}: {v:.4g}" for t, v in means.items()))
+@stage("x0", "samples", "scores", "models-dir", "out")
+def main(cfg, args):
+    fp, device = cfg.forgetting, resolve_device(cfg.device)
+    error_a = task_a_errors(args.scores, fp.timesteps)
+    parts = []
+    for seed in cfg.seeds:
+        model = load_model(Path(args.models_dir) / f"seed{seed}")
+        x_a, labels_a, ids_a = load_task(args.x0, args.samples, "A", family=model.family)
+        parts.append(measure_forgetting(model, x_a, ids_a, error_a, fp.timesteps, labels=labels_a, seed=fp.noise_seed,
+                                        space=fp.space, batch_size=fp.batch_size, device=device).assign(seed=seed))
+    df = pd.concat(parts, ignore_index=True)
+    write_table(df, args.out, table="forgetting",
+                meta=provenance(cfg, "forgetting", "seeds", seed=fp.noise_seed, device=device, table="forgetting"))
+    means = df.groupby("t")[["absolute", "relative"]].mean()
+    print("forgetting (no replay), mean over samples and seeds: " + ", ".join(
+        f"t={t}: {r.absolute:.4g} abs, {r.relative:.3f} log-ratio" for t, r in means.iterrows()))
 
 
 if __name__ == "__main__":
-    common.run(main)
+    main()

@@ -10,31 +10,24 @@ metrics.json.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import torch
 
-from hopfield_replay.mhn import MHNClosedFormParams, run_closed_form
-from hopfield_replay.params import parse_section
-from hopfield_replay.tables import atomic_path, provenance, write_json, write_table
-
-from .common import load, parser, run
+from hopfield_replay.mhn import run_closed_form
+from hopfield_replay.tables import atomic_path, write_json, write_table
+from stages.runner import provenance, stage
 
 log = logging.getLogger(__name__)
-SECTION = "mhn_closed_form"
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = parser(__doc__.splitlines()[0])
-    ap.add_argument("--out-dir", default="data/mhn/closed_form", help="output folder (replaced as a whole)")
-    args = ap.parse_args(argv)
-    p = parse_section(load(args), MHNClosedFormParams, SECTION)
+@stage("out-dir")
+def main(cfg, args):
+    p = cfg.mhn_closed_form
     if p.threads:
         torch.set_num_threads(p.threads)
     result = run_closed_form(p)
-    params = {SECTION: dataclasses.asdict(p)}
-    meta = lambda table: provenance(params, seed=p.seed, device="cpu", table=table)  # noqa: E731
+    meta = lambda table: provenance(cfg, "mhn_closed_form", seed=p.seed, device="cpu", table=table)  # noqa: E731
     with atomic_path(args.out_dir, is_dir=True) as out:
         out.mkdir(parents=True, exist_ok=True)
         write_table(result.fixed_points, out / "fixed_points.parquet", table="mhn_fixed_points",
@@ -56,4 +49,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    main()

@@ -12,7 +12,6 @@ points and non-replayed points), summary.md (the numbers behind the figures).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -23,23 +22,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from hopfield_replay.mhn import FAMILIES  # noqa: E402
-from hopfield_replay.params import parse_section, spec  # noqa: E402
 from hopfield_replay.stats import bootstrap_ci  # noqa: E402
 from hopfield_replay.tables import atomic_path, read_table  # noqa: E402
 
-from .common import load, parser, run  # noqa: E402
+from stages.runner import stage  # noqa: E402
 
 log = logging.getLogger(__name__)
-SECTION = "mhn_report"
-
-
-@dataclass
-class MHNReportParams:
-    """``mhn_report`` section: figure resolution and the bootstrap of the trained network's decile means."""
-
-    dpi: int = spec(120, min=30, max=600)
-    bootstrap: int = spec(500, min=10)
-    seed: int = spec(0, min=0)
 
 
 def _errorbars(df: pd.DataFrame) -> np.ndarray:
@@ -81,7 +69,7 @@ def plot_net_gain_by_family(summary: pd.DataFrame, path: Path, dpi: int) -> None
     plt.close(fig)
 
 
-def decile_table(trained: pd.DataFrame, p: MHNReportParams) -> pd.DataFrame:
+def decile_table(trained: pd.DataFrame, p) -> pd.DataFrame:
     rows = []
     for subset, df in (("all", trained), ("not_replayed", trained[~trained.replayed])):
         for (arm, decile), g in df.groupby(["strategy", "decile"], sort=True):
@@ -118,13 +106,9 @@ def summary_markdown(cf: pd.DataFrame, tr: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = parser(__doc__.splitlines()[0])
-    ap.add_argument("--closed-form-dir", default="data/mhn/closed_form")
-    ap.add_argument("--trained-dir", default="data/mhn/trained")
-    ap.add_argument("--out-dir", default="data/mhn/report", help="output folder (replaced as a whole)")
-    args = ap.parse_args(argv)
-    p = parse_section(load(args), MHNReportParams, SECTION)
+@stage("closed-form-dir", "trained-dir", "out-dir")
+def main(cfg, args):
+    p = cfg.mhn_report
     cf = read_table(Path(args.closed_form_dir) / "summary.parquet")
     tr_summary = read_table(Path(args.trained_dir) / "summary.parquet")
     trained = read_table(Path(args.trained_dir) / "energies.parquet")
@@ -139,4 +123,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    main()

@@ -9,31 +9,24 @@ bootstrap interval), metrics.json.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import torch
 
-from hopfield_replay.mhn_trained import MHNTrainedParams, run_trained
-from hopfield_replay.params import parse_section
-from hopfield_replay.tables import atomic_path, provenance, write_json, write_table
-
-from .common import load, parser, run
+from hopfield_replay.mhn import run_trained
+from hopfield_replay.tables import atomic_path, write_json, write_table
+from stages.runner import provenance, stage
 
 log = logging.getLogger(__name__)
-SECTION = "mhn_trained"
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = parser(__doc__.splitlines()[0])
-    ap.add_argument("--out-dir", default="data/mhn/trained", help="output folder (replaced as a whole)")
-    args = ap.parse_args(argv)
-    p = parse_section(load(args), MHNTrainedParams, SECTION)
+@stage("out-dir")
+def main(cfg, args):
+    p = cfg.mhn_trained
     if p.threads:
         torch.set_num_threads(p.threads)
     table, summary, metrics = run_trained(p)
-    params = {SECTION: dataclasses.asdict(p)}
-    meta = lambda name: provenance(params, seed=p.seeds[0], device="cpu", table=name)  # noqa: E731
+    meta = lambda name: provenance(cfg, "mhn_trained", seed=p.seeds[0], device="cpu", table=name)  # noqa: E731
     with atomic_path(args.out_dir, is_dir=True) as out:
         out.mkdir(parents=True, exist_ok=True)
         write_table(table, out / "energies.parquet", table="mhn_trained_energies", meta=meta("mhn_trained_energies"))
@@ -49,4 +42,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    main()

@@ -1,10 +1,8 @@
 """prepare: load the dataset (never downloads), split into task A and task B by class, resize, scale to [-1, 1].
 
 Writes the images (safetensors, sample_id order) and the samples table (sample_id, task, label, source_index).
-sample_id is the sample's index in its source, so it stays the same whatever the class lists or resolution.
-The images file's metadata records the dataset's class names (index = label): CIFAR-10's names (from its
-batches.meta) for a CIFAR-10 folder, the subfolder names for an ImageFolder tree, else the label numbers; Stable
-Diffusion's class prompts use them when model.sd.class_names is null.
+sample_id is the sample's index in its source, so it stays the same whatever the class lists or resolution. The
+images' metadata records the dataset's class names (index = label), which Stable Diffusion's class prompts use.
 """
 
 from __future__ import annotations
@@ -14,32 +12,27 @@ import pandas as pd
 import torch
 
 from hopfield_replay.data import class_names, load_dataset, resize, split_tasks, to_model_range
-from hopfield_replay.params import PrepareParams, parse_section
-from hopfield_replay.tables import provenance, save_tensors, write_table
-from stages import common
+from hopfield_replay.tables import save_tensors, write_table
+from stages.runner import provenance, stage
 
-def main(argv=None):
-    ap = common.parser(__doc__)
-    ap.add_argument("--out-images", default="data/prepared/images.safetensors")
-    ap.add_argument("--out-samples", default="data/tables/samples.parquet")
-    args = ap.parse_args(argv)
-    raw = common.load(args)
-    p = parse_section(raw, PrepareParams, "prepare")
+
+@stage("out-images", "out-samples")
+def main(cfg, args):
+    p = cfg.prepare
     images, labels = load_dataset(p.dataset, p.root, p.split)
     idx_a, idx_b = split_tasks(labels, p.task_a, p.task_b, p.max_per_class)
     keep = np.sort(np.concatenate([idx_a, idx_b]))
     x = to_model_range(resize(images[keep], p.resolution))
-    task = np.where(np.isin(keep, idx_a), "A", "B")
-    samples = pd.DataFrame({"sample_id": keep.astype(np.int64), "task": task, "label": labels[keep].astype(np.int64),
-                            "source_index": keep.astype(np.int64)})
-    meta = provenance(common.params_of(raw, "prepare"), seed=0, device="cpu", table="samples")
+    samples = pd.DataFrame({"sample_id": keep.astype(np.int64), "task": np.where(np.isin(keep, idx_a), "A", "B"),
+                            "label": labels[keep].astype(np.int64), "source_index": keep.astype(np.int64)})
     save_tensors({"images": x, "sample_id": torch.from_numpy(keep.astype(np.int64))}, args.out_images,
                  meta={"dataset": p.dataset, "resolution": p.resolution,
                        "class_names": class_names(p.dataset, p.root, p.split, labels)})
-    write_table(samples, args.out_samples, table="samples", meta=meta)
+    write_table(samples, args.out_samples, table="samples",
+                meta=provenance(cfg, "prepare", seed=0, device="cpu", table="samples"))
     print(f"prepare: {p.dataset}: task A {len(idx_a)} samples (classes {p.task_a}), task B {len(idx_b)} "
           f"(classes {p.task_b}), {tuple(x.shape[1:])} in [-1, 1]")
 
 
 if __name__ == "__main__":
-    common.run(main)
+    main()

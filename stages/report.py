@@ -1,96 +1,106 @@
-"""report: metrics for `dvc metrics show`, CSV plot data, PNG figures, and a one-page Markdown report.
+"""report: the evidence on the paper's two claims, as metrics, figures and a one-page report.
 
-Metrics: Spearman rho (bootstrap 95% CI) of task-A energy, energy rise and model energy vs reconstruction
-forgetting, per t and for the mean over t; mean forgetting by energy decile; per arm, mean forgetting overall,
-for replayed and non-replayed samples, and in the top energy decile.
+For each forgetting measure (absolute, relative): every predictor of the scores table against forgetting
+(Spearman, within-class Spearman, partial Spearman given report.nuisance, precision and AUROC at the top
+report.top_frac, difference to the best baseline: intervals over seeds and samples); which t carry forgetting;
+every replay arm against random and against no replay (paired over seeds); then the verdicts (evidence.claims).
+data/metrics/verdicts.json holds the headline (what `dvc metrics show` prints), details.json everything else.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import numpy as np
+import pandas as pd
 
-from hopfield_replay.forgetting import arm_summary, energy_deciles, per_sample_forgetting, correlation
-from hopfield_replay.params import ReportParams, parse_section
-from hopfield_replay.report import markdown_report, plot_arms_by_decile, plot_energy_vs_forgetting, plot_image_grid
-from hopfield_replay.tables import atomic_path, load_tensors, read_table, write_json
-from stages import common
+from hopfield_replay.evidence import arm_effects, claims, combine_verdicts, compare_to_best_baseline, evaluate_predictors
+from hopfield_replay.forgetting import MEASURES, add_measures, energy_deciles, forgetting_by_t, per_sample
+from hopfield_replay.predictors import predictor_kinds
+from hopfield_replay.report import (markdown_report, plot_arms_by_decile, plot_image_grid, plot_predictors,
+                                    plot_score_vs_forgetting, verdict_lines)
+from hopfield_replay.tables import atomic_path, load_task, read_table, write_json
+from stages.runner import stage
 
-MEASURES = {"energy_a": "Hopfield energy (task A, LOO)", "energy_rise": "energy rise (B - A)",
-            "model_energy": "model energy (denoising loss)"}
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    return json.loads(df.reset_index().to_json(orient="records", double_precision=6))
 
 
-def main(argv=None):
-    ap = common.parser(__doc__)
-    ap.add_argument("--images", default="data/prepared/images.safetensors")
-    ap.add_argument("--energies", default="data/tables/energies.parquet")
-    ap.add_argument("--forgetting", default="data/tables/forgetting.parquet")
-    ap.add_argument("--replay", default="data/tables/replay_forgetting.parquet")
-    ap.add_argument("--metrics", default="data/metrics/report.json")
-    ap.add_argument("--out-dir", default="data/report")
-    args = ap.parse_args(argv)
-    raw = common.load(args)
-    p = parse_section(raw, ReportParams, "report")
-    energies = read_table(args.energies).set_index("sample_id").sort_index()
-    per = per_sample_forgetting(read_table(args.forgetting)).join(energies[list(MEASURES)], how="inner")
-    replay = read_table(args.replay)
-
-    correlations = {}
+@stage("images", "samples", "scores", "forgetting", "replay", "metrics-dir", "out-dir")
+def main(cfg, args):
+    p, energy = cfg.report, cfg.select_replay.score
+    scores = read_table(args.scores, columns=["sample_id", "label", energy, *p.nuisance]).set_index("sample_id")
+    predictors = scores.drop(columns=["task", "label", "beta"])
+    kinds = predictor_kinds(predictors.columns)
+    forgetting = add_measures(read_table(args.forgetting, columns=["sample_id", "seed", "t", "error_a", "error"]))
+    replay = add_measures(read_table(args.replay, columns=["sample_id", "seed", "strategy", "budget", "t", "replayed",
+                                                           "error_a", "error"]))
+    deciles = energy_deciles(scores[energy], p.deciles)
+    boot = dict(n_boot=p.bootstrap, seed=p.seed, level=p.level)
+    tables, comparison, by_t, arms, verdicts = {}, {}, {}, {}, {}
     for measure in MEASURES:
-        correlations[measure] = {
-            col: correlation(per[measure], per[col], n_boot=p.bootstrap, seed=p.seed)
-            for col in [c for c in per.columns if c.startswith("t=")] + ["mean"]
-        }
-    per["decile"] = energy_deciles(per["energy_a"], p.deciles)
-    fcols = [c for c in per.columns if c.startswith("t=")] + ["mean"]
-    deciles = per.groupby("decile").agg(energy_a_mean=("energy_a", "mean"), **{c: (c, "mean") for c in fcols})
-    deciles = deciles.reset_index()
-    arms = arm_summary(replay, energies.reset_index(), p.deciles)
-    replay_ps = replay.groupby(["strategy", "budget", "sample_id"], sort=False)["forgetting"].mean().reset_index()
-    replay_ps["decile"] = per["decile"].reindex(replay_ps["sample_id"]).to_numpy()
-    arm_deciles = replay_ps.groupby(["strategy", "budget", "decile"], sort=False)["forgetting"].mean().reset_index()
+        targets = {s: per_sample(forgetting, measure, seed=s)["agg"] for s in cfg.seeds}
+        tables[measure] = evaluate_predictors(predictors, scores["label"], targets, p.nuisance, kinds=kinds,
+                                              top_frac=p.top_frac, **boot)
+        comparison[measure] = compare_to_best_baseline(predictors, targets, kinds, p.nuisance, **boot)
+        by_t[measure] = forgetting_by_t(forgetting, measure, **boot)
+        arms[measure] = arm_effects(replay, deciles, measure, level=p.level)
+        verdicts[measure] = claims(tables[measure], comparison[measure], arms[measure], predictor=energy)
+    verdicts = {key: {"statement": verdicts["absolute"][key]["statement"],
+                      "verdict": combine_verdicts(*(verdicts[m][key]["verdict"] for m in MEASURES)),
+                      **{m: verdicts[m][key] for m in MEASURES}} for key in ("claim1", "claim2")}
 
-    metrics = {
-        "spearman": {m: {t: {k: round(v, 5) if isinstance(v, float) else v for k, v in r.items()}
-                         for t, r in per_t.items()} for m, per_t in correlations.items()},
-        "forgetting_by_energy_decile": {f"d{int(r.decile)}": round(float(r.mean), 6) for r in deciles.itertuples()},
-        "arms": {r.arm: {k: (None if np.isnan(getattr(r, k)) else round(float(getattr(r, k)), 6))
-                         for k in ("mean", "replayed", "not_replayed", "top_decile")} for r in arms.itertuples()},
-    }
-    high = per.sort_values("energy_a", ascending=False).head(p.grid)
-    low = per.sort_values("energy_a").head(p.grid)
-    tensors = load_tensors(args.images)
-    pos = {int(s): i for i, s in enumerate(tensors["sample_id"].tolist())}
-    images = tensors["images"].numpy()
-
+    per = per_sample(forgetting, "relative").join(scores[["label", energy, "pixel_mass"]])
+    curves = replay.assign(value=replay["absolute"] / replay["t"].map(
+        forgetting.groupby(["seed", "t"])["absolute"].std(ddof=0).groupby("t").mean()))
+    curves = (curves.groupby(["strategy", "budget", "seed", "sample_id"])["value"].mean().rename("forgetting")
+              .reset_index().assign(decile=lambda d: deciles.reindex(d.sample_id).to_numpy())
+              .groupby(["strategy", "budget", "seed", "decile"])["forgetting"].mean().reset_index())
+    order = scores[energy].sort_values()
+    pixels, _, ids = load_task(args.images, args.samples, "A")
+    pos = pd.Index(ids)
     with atomic_path(args.out_dir, is_dir=True) as out:
         plots = out / "plots"
-        plots.mkdir()
-        per.reset_index()[["sample_id", "energy_a", "energy_rise", "model_energy", *fcols]].to_csv(
-            plots / "energy_forgetting.csv", index=False)
-        deciles.to_csv(plots / "forgetting_by_decile.csv", index=False)
-        arm_deciles.assign(arm=arm_deciles.strategy + "-" + arm_deciles.budget.astype(str)).to_csv(
-            plots / "arms_by_decile.csv", index=False)
-        arms.to_csv(plots / "arms.csv", index=False)
+        plots.mkdir(parents=True)
+        curves.to_csv(plots / "arms_by_decile.csv", index=False)
+        for measure in MEASURES:
+            tables[measure].to_csv(plots / f"predictors_{measure}.csv")
+            arms[measure].to_csv(plots / f"arms_{measure}.csv", index=False)
         figures = {
-            "energy_vs_forgetting": plot_energy_vs_forgetting(per, deciles, plots / "energy_vs_forgetting.png"),
-            "arms_by_decile": plot_arms_by_decile(arm_deciles, plots / "arms_by_decile.png"),
-            "image_grid": plot_image_grid(images[[pos[int(s)] for s in high.index]], images[[pos[int(s)] for s in low.index]],
-                                          plots / "energy_extremes.png", high_energy=high["energy_a"].to_numpy(),
-                                          low_energy=low["energy_a"].to_numpy()),
+            "predictors": plot_predictors(tables, plots / "predictors.png"),
+            "arms_by_decile": plot_arms_by_decile(curves, plots / "arms_by_decile.png"),
+            "scatter": plot_score_vs_forgetting(per, [energy, "pixel_mass", "recon_error_a"] if "recon_error_a" in per
+                                                else [energy, "pixel_mass"], plots / "energy_vs_forgetting.png",
+                                                target="agg"),
+            "image_grid": plot_image_grid(pixels[pos.get_indexer(order.index[::-1][:p.grid])].numpy(),
+                                          pixels[pos.get_indexer(order.index[:p.grid])].numpy(),
+                                          plots / "energy_extremes.png", high_energy=order.to_numpy()[::-1][:p.grid],
+                                          low_energy=order.to_numpy()[:p.grid]),
         }
-        summary = {"correlations": {MEASURES[m]: v for m, v in correlations.items()}}
-        text = markdown_report(summary, {k: str(v.relative_to(out)) for k, v in figures.items()}, arms,
-                               "hopfield-replay: energy vs forgetting, and replay")
-        (out / "report.md").write_text(text)
-    write_json(metrics, args.metrics)
-    rho = correlations["energy_a"]["mean"]
-    print(f"report: Spearman(energy_a, forgetting mean over t) = {rho['rho']:.3f} [{rho['lo']:.3f}, {rho['hi']:.3f}]")
-    for r in arms.itertuples():
-        print(f"report: arm {r.arm:>18}: mean forgetting {r.mean:.4g}, top energy decile {r.top_decile:.4g}")
-    print(f"report: {Path(args.out_dir) / 'report.md'}")
+        run = {"n_samples": len(scores), "seeds": cfg.seeds, "arms": cfg.select_replay.arms,
+               "budgets": cfg.select_replay.budgets, "level": p.level}
+        (out / "report.md").write_text(markdown_report(verdicts, tables, comparison, by_t, arms,
+                                                       {k: str(v.relative_to(out)) for k, v in figures.items()}, run))
+        details = {"run": run, **{m: {"predictors": _records(tables[m]), "vs_best_baseline": _records(comparison[m]),
+                                      "forgetting_by_t": _records(by_t[m]), "arms": _records(arms[m])}
+                                  for m in MEASURES}}
+        write_json(details, f"{args.metrics_dir}/details.json")
+        write_json(headline(verdicts), f"{args.metrics_dir}/verdicts.json")
+    print("report: verdicts\n" + "\n".join(verdict_lines(verdicts)))
+    print(f"report: {args.out_dir / 'report.md'}")
+
+
+def headline(verdicts: dict) -> dict:
+    """What `dvc metrics show` prints: per claim the verdict and, per measure, its effect and interval."""
+    out = {}
+    for key, claim in verdicts.items():
+        out[key] = {"verdict": claim["verdict"]}
+        for m in MEASURES:
+            out[key][m] = {k: (round(float(claim[m][k]), 4) if np.isfinite(claim[m][k]) else None)
+                           for k in ("effect", "lo", "hi")}
+    return out
 
 
 if __name__ == "__main__":
-    common.run(main)
+    main()

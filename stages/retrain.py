@@ -1,47 +1,34 @@
-"""retrain: one arm. Start from the task-A model and train on task B with the arm's replay buffer mixed into
-every batch at retrain.replay_fraction, for the same steps and seed as train_b (only the buffer differs)."""
+"""retrain: one replay arm for one seed. Start from the task-A model and train on task B with the arm's buffer
+mixed into every batch at retrain.replay_fraction, with train_b's settings and the same seed as train_b (only the
+replayed samples differ)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from hopfield_replay.diffusion import load_model
-from hopfield_replay.params import RetrainParams, TrainParams, parse_section
-from hopfield_replay.replay import STRATEGIES
-from hopfield_replay.tables import read_table
-from stages import common
+from hopfield_replay.devices import resolve_device
+from hopfield_replay.errors import UserError
+from hopfield_replay.models import TrainConfig, load_model, train_and_save
+from hopfield_replay.tables import load_task, read_table
+from stages.runner import stage
 
 
-def main(argv=None):
-    ap = common.parser(__doc__)
-    ap.add_argument("--strategy", required=True)
-    ap.add_argument("--budget", type=int, required=True)
-    ap.add_argument("--x0", default="data/prepared/model_space.safetensors",
-                    help="model-space x0 in sample_id order (written by encode)")
-    ap.add_argument("--samples", default="data/tables/samples.parquet")
-    ap.add_argument("--model", default="data/models/task_a")
-    ap.add_argument("--selection", required=True, help="the arm's buffer, data/selection/<strategy>-<budget>.parquet")
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    raw = common.load(args)
-    if args.strategy not in STRATEGIES:
-        raise ValueError(f"--strategy: unknown strategy {args.strategy!r}; use one of {', '.join(STRATEGIES)}")
-    tp = parse_section(raw, TrainParams, "train_b")
-    rp = parse_section(raw, RetrainParams, "retrain")
-    device, _ = common.device_and_meta(raw, sections=("train_b", "retrain"), seed=tp.seed, table="model")
-    buffer = read_table(args.selection)
-    if not ((buffer["strategy"] == args.strategy).all() and (buffer["budget"] == args.budget).all()):
-        raise ValueError(f"--selection: {args.selection} is not the buffer of {args.strategy}-{args.budget}")
-    x_a, labels_a, ids_a = common.load_task(args.x0, args.samples, "A")
-    x_b, labels_b, _ = common.load_task(args.x0, args.samples, "B")
-    keep = torch.from_numpy(np.isin(ids_a, buffer["sample_id"].to_numpy()))
+@stage("x0", "samples", "model", "selection", "out", arm=str, budget=int, seed=int)
+def main(cfg, args):
+    buffer = read_table(args.selection, columns=["sample_id", "strategy", "budget", "seed"])
+    if buffer.empty or set(zip(buffer.strategy, buffer.budget, buffer.seed)) != {(args.arm, args.budget, args.seed)}:
+        raise UserError(f"{args.selection}: is not the buffer of arm {args.arm}, budget {args.budget}, seed "
+                        f"{args.seed}; rerun select_replay")
     model = load_model(args.model)
-    common.check_model_space(model, args.x0)
-    common.train_and_save(model, x_b, labels_b, tp, device, args.out, desc=f"retrain {args.strategy}-{args.budget}",
-                          replay_x0=x_a[keep], replay_labels=labels_a[keep], replay_fraction=rp.replay_fraction,
-                          extra={"strategy": args.strategy, "budget": args.budget, "replayed": int(keep.sum())})
+    x_a, labels_a, ids_a = load_task(args.x0, args.samples, "A", family=model.family)
+    x_b, labels_b, _ = load_task(args.x0, args.samples, "B", family=model.family)
+    keep = torch.from_numpy(np.isin(ids_a, buffer["sample_id"].to_numpy()))
+    config = TrainConfig(**cfg.train_b.model_dump(), seed=args.seed, replay_fraction=cfg.retrain.replay_fraction)
+    train_and_save(model, x_b, labels_b, config, resolve_device(cfg.device), args.out,
+                   desc=f"retrain {args.arm}-{args.budget} seed {args.seed}", replay_x0=x_a[keep],
+                   replay_labels=labels_a[keep], extra={"arm": args.arm, "budget": args.budget, "seed": args.seed})
 
 
 if __name__ == "__main__":
-    common.run(main)
+    main()

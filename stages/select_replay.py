@@ -1,7 +1,11 @@
-"""select_replay: for each strategy and budget, the K task-A samples to replay, ranked from task-A scores only.
+"""select_replay: for each seed, arm and budget, the K task-A samples to replay (hopfield_replay.replay).
 
-Writes the selection table (all arms) and one file per arm (``<out-dir>/<strategy>-<budget>.parquet``), so that
-each retrain arm depends on its own buffer only and reruns only when that buffer changes.
+An arm is a registered strategy (energy_high and energy_low rank by select_replay.score; soft samples in
+proportion to softmax(z-scored score / temperature); random, class_balanced, kcenter, herding; oracle ranks by
+the forgetting measured without replay for that seed: a ceiling that uses task-B information) or
+``<predictor>_high`` / ``<predictor>_low`` for any column of the scores table. Writes one file per buffer,
+``<out-dir>/seed<s>/<arm>-<budget>.parquet``, whose bytes depend only on that buffer, so adding an arm, budget
+or seed retrains only the new arms; and the selection table of all buffers.
 """
 
 from __future__ import annotations
@@ -10,42 +14,51 @@ from pathlib import Path
 
 import pandas as pd
 
-from hopfield_replay.params import SelectParams, parse_section
-from hopfield_replay.replay import arm_name, select_replay
-from hopfield_replay.tables import atomic_path, provenance, read_table, write_table
-from stages import common
+from hopfield_replay.errors import UserError
+from hopfield_replay.forgetting import per_sample
+from hopfield_replay.replay import STRATEGY_INFO, SelectionInputs, parse_arm, select_replay
+from hopfield_replay.tables import atomic_path, load_task, provenance, read_table, write_table
+from stages.runner import stage
 
 
-def main(argv=None):
-    ap = common.parser(__doc__)
-    ap.add_argument("--energies", default="data/tables/energies.parquet")
-    ap.add_argument("--out", default="data/tables/selection.parquet")
-    ap.add_argument("--out-dir", default="data/selection")
-    args = ap.parse_args(argv)
-    raw = common.load(args)
-    p = parse_section(raw, SelectParams, "select_replay")
-    energies = read_table(args.energies)
-    if p.score not in energies.columns:
-        raise ValueError(f"select_replay.score: {p.score!r} is not a column of {args.energies}")
-    n = len(energies)
-    too_big = [b for b in p.budgets if b > n]
-    if too_big:
-        raise ValueError(f"select_replay.budgets: {too_big} exceed the {n} task-A samples; use budgets in [1, {n}]")
-    arms = [select_replay(energies[p.score].to_numpy(), energies["sample_id"].to_numpy(), s, b, seed=p.seed)
-            for s in p.strategies for b in p.budgets]
+@stage("scores", "forgetting", "x0", "samples", "out", "out-dir")
+def main(cfg, args):
+    p = cfg.select_replay
+    scores = read_table(args.scores, columns=["sample_id", "label"]).sort_values("sample_id", ignore_index=True)
+    arms = {arm: parse_arm(arm, p.score) for arm in p.arms}
+    for arm, (_, column) in arms.items():
+        if column != "oracle" and column not in scores.columns:
+            raise UserError(f"select_replay.arms: arm {arm!r} ranks by {column!r}, which is not a column of "
+                            f"{args.scores}; use one of {', '.join(c for c in scores.columns[3:] if c != 'beta')}")
+    if max(p.budgets) > len(scores):
+        raise UserError(f"select_replay.budgets: {max(p.budgets)} exceeds the {len(scores)} task-A samples")
+    features = None
+    if any(STRATEGY_INFO[s].needs_features for s, _ in arms.values()):
+        x0, _, ids = load_task(args.x0, args.samples, "A")
+        features = x0.flatten(1).double().numpy()[pd.Index(ids).get_indexer(scores["sample_id"])]
+    forgetting = read_table(args.forgetting, columns=["sample_id", "seed", "t", "error_a", "error"])
+    buffers = []
     with atomic_path(args.out_dir, is_dir=True) as tmp:
-        for arm in arms:
-            strategy, budget = arm["strategy"].iat[0], int(arm["budget"].iat[0])
-            # An arm's file depends on its own identity only, so adding an arm leaves the others byte-identical
-            # and DVC retrains only the new arms.
-            arm_params = {"select_replay": {"strategy": strategy, "budget": budget, "score": p.score, "seed": p.seed}}
-            write_table(arm, Path(tmp) / f"{arm_name(strategy, budget)}.parquet", table="selection",
-                        meta=provenance(arm_params, seed=p.seed, device="cpu", table="selection"))
-    meta = provenance(common.params_of(raw, "select_replay"), seed=p.seed, device="cpu", table="selection")
-    table = pd.concat(arms, ignore_index=True)
-    write_table(table, args.out, table="selection", meta=meta)
-    print(f"select_replay: {len(arms)} arms ({', '.join(p.strategies)} x budgets {p.budgets}) by {p.score}")
+        for seed in cfg.seeds:
+            oracle = per_sample(forgetting, p.oracle_measure, seed=seed)["agg"].reindex(scores["sample_id"])
+            for arm, (strategy, column) in arms.items():
+                values = oracle.to_numpy() if column == "oracle" else scores[column].to_numpy()
+                inputs = SelectionInputs(values, scores["sample_id"].to_numpy(), labels=scores["label"].to_numpy(),
+                                         features=features, seed=seed, temperature=p.temperature)
+                for budget in p.budgets:
+                    buffer = select_replay(inputs, strategy, budget, score_name=column).assign(strategy=arm)
+                    identity = {"arm": arm, "budget": budget, "seed": seed, "score": column,
+                                "temperature": p.temperature if strategy == "soft" else None,
+                                "oracle_measure": p.oracle_measure if column == "oracle" else None}
+                    write_table(buffer, Path(tmp) / f"seed{seed}" / f"{arm}-{budget}.parquet", table="selection",
+                                meta=provenance({"select_replay": identity}, seed=seed, device="cpu", table="selection"))
+                    buffers.append(buffer)
+        table = pd.concat(buffers, ignore_index=True)
+        write_table(table, args.out, table="selection",
+                    meta=provenance({"select_replay": cfg.section("select_replay"), "seeds": cfg.seeds},
+                                    seed=cfg.seeds[0], device="cpu", table="selection"))
+    print(f"select_replay: {len(buffers)} buffers: arms {', '.join(p.arms)} x budgets {p.budgets} x seeds {cfg.seeds}")
 
 
 if __name__ == "__main__":
-    common.run(main)
+    main()

@@ -1,28 +1,24 @@
-"""train_b: fine-tune the task-A model (any family) on task B's model-space x0 with no replay (the 'none' arm)."""
+"""train_b: fine-tune the task-A model on task B without replay, for one seed of the task-B phase.
+
+The no-replay arm of every comparison; each replay arm trains with the same train_b settings and the same seed, so
+that only the replayed samples differ.
+"""
 
 from __future__ import annotations
 
-from hopfield_replay.diffusion import load_model
-from hopfield_replay.params import TrainParams, parse_section
-from stages import common
+from hopfield_replay.devices import resolve_device
+from hopfield_replay.models import TrainConfig, load_model, train_and_save
+from hopfield_replay.tables import load_task
+from stages.runner import stage
 
 
-def main(argv=None):
-    ap = common.parser(__doc__)
-    ap.add_argument("--x0", default="data/prepared/model_space.safetensors",
-                    help="model-space x0 in sample_id order (written by encode)")
-    ap.add_argument("--samples", default="data/tables/samples.parquet")
-    ap.add_argument("--model", default="data/models/task_a")
-    ap.add_argument("--out", default="data/models/task_b")
-    args = ap.parse_args(argv)
-    raw = common.load(args)
-    tp = parse_section(raw, TrainParams, "train_b")
-    device, _ = common.device_and_meta(raw, sections=("train_b",), seed=tp.seed, table="model")
-    x0, labels, _ = common.load_task(args.x0, args.samples, "B")
+@stage("x0", "samples", "model", "out", seed=int)
+def main(cfg, args):
     model = load_model(args.model)
-    common.check_model_space(model, args.x0)
-    common.train_and_save(model, x0, labels, tp, device, args.out, desc="train_b")
+    x0, labels, _ = load_task(args.x0, args.samples, "B", family=model.family)
+    config = TrainConfig(**cfg.train_b.model_dump(), seed=args.seed, replay_fraction=0.0)
+    train_and_save(model, x0, labels, config, resolve_device(cfg.device), args.out, desc=f"train_b seed {args.seed}")
 
 
 if __name__ == "__main__":
-    common.run(main)
+    main()

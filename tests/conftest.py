@@ -75,13 +75,11 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 1800) ->
 def make_project(dest: Path, params: dict, *, extra_params: dict | None = None) -> Path:
     """A real git + DVC project: the repo's dvc.yaml, stages/, flows/ and library sources, with ``params``."""
     dest.mkdir(parents=True)
-    for name in ("dvc.yaml",):
+    for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, dest / name)
     for name in ("stages", "flows", "src"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    merged = dict(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    merged.update(params)
-    merged.update(extra_params or {})
+    merged = {**params, **(extra_params or {})}  # never the workspace's params.yaml: tests use their own
     write_params(dest / "params.yaml", merged)
     run(["git", "init", "-q"], dest)
     run(["git", "config", "user.email", "tests@example.com"], dest)

@@ -8,6 +8,8 @@ import pickle
 import numpy as np
 import pytest
 
+from hopfield_replay.errors import UserError
+
 from hopfield_replay.data import load_dataset, load_folder, load_mnist5k, read_idx, resize, split_tasks, to_model_range
 
 
@@ -39,7 +41,7 @@ def test_idx_raw_and_gz(tmp_path, gz):
 
 def test_idx_header_is_checked(tmp_path):
     (tmp_path / "bad").write_bytes(b"\x00\x00\x0d\x01" + (3).to_bytes(4, "big") + b"abc")
-    with pytest.raises(ValueError, match="not an unsigned-byte IDX"):
+    with pytest.raises(UserError, match="not an unsigned-byte IDX"):
         read_idx(tmp_path / "bad")
 
 
@@ -82,12 +84,12 @@ def test_image_folder(tmp_path):
 
 
 def test_missing_and_unknown_folders(tmp_path):
-    with pytest.raises(FileNotFoundError, match="prepare.root: .* does not exist"):
+    with pytest.raises(UserError, match="prepare.root: .* does not exist"):
         load_folder(tmp_path / "nope")
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(ValueError, match="prepare.root: .* holds no known data format"):
+    with pytest.raises(UserError, match="prepare.root: .* holds no known data format"):
         load_folder(tmp_path)
-    with pytest.raises(ValueError, match="prepare.root: dataset 'folder' needs root"):
+    with pytest.raises(UserError, match="prepare.root: dataset 'folder' needs root"):
         load_dataset("folder", None)
 
 
@@ -104,11 +106,11 @@ def test_split_tasks_and_errors():
     assert a.tolist() == [0, 1, 3, 4] and b.tolist() == [2, 5, 6, 7]
     a, _ = split_tasks(labels, [0, 1], [2, 3], max_per_class=1)
     assert a.tolist() == [0, 1]
-    with pytest.raises(ValueError, match="prepare.task_a: empty class list"):
+    with pytest.raises(UserError, match="prepare.task_a: empty class list"):
         split_tasks(labels, [], [2])
-    with pytest.raises(ValueError, match=r"prepare.task_b: classes \[9\] have no samples"):
+    with pytest.raises(UserError, match=r"prepare.task_b: classes \[9\] have no samples"):
         split_tasks(labels, [0], [9])
-    with pytest.raises(ValueError, match=r"prepare.task_b: classes \[1\] are also in task_a"):
+    with pytest.raises(UserError, match=r"prepare.task_b: classes \[1\] are also in task_a"):
         split_tasks(labels, [0, 1], [1, 2])
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hopfield_replay.diffusion import DDPMConfig, DenoisingModel, PixelDDPM, TrainConfig, load_model, train_denoiser
+from hopfield_replay.models import DDPMConfig, DenoisingModel, PixelDDPM, TrainConfig, load_model, train_denoiser
 
 TINY = DDPMConfig(resolution=8, channels=1, block_out_channels=[8, 16], norm_num_groups=4)
 
@@ -60,3 +60,37 @@ def test_save_and_load_round_trip(tmp_path):
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([10, 900])
     assert torch.equal(model.predict_noise(x, t), again.predict_noise(x, t))
     assert again.scheduler.config.num_train_timesteps == 1000 and again.scheduler.config.beta_schedule == "linear"
+
+
+def test_build_model_is_seeded_and_checks_the_model_space():
+    import pytest
+
+    from hopfield_replay.config import ModelParams
+    from hopfield_replay.errors import UserError
+    from hopfield_replay.models import build_model
+
+    params = ModelParams(block_out_channels=[8, 16], norm_num_groups=4)
+    a = build_model(params, (1, 8, 8), {"family": "ddpm"}, seed=3)
+    b = build_model(params, (1, 8, 8), None, seed=3)
+    c = build_model(params, (1, 8, 8), None, seed=4)
+    assert isinstance(a, PixelDDPM) and a.unet.config.sample_size == 8 and a.unet.config.in_channels == 1
+    assert list(a.unet.config.block_out_channels) == [8, 16]
+    assert torch.equal(_weights(a), _weights(b)) and not torch.equal(_weights(a), _weights(c))
+    with pytest.raises(UserError, match="model.family: 'ddpm' but the model-space file holds 'sd' x0"):
+        build_model(params, (4, 8, 8), {"family": "sd"}, seed=0)
+
+
+def test_train_and_save_writes_the_model_and_its_log(tmp_path):
+    import json
+
+    from hopfield_replay.models import train_and_save
+
+    model = PixelDDPM.from_config(TINY)
+    x = torch.rand(10, 1, 8, 8) * 2 - 1
+    cfg = TrainConfig(steps=2, batch_size=4, seed=1, replay_fraction=0.5)
+    losses = train_and_save(model, x, None, cfg, torch.device("cpu"), tmp_path / "m", desc="t", replay_x0=x[:2],
+                            extra={"arm": "energy_high"})
+    log = json.loads((tmp_path / "m" / "train_log.json").read_text())
+    assert log["losses"] == losses and len(losses) == 2 and log["config"]["replay_fraction"] == 0.5
+    assert log["arm"] == "energy_high" and log["n_train"] == 10
+    assert torch.equal(_weights(load_model(tmp_path / "m")), _weights(model))

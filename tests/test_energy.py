@@ -188,8 +188,6 @@ def test_beta_from_data_is_one_over_the_median_nn_distance():
     assert beta_from_data(torch.from_numpy(x).float()) == pytest.approx(1.0 / lower_median, rel=1e-5)
     with pytest.raises(ValueError, match="duplicate samples"):
         beta_from_data(np.ones((5, 3)))
-    with pytest.raises(ValueError, match="needs no data"):
-        beta_from_data(x, rule="snr")
 
 
 @pytest.mark.gpu

@@ -1,43 +1,97 @@
-"""Forgetting summaries on hand-computed tables."""
+"""forgetting.py: measures, per-sample aggregate over t, forgetting per t, deciles, on hand-built tables."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
+import scipy.stats
 
-from hopfield_replay.forgetting import arm_summary, correlation, energy_deciles, per_sample_forgetting
+from hopfield_replay.forgetting import MEASURES, add_measures, energy_deciles, forgetting_by_t, per_sample
 
 
-def test_deciles_have_equal_counts_and_follow_rank():
+def _long(error_a: np.ndarray, error: np.ndarray, timesteps, seeds=(0,)) -> pd.DataFrame:
+    """error arrays (seed, sample, t) -> long table."""
+    s, n, t = error.shape
+    grid = np.stack(np.meshgrid(np.asarray(seeds), np.arange(n), np.asarray(timesteps), indexing="ij"), -1)
+    grid = grid.reshape(-1, 3)
+    return pd.DataFrame({"seed": grid[:, 0], "sample_id": grid[:, 1] + 10, "t": grid[:, 2], "label": grid[:, 1] % 3,
+                         "error_a": error_a.reshape(-1), "error": error.reshape(-1)})
+
+
+def test_measures_by_hand():
+    df = pd.DataFrame({"error_a": [0.5, 2.0], "error": [1.0, 1.0], "strategy": ["none", "none"]})
+    out = add_measures(df)
+    assert MEASURES == ("absolute", "relative")
+    np.testing.assert_allclose(out["absolute"], [0.5, -1.0])
+    np.testing.assert_allclose(out["relative"], [np.log(2.0), np.log(0.5)])
+    assert "absolute" not in df.columns and out["strategy"].tolist() == ["none", "none"]
+    with pytest.raises(ValueError, match="> 0"):
+        add_measures(pd.DataFrame({"error_a": [0.0], "error": [1.0]}))
+    with pytest.raises(ValueError, match="lacks"):
+        add_measures(pd.DataFrame({"error_a": [1.0]}))
+
+
+def test_per_sample_pivots_averages_seeds_and_selects_one():
+    err_a = np.ones((2, 3, 2))
+    err = 1.0 + np.array([[[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]], [[0.3, 0.4], [0.5, 0.6], [0.7, 0.8]]])
+    df = _long(err_a, err, (100, 500), seeds=(0, 1))
+    both = per_sample(df, "absolute")
+    assert list(both.columns) == ["t=100", "t=500", "agg"] and list(both.index) == [10, 11, 12]
+    np.testing.assert_allclose(both["t=100"], [0.2, 0.4, 0.6])  # mean over the two seeds
+    np.testing.assert_allclose(per_sample(df, "absolute", seed=1)["t=500"], [0.4, 0.6, 0.8])
+    np.testing.assert_allclose(per_sample(df, "relative", seed=0)["t=100"], np.log([1.1, 1.3, 1.5]))
+    with pytest.raises(ValueError, match="one arm"):
+        per_sample(pd.concat([df, df]), "absolute")
+    with pytest.raises(ValueError, match="measure"):
+        per_sample(df, "squared")
+
+
+def test_per_sample_aggregate_counts_every_t_equally():
+    rng = np.random.default_rng(0)
+    n = 400
+    small, large = rng.normal(0.01, 0.001, n), rng.normal(1.0, 0.1, n)  # 100x the spread at the large t
+    err = 1.0 + np.stack([small, large], -1)[None]
+    agg = per_sample(_long(np.ones_like(err), err, (100, 750)), "absolute")["agg"]
+    # z-scores by hand: each t standardised over samples, then averaged
+    z = lambda v: (v - v.mean()) / v.std()  # noqa: E731
+    np.testing.assert_allclose(agg.to_numpy(), (z(small) + z(large)) / 2, atol=1e-9)
+    rho_small, rho_large = scipy.stats.spearmanr(agg, small).statistic, scipy.stats.spearmanr(agg, large).statistic
+    assert abs(rho_small - rho_large) < 0.1 and rho_small > 0.6  # a plain mean would give ~0.01 vs ~1.0
+    assert scipy.stats.spearmanr((small + large) / 2, small).statistic < 0.25  # the plain mean ignores t=100
+    # opposite orderings at the two t cancel exactly
+    opposite = 1.0 + np.stack([0.01 * np.arange(5.0), 1.0 * np.arange(5.0)[::-1]], -1)[None]
+    np.testing.assert_allclose(per_sample(_long(np.ones_like(opposite), opposite, (100, 750)), "absolute")["agg"], 0.0,
+                               atol=1e-12)
+
+
+def test_per_sample_constant_t_contributes_nothing():
+    err = 1.0 + np.stack([np.full(4, 0.1), np.array([0.0, 1.0, 2.0, 3.0])], -1)[None]
+    agg = per_sample(_long(np.ones_like(err), err, (100, 500)), "absolute")["agg"].to_numpy()
+    z = (np.arange(4.0) - 1.5) / np.arange(4.0).std()
+    np.testing.assert_allclose(agg, z / 2)
+
+
+def test_forgetting_by_t_flags_real_forgetting():
+    rng = np.random.default_rng(1)
+    n = 300
+    rise = np.stack([rng.normal(0.0, 0.05, n), rng.normal(0.2, 0.05, n)], -1)  # t=100: none; t=500: clear
+    err_a = np.full((1, n, 2), 1.0)
+    out = forgetting_by_t(_long(err_a, err_a + rise[None], (100, 500)), "absolute", n_boot=300, seed=0)
+    assert out["t"].tolist() == [100, 500]
+    assert out["real"].tolist() == [False, True]
+    np.testing.assert_allclose(out["mean"], rise.mean(0))
+    np.testing.assert_allclose(out["share_positive"], (rise > 0).mean(0))
+    assert (out["lo"] < out["mean"]).all() and (out["mean"] < out["hi"]).all() and (out["n"] == n).all()
+
+
+def test_energy_deciles_equal_counts_rank_order_and_index():
     scores = np.array([5.0, 1.0, 3.0, 2.0, 4.0, 0.0])
     assert energy_deciles(scores, 3).tolist() == [2, 0, 1, 1, 2, 0]
-    assert np.bincount(energy_deciles(np.random.default_rng(0).random(1000), 10)).tolist() == [100] * 10
-
-
-def test_per_sample_forgetting_pivots_and_averages():
-    long = pd.DataFrame({"sample_id": [1, 1, 2, 2], "t": [100, 500, 100, 500], "forgetting": [0.1, 0.3, -0.2, 0.0]})
-    wide = per_sample_forgetting(long)
-    assert wide.loc[1, "t=100"] == 0.1 and wide.loc[2, "t=500"] == 0.0
-    np.testing.assert_allclose(wide["mean"].to_numpy(), [0.2, -0.1])
-
-
-def test_arm_summary_by_hand():
-    energies = pd.DataFrame({"sample_id": [1, 2, 3, 4], "energy_a": [0.0, 1.0, 2.0, 3.0]})
-    rows = []
-    for sid, f, rep in [(1, 0.4, False), (2, 0.2, False), (3, 0.1, True), (4, 0.3, True)]:
-        for t, extra in ((100, 0.0), (500, 0.2)):
-            rows.append({"strategy": "energy_high", "budget": 2, "sample_id": sid, "t": t,
-                         "forgetting": f + extra, "replayed": rep})
-    out = arm_summary(pd.DataFrame(rows), energies, q=2).iloc[0]
-    assert out.arm == "energy_high-2"
-    np.testing.assert_allclose([out["mean"], out.replayed, out.not_replayed, out.top_decile],
-                               [0.35, 0.3, 0.4, 0.3])
-
-
-def test_correlation_is_spearman_with_an_interval():
-    rng = np.random.default_rng(0)
-    x = rng.random(300)
-    r = correlation(x, np.exp(3 * x) + 0.01 * rng.random(300), n_boot=200)
-    assert r["rho"] > 0.99 and r["lo"] <= r["rho"] <= r["hi"] and r["n"] == 300
-    r = correlation(x, rng.random(300), n_boot=200)
-    assert r["lo"] < 0 < r["hi"]
+    counts = np.bincount(energy_deciles(np.random.default_rng(0).random(1000), 10))
+    assert counts.tolist() == [100] * 10
+    tied = pd.Series([1.0, 1.0, 1.0, 1.0], index=[7, 3, 9, 4])
+    out = energy_deciles(tied, 2)
+    assert list(out.index) == [7, 3, 9, 4] and out.tolist() == [0, 0, 1, 1]  # ties broken by position
+    with pytest.raises(ValueError, match="q must"):
+        energy_deciles(scores, 7)

@@ -1,4 +1,5 @@
-"""Closed-form MHN experiment (mhn.py, stages/mhn_closed_form.py) against an independent fp64 NumPy/SciPy reference."""
+"""Closed-form MHN experiment (mhn/geometry.py, dynamics.py, closed_form.py; stages/mhn_closed_form.py) against an
+independent fp64 NumPy/SciPy reference."""
 
 import json
 import os
@@ -13,10 +14,9 @@ import scipy.linalg
 import torch
 import yaml
 
-import hopfield_replay.mhn as mhn
+from hopfield_replay.config import MHNClosedFormParams, ParamsError, validate_config
 from hopfield_replay.energy import hopfield_energy
-from hopfield_replay.mhn import MHNClosedFormParams, run_closed_form
-from hopfield_replay.params import ParamsError, parse_section
+from hopfield_replay.mhn import closed_form, dynamics, geometry, run_closed_form
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def np_fixed_points(x, beta, tol=1e-14):
 
 
 def np_rotations(seed, count, d, eps):
-    """Same W stream as mhn.rotation_generators, but expm from SciPy."""
+    """Same W stream as geometry.rotation_generators, but expm from SciPy."""
     w = np.random.default_rng(seed).standard_normal((count, d, d))
     omega = (w - np.transpose(w, (0, 2, 1))) / 2
     return np.stack([scipy.linalg.expm(eps * o) for o in omega])
@@ -75,7 +75,7 @@ def small(**kw):
 
 # ---------------------------------------------------------------------------------------------- geometry, fixed points
 def test_paper_geometry_is_exact():
-    m = mhn.paper_geometry(12, 0.35, 50)
+    m = geometry.paper_geometry(12, 0.35, 50)
     x = m.patterns.numpy()
     gram = x @ x.T
     np.testing.assert_allclose(np.diag(gram), 1.0, atol=1e-15)
@@ -87,7 +87,7 @@ def test_paper_geometry_is_exact():
 def test_fixed_points_and_energies_match_numpy():
     x = np_paper()
     ref = np_fixed_points(x, 8.0)
-    xi, iters = mhn.fixed_points(torch.from_numpy(x), 8.0, tol=1e-14)
+    xi, iters = dynamics.fixed_points(torch.from_numpy(x), 8.0, tol=1e-14)
     np.testing.assert_allclose(xi.numpy(), ref, atol=1e-12)
     np.testing.assert_allclose(np_retrieve(xi.numpy(), x, 8.0), xi.numpy(), atol=1e-13)  # really a fixed point
     e = hopfield_energy(xi, torch.from_numpy(x), 8.0).numpy()
@@ -100,7 +100,7 @@ def test_fixed_points_and_energies_match_numpy():
 
 def test_fixed_point_iteration_reports_non_convergence():
     with pytest.raises(ValueError, match="fp_max_iter"):
-        mhn.fixed_points(torch.from_numpy(np_paper()), 8.0, tol=0.0, max_iter=3)
+        dynamics.fixed_points(torch.from_numpy(np_paper()), 8.0, tol=0.0, max_iter=3)
 
 
 @pytest.mark.parametrize("memory", ["paper", "clusters"])
@@ -110,10 +110,10 @@ def test_fixed_points_are_stable(memory):
         x = np_paper()
         beta = 8.0
     else:
-        x = mhn.gaussian_clusters([6, 4], 2, 20, 0.6, seed=3).patterns.numpy()
+        x = geometry.gaussian_clusters([6, 4], 2, 20, 0.6, seed=3).patterns.numpy()
         beta = 8.0
-    xi = mhn.fixed_points(torch.from_numpy(x), beta, tol=1e-14)[0]
-    jac = mhn.retrieval_jacobian(xi, torch.from_numpy(x), beta).numpy()
+    xi = dynamics.fixed_points(torch.from_numpy(x), beta, tol=1e-14)[0]
+    jac = dynamics.retrieval_jacobian(xi, torch.from_numpy(x), beta).numpy()
     h = 1e-6
     for k in range(len(x)):
         fd = np.empty((x.shape[1], x.shape[1]))
@@ -123,7 +123,7 @@ def test_fixed_points_are_stable(memory):
             fd[:, j] = (np_retrieve((xi.numpy()[k] + dz)[None], x, beta)[0] - np_retrieve((xi.numpy()[k] - dz)[None], x, beta)[0]) / (2 * h)
         np.testing.assert_allclose(jac[k], fd, atol=1e-7)
         assert np.abs(np.linalg.eigvals(fd)).max() < 1.0
-    radius = mhn.spectral_radius(torch.from_numpy(jac)).numpy()
+    radius = dynamics.spectral_radius(torch.from_numpy(jac)).numpy()
     assert (radius < 1.0).all() and (radius > 0).all()
 
 
@@ -163,7 +163,7 @@ def test_gain_is_the_energy_drop_of_adding_the_source_memory(small_run):
     """The union energy equals hopfield_energy evaluated on the concatenated memory set X_B u {x_r}."""
     p = small()
     x = torch.from_numpy(np_paper())
-    xi = mhn.fixed_points(x, p.beta, tol=p.fp_tol)[0]
+    xi = dynamics.fixed_points(x, p.beta, tol=p.fp_tol)[0]
     rots = torch.from_numpy(np_rotations(p.seed, 3, p.d, p.eps[1]))
     g = small_run.gains
     for b in range(3):
@@ -178,14 +178,15 @@ def test_gain_is_the_energy_drop_of_adding_the_source_memory(small_run):
 def test_energies_come_from_hopfield_energy(monkeypatch):
     """Test (5): the experiment's energies are computed by energy.hopfield_energy (spied), not a copy."""
     calls = []
-    real = mhn.hopfield_energy
+    real = hopfield_energy
 
     def spy(queries, memories, beta, **kw):
         out = real(queries, memories, beta, **kw)
         calls.append((tuple(queries.shape), tuple(memories.shape), out.clone()))
         return out
 
-    monkeypatch.setattr(mhn, "hopfield_energy", spy)
+    for module in (dynamics, closed_form):  # every module of the experiment that evaluates an energy
+        monkeypatch.setattr(module, "hopfield_energy", spy)
     p = small(rotations=10, eps=[0.05], rotation_chunk=10)
     res = run_closed_form(p)
     batched = [c for c in calls if c[0] == (10 * 13, 50)]
@@ -201,9 +202,9 @@ def test_rotation_chunking_does_not_change_results():
 
 
 def test_rotations_are_orthogonal_and_match_scipy():
-    omega = mhn.rotation_generators(np.random.default_rng(0), 4, 10)
+    omega = geometry.rotation_generators(np.random.default_rng(0), 4, 10)
     assert torch.allclose(omega, -omega.transpose(1, 2))
-    v = mhn.rotations(omega, 0.3)
+    v = geometry.rotations(omega, 0.3)
     eye = torch.eye(10, dtype=torch.float64).expand(4, 10, 10)
     assert torch.allclose(v @ v.transpose(1, 2), eye, atol=1e-13)
     np.testing.assert_allclose(v.numpy(), np_rotations(0, 4, 10, 0.3), atol=1e-13)
@@ -267,11 +268,11 @@ def test_general_memory_set_runs_and_ranks():
 
 def test_params_validation():
     with pytest.raises(ParamsError, match=r"mhn_closed_form\.d: .*n \+ 2"):
-        parse_section({"mhn_closed_form": {"d": 10}}, MHNClosedFormParams, "mhn_closed_form")
+        validate_config({"mhn_closed_form": {"d": 10}})
     with pytest.raises(ParamsError, match=r"mhn_closed_form\.eps\[0\]"):
-        parse_section({"mhn_closed_form": {"eps": [-0.1]}}, MHNClosedFormParams, "mhn_closed_form")
+        validate_config({"mhn_closed_form": {"eps": [-0.1]}})
     with pytest.raises(ParamsError, match="twice"):
-        parse_section({"mhn_closed_form": {"eps": [0.1, 0.1]}}, MHNClosedFormParams, "mhn_closed_form")
+        validate_config({"mhn_closed_form": {"eps": [0.1, 0.1]}})
 
 
 # ---------------------------------------------------------------------------------------------- the stage
@@ -285,7 +286,7 @@ def run_stage(module, params: dict, tmp_path: Path, *extra):
 
 def test_stage_writes_tables(tmp_path):
     out = tmp_path / "cf"
-    params = {"mhn_closed_form": {"rotations": 20, "bootstrap": 20, "eps": [0.05, 0.02]}, "other": {"x": 1}}
+    params = {"mhn_closed_form": {"rotations": 20, "bootstrap": 20, "eps": [0.05, 0.02]}}
     proc = run_stage("stages.mhn_closed_form", params, tmp_path, "--out-dir", str(out))
     assert proc.returncode == 0, proc.stderr
     for name in ("fixed_points", "energies", "gains", "summary"):
@@ -303,5 +304,5 @@ def test_stage_bad_param_is_one_line_error(tmp_path):
     proc = run_stage("stages.mhn_closed_form", {"mhn_closed_form": {"rotations": 0}}, tmp_path, "--out-dir", str(out))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: mhn_closed_form.rotations")
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "mhn_closed_form.rotations: " in lines[0]
     assert not out.exists()

@@ -1,4 +1,4 @@
-"""MHN-BM (mhn_trained.py, stages/mhn_trained.py) and the report stage."""
+"""MHN-BM (mhn/trained.py, stages/mhn_trained.py) and the report stage."""
 
 import json
 import math
@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-import hopfield_replay.mhn_trained as mt
-from hopfield_replay.mhn_trained import MHNTrainedParams, nll, run_seed, select_replay, train_memories
-from hopfield_replay.params import ParamsError, parse_section
+import hopfield_replay.mhn.trained as mt
+from hopfield_replay.config import MHNTrainedParams, ParamsError, validate_config
+from hopfield_replay.mhn.trained import nll, replay_buffer, run_seed, train_memories
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(seeds=[0], steps_a=60, steps_b=40, memories=24, bootstrap=50)
@@ -55,24 +55,31 @@ def test_training_lowers_the_nll_and_leaves_input_untouched():
     assert torch.equal(init, task_a.patterns[:p.memories])
 
 
-def test_select_replay_arms():
+def test_replay_buffer_arms():
     e = np.array([0.3, -1.0, 2.0, 0.1, 5.0, -3.0])
-    rng = np.random.default_rng(0)
-    assert select_replay(e, "top_energy", 2, rng).tolist() == [2, 4]
-    assert select_replay(e, "bottom_energy", 2, rng).tolist() == [1, 5]
-    r = select_replay(e, "random", 3, rng)
+    assert replay_buffer(e, "energy_high", 2, seed=0).tolist() == [2, 4]
+    assert replay_buffer(e, "energy_low", 2, seed=0).tolist() == [1, 5]
+    r = replay_buffer(e, "random", 3, seed=0)
     assert len(set(r.tolist())) == 3 and r.max() < 6
-    assert select_replay(e, "none", 3, rng).size == 0
+    assert replay_buffer(e, "none", 3, seed=0).size == 0
     with pytest.raises(ValueError, match="unknown replay arm"):
-        select_replay(e, "herding", 2, rng)
+        replay_buffer(e, "herding", 2, seed=0)
 
 
-def test_energy_deciles_are_balanced_and_monotone():
-    e = np.random.default_rng(1).normal(size=103)
-    dec = mt.energy_deciles(e, 10)
-    counts = np.bincount(dec)
-    assert counts.size == 10 and counts.max() - counts.min() <= 1
-    assert all(e[dec == i].max() < e[dec == i + 1].min() for i in range(9))
+def test_replay_buffers_are_the_pipeline_selectors_and_nested():
+    """Each arm's buffer is the first K of replay.rank_samples' ranking, so smaller budgets are subsets."""
+    from hopfield_replay.replay import rank_samples
+
+    e = np.random.default_rng(2).normal(size=40)
+    ids = np.arange(40)
+    for arm in ("energy_high", "energy_low", "random"):
+        for k in (3, 10):
+            first_k = rank_samples(e, ids, arm, seed=7)[:k]
+            assert replay_buffer(e, arm, k, seed=7).tolist() == sorted(first_k.tolist())
+        assert set(replay_buffer(e, arm, 3, seed=7)) <= set(replay_buffer(e, arm, 10, seed=7))
+    assert replay_buffer(e, "random", 10, seed=7).tolist() != replay_buffer(e, "random", 10, seed=8).tolist()
+    # the top-K by energy, from an independent argsort
+    assert replay_buffer(e, "energy_high", 5, seed=0).tolist() == sorted(np.argsort(-e)[:5].tolist())
 
 
 @pytest.fixture(scope="module")
@@ -100,20 +107,26 @@ def test_run_seed_table(tiny_seed):
     assert set(df.strategy) == set(p.arms) and len(df) == len(p.arms) * n_a
     np.testing.assert_allclose(df.energy_rise, df.energy_after_b - df.energy_a, atol=1e-15)
     replayed = df.groupby("strategy").replayed.sum()
-    assert replayed["none"] == 0 and all(replayed[a] == p.replay_budget for a in ("top_energy", "random", "bottom_energy"))
-    top = df[df.strategy == "top_energy"]
+    assert replayed["none"] == 0 and all(replayed[a] == p.replay_budget for a in ("energy_high", "random", "energy_low"))
+    top = df[df.strategy == "energy_high"]
     assert top[top.replayed].energy_a.min() >= top[~top.replayed].energy_a.max()
-    bottom = df[df.strategy == "bottom_energy"]
+    bottom = df[df.strategy == "energy_low"]
     assert bottom[bottom.replayed].energy_a.max() <= bottom[~bottom.replayed].energy_a.min()
     # energy_a is the same task-A model in every arm
     assert df.groupby("sample_id").energy_a.nunique().max() == 1
+    # deciles of energy_a: balanced and monotone
+    one = df[df.strategy == "none"]
+    counts = np.bincount(one.decile)
+    assert counts.size == p.deciles and counts.max() - counts.min() <= 1
+    assert all(one.energy_a[one.decile == i].max() < one.energy_a[one.decile == i + 1].min()
+               for i in range(p.deciles - 1))
 
 
 def test_replay_protects_the_replayed_samples():
     """Samples in the top-energy buffer rise less than the same samples without replay (default model sizes)."""
-    p = MHNTrainedParams(seeds=[0], bootstrap=50, arms=["top_energy", "none"])
+    p = MHNTrainedParams(seeds=[0], bootstrap=50, arms=["energy_high", "none"])
     df, _ = run_seed(p, 0)
-    top = df[df.strategy == "top_energy"].set_index("sample_id")
+    top = df[df.strategy == "energy_high"].set_index("sample_id")
     none = df[df.strategy == "none"].set_index("sample_id")
     ids = top.index[top.replayed]
     assert top.loc[ids, "energy_rise"].mean() < none.loc[ids, "energy_rise"].mean() - 0.01
@@ -122,9 +135,9 @@ def test_replay_protects_the_replayed_samples():
 
 def test_trained_params_validation():
     with pytest.raises(ParamsError, match=r"mhn_trained\.arms\[0\]"):
-        parse_section({"mhn_trained": {"arms": ["oracle"]}}, MHNTrainedParams, "mhn_trained")
+        validate_config({"mhn_trained": {"arms": ["oracle"]}})
     with pytest.raises(ParamsError, match=r"mhn_trained\.replay_budget"):
-        parse_section({"mhn_trained": {"replay_budget": 10000}}, MHNTrainedParams, "mhn_trained")
+        validate_config({"mhn_trained": {"replay_budget": 10000}})
 
 
 def run_stage(module, params, tmp_path, *extra):
@@ -137,18 +150,19 @@ def run_stage(module, params, tmp_path, *extra):
 
 def test_trained_stage_writes_tables(tmp_path):
     tr = tmp_path / "tr"
-    params = {"mhn_trained": {**TINY, "steps_a": 20, "steps_b": 10}, "mhn_closed_form": {"rotations": 0}}
+    params = {"mhn_trained": {**TINY, "steps_a": 20, "steps_b": 10}}
     proc = run_stage("stages.mhn_trained", params, tmp_path, "--out-dir", str(tr))
-    assert proc.returncode == 0, proc.stderr  # reads only its own section (the bad mhn_closed_form is ignored)
+    assert proc.returncode == 0, proc.stderr
     table = pd.read_parquet(tr / "energies.parquet")
-    assert set(table.strategy) == {"top_energy", "random", "bottom_energy", "none"}
+    assert set(table.strategy) == {"energy_high", "random", "energy_low", "none"}
     assert len(table) == 4 * (sum(MHNTrainedParams().task_a_clusters) + MHNTrainedParams().task_a_outliers)
     assert set(pd.read_parquet(tr / "summary.parquet").quantity) >= {"rise_all", "rise_not_replayed"}
     assert "none" in json.loads((tr / "metrics.json").read_text())
 
 
 def test_report_stage_writes_figures(tmp_path, tiny_seed):
-    from hopfield_replay.mhn import MHNClosedFormParams, run_closed_form
+    from hopfield_replay.config import MHNClosedFormParams
+    from hopfield_replay.mhn import run_closed_form
     from hopfield_replay.tables import write_table
 
     cf, tr, rep = tmp_path / "cf", tmp_path / "tr", tmp_path / "rep"
@@ -171,12 +185,12 @@ def test_trained_stage_bad_param(tmp_path):
     proc = run_stage("stages.mhn_trained", {"mhn_trained": {"lr": "fast"}}, tmp_path, "--out-dir", str(out))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: mhn_trained.lr")
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "mhn_trained.lr: " in lines[0]
     assert not out.exists()
 
 
 def test_report_stage_missing_input(tmp_path):
     proc = run_stage("stages.mhn_report", {}, tmp_path, "--closed-form-dir", str(tmp_path / "nope"),
                      "--trained-dir", str(tmp_path / "nope"), "--out-dir", str(tmp_path / "rep"))
-    assert proc.returncode == 2 and proc.stderr.startswith("error: table")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "table does not exist" in proc.stderr
     assert not (tmp_path / "rep").exists()

@@ -1,5 +1,6 @@
-"""The real pipeline: `dvc repro` of every stage on the tiny config in a temporary git repo, then DVC's
-experiment, params, metrics and status commands, and the Prefect flow under prefect_test_harness."""
+"""The real pipeline: `dvc repro` of every stage on the tiny config (2 seeds) in a temporary git repo, then DVC's
+experiment, params, metrics and status commands, a third seed that trains only its own runs, and the Prefect flow
+under prefect_test_harness."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from hopfield_replay.evidence import VERDICTS
 from hopfield_replay.tables import SCHEMAS, read_meta
 from tests.conftest import run, write_params
 
@@ -25,23 +27,27 @@ KIND = {
 def reset(project):
     """Back to the committed params, lock and outputs (the tests share one reproduced project)."""
     run(["git", "checkout", "--", "."], project)  # params.yaml, dvc.lock and the uncached metrics
+    run(["git", "clean", "-fdq", "--", "data/metrics"], project)
     run(["dvc", "checkout", "--force", "-q"], project)
     assert json.loads(run(["dvc", "status", "--json"], project).stdout) == {}
 
 
+def ran_stages(stdout: str) -> list[str]:
+    return [line.split("'")[1] for line in stdout.splitlines() if line.startswith("Running stage")]
+
+
 def test_dvc_repro_writes_every_table(tiny_project, tiny_params):
     tables = tiny_project / "data" / "tables"
-    prep = tiny_params["prepare"]
+    prep, sel, seeds = tiny_params["prepare"], tiny_params["select_replay"], tiny_params["seeds"]
     n_per_task = 5 * prep["max_per_class"]
-    sel = tiny_params["select_replay"]
     n_t = len(tiny_params["forgetting"]["timesteps"])
-    n_arms = len(sel["strategies"]) * len(sel["budgets"])
+    n_arms = len(sel["arms"]) * len(sel["budgets"])
     expected_rows = {
         "samples": 2 * n_per_task,
-        "energies": n_per_task,
-        "forgetting": n_per_task * n_t,
-        "selection": len(sel["strategies"]) * sum(sel["budgets"]),
-        "replay_forgetting": (n_arms + 1) * n_per_task * n_t,
+        "scores": n_per_task,
+        "forgetting": len(seeds) * n_per_task * n_t,
+        "selection": len(seeds) * len(sel["arms"]) * sum(sel["budgets"]),
+        "replay_forgetting": len(seeds) * (n_arms + 1) * n_per_task * n_t,
     }
     for name, rows in expected_rows.items():
         df = pd.read_parquet(tables / f"{name}.parquet")
@@ -51,40 +57,57 @@ def test_dvc_repro_writes_every_table(tiny_project, tiny_params):
             assert KIND[dtype](df[col]), (name, col, df[col].dtype)
         meta = read_meta(tables / f"{name}.parquet")
         assert meta["table"] == name and len(meta["params_hash"]) == 16 and "torch" in meta["versions"]
-        assert meta["device"].startswith("cpu")
+        assert meta["device"] == "cpu"  # the device kind, no thread count
     samples = pd.read_parquet(tables / "samples.parquet")
-    assert samples["sample_id"].is_unique
-    assert set(samples.loc[samples.task == "A", "label"]) == set(prep["task_a"])
-    energies = pd.read_parquet(tables / "energies.parquet")
-    assert set(energies.sample_id) == set(samples.loc[samples.task == "A", "sample_id"])
-    assert (energies.energy_rise - (energies.energy_b - energies.energy_a)).abs().max() < 1e-9
+    scores = pd.read_parquet(tables / "scores.parquet")
+    assert set(scores.sample_id) == set(samples.loc[samples.task == "A", "sample_id"])
+    assert (scores.energy_rise - (scores.energy_b - scores.energy_a)).abs().max() < 1e-9
+    for column in ("energy_a_beta0p3x", "energy_a_beta3x", "energy_a_snr_t100", "energy_a_snr_t500", "knn1_dist",
+                   "knn3_dist", "kde_neglogdensity", "dist_class_mean", "dist_global_mean", "pixel_norm",
+                   "recon_error_a_t100", "recon_error_a_t500", "model_energy"):
+        assert column in scores and scores[column].notna().all(), column
+    forgetting = pd.read_parquet(tables / "forgetting.parquet")
+    assert sorted(forgetting.seed.unique()) == seeds
+    # error_a is the scores stage's task-A error, shared by every seed; error differs by seed (other training)
+    merged = forgetting[forgetting.t == 100].merge(scores[["sample_id", "recon_error_a_t100"]], on="sample_id")
+    assert (merged.error_a == merged.recon_error_a_t100).all()
+    by_seed = forgetting.pivot_table(index=["sample_id", "t"], columns="seed", values="error")
+    assert (by_seed[seeds[0]] != by_seed[seeds[1]]).any()
     replay = pd.read_parquet(tables / "replay_forgetting.parquet")
-    assert set(replay.strategy) == set(sel["strategies"]) | {"none"}
-    # Every arm's replayed flags match its buffer in the selection table.
+    assert set(replay.strategy) == set(sel["arms"]) | {"none"}
     selection = pd.read_parquet(tables / "selection.parquet")
-    for (strategy, budget), g in selection.groupby(["strategy", "budget"]):
-        flagged = set(replay.loc[(replay.strategy == strategy) & (replay.budget == budget) & replay.replayed, "sample_id"])
+    for (arm, budget, seed), g in selection.groupby(["strategy", "budget", "seed"]):
+        flagged = set(replay.loc[(replay.strategy == arm) & (replay.budget == budget) & (replay.seed == seed)
+                                 & replay.replayed, "sample_id"])
         assert flagged == set(g.sample_id)
-    for model in ("task_a", "task_b"):
-        assert (tiny_project / "data" / "models" / model / "unet" / "config.json").is_file()
-    metrics = json.loads((tiny_project / "data" / "metrics" / "report.json").read_text())
-    assert set(metrics["arms"]) == {"none-0"} | {f"{s}-{b}" for s in sel["strategies"] for b in sel["budgets"]}
-    assert -1 <= metrics["spearman"]["energy_a"]["mean"]["rho"] <= 1
-    report = tiny_project / "data" / "report"
-    assert (report / "report.md").read_text().count("![") == 3
-    for png in ("energy_vs_forgetting.png", "arms_by_decile.png", "energy_extremes.png"):
-        assert (report / "plots" / png).stat().st_size > 5000
+        assert (tiny_project / "data" / "selection" / f"seed{seed}" / f"{arm}-{budget}.parquet").is_file()
+    random = selection[selection.strategy == "random"]
+    assert set(random[random.seed == seeds[0]].sample_id) != set(random[random.seed == seeds[1]].sample_id)
+    for seed in seeds:
+        assert (tiny_project / "data" / "models" / "task_b" / f"seed{seed}" / "unet" / "config.json").is_file()
+    verdicts = json.loads((tiny_project / "data" / "metrics" / "verdicts.json").read_text())
+    assert {verdicts["claim1"]["verdict"], verdicts["claim2"]["verdict"]} <= set(VERDICTS)
+    details = json.loads((tiny_project / "data" / "metrics" / "details.json").read_text())
+    predictors = {r["predictor"]: r for r in details["relative"]["predictors"]}
+    assert {"energy_a", "pixel_mass", "recon_error_a", "knn1_dist"} <= set(predictors)
+    assert predictors["energy_a"]["covariates"] == "pixel_mass,recon_error_a"
+    assert all(r["n_seeds"] == len(seeds) for r in details["absolute"]["arms"])
+    report = (tiny_project / "data" / "report" / "report.md").read_text()
+    assert report.index("## Verdicts") < report.index("## Predictors") < report.index("## Replay arms")
+    for png in ("predictors.png", "energy_vs_forgetting.png", "arms_by_decile.png", "energy_extremes.png"):
+        assert (tiny_project / "data" / "report" / "plots" / png).stat().st_size > 5000
 
 
 def test_repro_is_deterministic_and_then_up_to_date(tiny_project):
     status = run(["dvc", "status", "--json"], tiny_project)
     assert json.loads(status.stdout) == {}
-    again = run(["dvc", "repro"], tiny_project)
-    assert "Running stage" not in again.stdout
-    # Same params and seed on the same device: rerunning training and the energy gives identical outputs.
+    assert ran_stages(run(["dvc", "repro"], tiny_project).stdout) == []
+    # Same params and seed on the same device: rerunning training and the scores gives identical outputs.
     weights = tiny_project / "data" / "models" / "task_a" / "unet" / "diffusion_pytorch_model.safetensors"
-    before = {p: p.read_bytes() for p in (weights, tiny_project / "data" / "tables" / "energies.parquet")}
-    for stage in ("train_a", "energy"):
+    files = (weights, tiny_project / "data" / "tables" / "scores.parquet",
+             tiny_project / "data" / "prepared" / "images.safetensors")
+    before = {p: p.read_bytes() for p in files}
+    for stage in ("prepare", "train_a", "scores"):
         run(["dvc", "repro", "--force", "--single-item", stage], tiny_project)
     for path, old in before.items():
         assert path.read_bytes() == old, path.name
@@ -93,13 +116,11 @@ def test_repro_is_deterministic_and_then_up_to_date(tiny_project):
 
 def test_dvc_commands_work(tiny_project):
     plots = run(["dvc", "plots", "show", "--json"], tiny_project)
-    assert "energy_vs_forgetting.png" in plots.stdout
-    metrics = run(["dvc", "metrics", "show", "--json"], tiny_project)
-    assert "spearman" in metrics.stdout
+    assert "predictors.png" in plots.stdout
+    metrics = run(["dvc", "metrics", "show"], tiny_project)
+    assert "claim1.verdict" in metrics.stdout and max(map(len, metrics.stdout.splitlines())) < 400
     exp = run(["dvc", "exp", "run", "-S", "report.deciles=4"], tiny_project)
-    assert json.loads((tiny_project / "data" / "metrics" / "report.json").read_text())["forgetting_by_energy_decile"].keys() == {"d0", "d1", "d2", "d3"}
-    ran = [line for line in exp.stdout.splitlines() if line.startswith("Running stage")]
-    assert ran == ["Running stage 'report':"], exp.stdout
+    assert ran_stages(exp.stdout) == ["report"], exp.stdout
     diff = run(["dvc", "params", "diff", "--json"], tiny_project)
     assert json.loads(diff.stdout)["params.yaml"]["report.deciles"]["new"] == 4
     reset(tiny_project)
@@ -110,7 +131,21 @@ def test_dvc_commands_work(tiny_project):
     run(["dvc", "repro", "--single-item", "select_replay"], tiny_project)
     status = json.loads(run(["dvc", "status", "--json"], tiny_project).stdout)
     retrain = {k.split(":")[-1] for k in status if "retrain@" in k}
-    assert retrain == {f"retrain@{s}-15" for s in params["select_replay"]["strategies"]}, status
+    assert retrain == {f"retrain@{s}-{a}-15" for s in params["seeds"] for a in params["select_replay"]["arms"]}, status
+    reset(tiny_project)
+
+
+def test_a_third_seed_trains_only_its_own_runs(tiny_project):
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    old = params["seeds"]
+    params["seeds"] = old + [7]
+    write_params(tiny_project / "params.yaml", params)
+    ran = ran_stages(run(["dvc", "repro"], tiny_project).stdout)
+    trained = {s for s in ran if s.startswith(("train_b@", "retrain@", "train_a"))}
+    assert trained == {"train_b@7"} | {f"retrain@7-{a}-{b}" for a in params["select_replay"]["arms"]
+                                       for b in params["select_replay"]["budgets"]}, ran
+    details = json.loads((tiny_project / "data" / "metrics" / "details.json").read_text())
+    assert details["run"]["seeds"] == old + [7]
     reset(tiny_project)
 
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from hopfield_replay.diffusion import DDPMConfig, DenoisingModel, PixelDDPM
+from hopfield_replay.models import DDPMConfig, DenoisingModel, PixelDDPM
 from hopfield_replay.reconstruction import (
     _noise_seeds,
     default_batch_size,
     denoising_energy,
+    error_table,
     fixed_noise,
-    forgetting,
     reconstruction_error,
 )
 
@@ -106,13 +106,17 @@ def test_errors_match_the_closed_form(k):
 
 
 def test_forgetting_on_hand_computed_values():
+    """The long error table of two models and their difference (absolute forgetting) against the closed form."""
+    from hopfield_replay.forgetting import add_measures
+
     x0 = torch.rand(5, *SHAPE) * 2 - 1
     ids, ts = [1, 2, 3, 4, 5], [50, 700]
-    before = reconstruction_error(ScaledModel(0.5), x0, ids, ts, seed=0, progress=False)
-    after = reconstruction_error(ScaledModel(0.0), x0, ids, ts, seed=0, progress=False)
+    before = error_table(ScaledModel(0.5), x0, ids, ts, seed=0, progress=False).rename(columns={"error": "error_a"})
+    after = error_table(ScaledModel(0.0), x0, ids, ts, seed=0, progress=False)
+    assert before[["sample_id", "t"]].values.tolist() == [[i, t] for i in ids for t in ts]
+    got = add_measures(before.merge(after, on=["sample_id", "t"]))
     want = closed_form(0.0, x0, ids, ts, 0, ScaledModel(0.0))[0] - closed_form(0.5, x0, ids, ts, 0, ScaledModel(0.5))[0]
-    np.testing.assert_allclose(forgetting(before, after).double().numpy(), want.numpy(), rtol=1e-4, atol=1e-6)
-    assert torch.equal(forgetting(torch.tensor([1.0, 2.0]), torch.tensor([1.5, 1.0])), torch.tensor([0.5, -1.0]))
+    np.testing.assert_allclose(got["absolute"].to_numpy(), want.double().numpy().reshape(-1), rtol=1e-4, atol=1e-6)
 
 
 def test_results_do_not_depend_on_batch_size():

@@ -1,7 +1,7 @@
 """The same DVC pipeline switched to Stable Diffusion by ``model.family: sd``: a real `dvc repro` (prepare -> encode
 -> train_a -> energy -> train_b -> forgetting -> select_replay -> retrain -> evaluate -> report) on a tiny
-random-weight SD pipeline built offline, one-line errors of the stage command lines on bad SD input (slow), and
-the profile tool (`python -m stages.profile`) that selects the SD profiles in one command (fast)."""
+random-weight SD pipeline built offline, and one-line errors of the stage command lines on bad SD input (slow).
+The profile tool (`python -m tools.profile`) is tested in tests/test_profile.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from hopfield_replay.energy import hopfield_energy
-from hopfield_replay.stable_diffusion import build_tiny_sd_pipeline
+from hopfield_replay.testing import build_tiny_sd_pipeline
 from hopfield_replay.tables import load_tensors, read_meta
 from tests.conftest import ROOT, make_project, run, write_params
 
@@ -69,7 +69,7 @@ def test_dvc_repro_runs_the_whole_sd_pipeline_on_latents(sd_project, tiny_params
     images = load_tensors(sd_project / "data" / "prepared" / "images.safetensors")
     assert tuple(x0["x0"].shape) == (2 * n, *LATENT)
     assert torch.equal(x0["sample_id"], images["sample_id"])
-    from stages.common import tensor_meta
+    from hopfield_replay.tables import tensor_meta
 
     meta = tensor_meta(space)
     assert meta["family"] == "sd" and meta["space"] == "latents" and meta["shape"] == list(LATENT)
@@ -150,60 +150,3 @@ def test_train_a_rejects_a_pipeline_that_is_not_sd(sd_project, tiny_params, tiny
     assert_one_line_error(code, stderr, "model.sd.pretrained: ")
     assert "not a Stable Diffusion pipeline" in stderr and not out.exists()
 
-
-# -- the profile tool -----------------------------------------------------------------------------------------------
-
-def test_profile_merges_into_params_keeping_comments(tmp_path):
-    from hopfield_replay.params import load_params, validate_all
-    from stages import profile
-
-    params = tmp_path / "params.yaml"
-    params.write_text((ROOT / "params.yaml").read_text())
-    profile.main(["--params", str(params), str(ROOT / "profiles" / "sd-v15-cifar10.yaml"),
-                  "--set", "prepare.root=/data/cifar-10-batches-py", "--set", "model.sd.pretrained=/models/sd15"])
-    text = params.read_text()
-    assert "# auto (CUDA with bf16 autocast" in text and "mhn_closed_form:" in text  # comments and other sections kept
-    assert "lr: 1.0e-05" in text  # a float PyYAML also reads as a float
-    raw = load_params(params)
-    parsed = validate_all(raw)
-    sd = parsed["model"].sd
-    assert parsed["model"].family == "sd" and parsed["device"] == "cuda"
-    assert sd.pretrained == "/models/sd15" and sd.resolution == 256 and sd.gradient_checkpointing and not sd.lora
-    assert sd.class_names[3] == "cat" and parsed["train_a"].lr == 1e-5 and parsed["energy"].batch_size == 256
-    assert parsed["prepare"].root == "/data/cifar-10-batches-py" and parsed["select_replay"].budgets == [250, 1000]
-    assert raw["mhn_trained"] == load_params(ROOT / "params.yaml")["mhn_trained"]
-
-
-def test_profile_exp_prints_dvc_exp_run_and_leaves_params(tmp_path, capsys):
-    from stages import profile
-
-    params = tmp_path / "params.yaml"
-    before = (ROOT / "params.yaml").read_text()
-    params.write_text(before)
-    profile.main(["--params", str(params), str(ROOT / "profiles" / "sd-v15-cifar10.yaml"), "--exp"])
-    out = capsys.readouterr().out.strip().splitlines()[-1]
-    assert out.startswith("dvc exp run -S ") and "-S model.family=sd" in out
-    assert """-S 'model.sd.prompt_template="a photo of a {class}"'""" in out
-    assert params.read_text() == before
-
-
-def test_profile_builds_the_tiny_pipeline_and_rejects_bad_values(tmp_path):
-    from hopfield_replay.params import ParamsError, load_params
-    from stages import profile
-
-    params = tmp_path / "params.yaml"
-    before = (ROOT / "params.yaml").read_text()
-    params.write_text(before)
-    yaml_text = (ROOT / "profiles" / "sd-smoke.yaml").read_text()
-    tiny = tmp_path / "cache" / "sd-tiny"
-    smoke = yaml_text.replace("path: .cache/sd-tiny-16", f"path: {tiny}")
-    (tmp_path / "smoke.yaml").write_text(smoke)
-    with pytest.raises(ParamsError, match=r"^model\.sd\.prompt_template: 'nope' has no \{class\}"):
-        profile.main(["--params", str(params), str(tmp_path / "smoke.yaml"), "--set", "model.sd.prompt_template=nope"])
-    assert params.read_text() == before and not tiny.exists()  # nothing written, nothing built
-    profile.main(["--params", str(params), str(tmp_path / "smoke.yaml")])
-    assert (tiny / "model_index.json").is_file()
-    raw = load_params(params)
-    assert raw["model"]["family"] == "sd" and raw["model"]["sd"]["pretrained"] == str(tiny)
-    with pytest.raises(FileNotFoundError, match="profile: .*no-such.yaml does not exist"):
-        profile.main(["--params", str(params), str(tmp_path / "no-such.yaml")])

@@ -10,17 +10,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from hopfield_replay.diffusion import FAMILY_FILE, TrainConfig, load_model, train_denoiser
-from hopfield_replay.params import ParamsError, parse_section
+from hopfield_replay.config import ParamsError, validate_config
+from hopfield_replay.data import CIFAR10_CLASSES
+from hopfield_replay.errors import UserError
+from hopfield_replay.models import FAMILY_FILE, LatentDiffusion, TrainConfig, load_model, train_denoiser
+from hopfield_replay.models.sd_settings import LoraSettings, SDSettings
 from hopfield_replay.reconstruction import denoising_energy, reconstruction_error
-from hopfield_replay.stable_diffusion import (
-    CIFAR10_CLASSES,
-    LatentDiffusion,
-    LoraSettings,
-    SDParams,
-    build_tiny_sd_pipeline,
-    main,
-)
+from hopfield_replay.testing import build_tiny_sd_pipeline, main
 
 RES = 16  # tiny VAE: 2 blocks -> downsampling 2 -> latents (4, 8, 8)
 NAMES = CIFAR10_CLASSES
@@ -72,7 +68,7 @@ def test_tiny_pipeline_round_trips_bit_identically(tmp_path):
 
 
 def test_cli_build_tiny(tmp_path, capsys):
-    main(["build-tiny", str(tmp_path / "cli"), "--resolution", "16"])
+    main(["build-tiny-sd", str(tmp_path / "cli"), "--resolution", "16"])
     assert (tmp_path / "cli" / "model_index.json").is_file()
     assert "tiny Stable Diffusion" in capsys.readouterr().out
 
@@ -101,7 +97,7 @@ def test_encode_is_the_scaled_posterior_mean_and_deterministic(model):
         ref = model.vae.encode(x).latent_dist.mean * model.vae.config.scaling_factor
     torch.testing.assert_close(z, ref, rtol=1e-5, atol=1e-6)
     # batching does not change the latents
-    model.encode_batch_size = 2
+    model.settings.encode_batch_size = 2
     torch.testing.assert_close(model.encode(x), z, rtol=1e-5, atol=1e-6)
 
 
@@ -133,7 +129,7 @@ def test_predict_noise_uses_the_label_prompts(model):
     assert torch.equal(a, again)
     assert not torch.allclose(a, b) and not torch.allclose(a, empty)
     assert model.prompts[3] == "a photo of a cat"
-    with pytest.raises(ValueError, match="label 10 has no prompt"):
+    with pytest.raises(UserError, match="label 10 has no prompt"):
         model.predict_noise(z, t, torch.tensor([0, 1, 2, 10]))
 
 
@@ -225,32 +221,32 @@ def test_lora_trains_only_the_adapter_and_round_trips(tiny, tmp_path):
 # -- errors ------------------------------------------------------------------------------------------------------
 
 def test_missing_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"model\.sd\.pretrained: .*nope does not exist"):
+    with pytest.raises(UserError, match=r"model\.sd\.pretrained: .*nope does not exist"):
         LatentDiffusion.from_pipeline(str(tmp_path / "nope"), class_names=NAMES)
 
 
 def test_not_a_pipeline_folder(tmp_path):
-    with pytest.raises(ValueError, match="is not a Stable Diffusion pipeline folder"):
+    with pytest.raises(UserError, match="is not a Stable Diffusion pipeline folder"):
         LatentDiffusion.from_pipeline(str(tmp_path), class_names=NAMES)
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"]}))
-    with pytest.raises(ValueError, match="is not a Stable Diffusion pipeline folder.*missing or wrong: unet, vae"):
+    with pytest.raises(UserError, match="is not a Stable Diffusion pipeline folder.*missing or wrong: unet, vae"):
         LatentDiffusion.from_pipeline(str(tmp_path), class_names=NAMES)
 
 
 def test_uncached_hub_id_is_not_downloaded():
-    with pytest.raises(FileNotFoundError, match="neither an existing local folder nor a repo in the local Hugging Face cache"):
+    with pytest.raises(UserError, match="neither an existing local folder nor a repo in the local Hugging Face cache"):
         LatentDiffusion.from_pipeline("no-such-owner-xyz/no-such-model-xyz", revision="abc", class_names=NAMES)
 
 
 def test_bad_resolution(tiny):
-    with pytest.raises(ValueError, match=r"model\.sd\.resolution: 15 cannot be taken by the VAE.*factor 2"):
+    with pytest.raises(UserError, match=r"model\.sd\.resolution: 15 cannot be taken by the VAE.*factor 2"):
         LatentDiffusion.from_pipeline(str(tiny), resolution=15, class_names=NAMES)
 
 
 def test_template_without_class_and_missing_names(tiny):
-    with pytest.raises(ValueError, match=r"model\.sd\.prompt_template: 'a photo' has no \{class\} placeholder"):
+    with pytest.raises(UserError, match=r"model\.sd\.prompt_template: 'a photo' has no \{class\} placeholder"):
         LatentDiffusion.from_pipeline(str(tiny), prompt_template="a photo", class_names=NAMES)
-    with pytest.raises(ValueError, match=r"model\.sd\.class_names: prompt 'class' needs class_names"):
+    with pytest.raises(UserError, match=r"model\.sd\.class_names: prompt 'class' needs class_names"):
         LatentDiffusion.from_pipeline(str(tiny))
     LatentDiffusion.from_pipeline(str(tiny), prompt="empty", prompt_template="no placeholder needed")
 
@@ -262,30 +258,47 @@ def test_v_prediction_is_refused(tiny, tmp_path):
     shutil.copytree(tiny, copy)
     cfg = copy / "scheduler" / "scheduler_config.json"
     cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "prediction_type": "v_prediction"}))
-    with pytest.raises(ValueError, match="epsilon prediction only"):
+    with pytest.raises(UserError, match="epsilon prediction only"):
         LatentDiffusion.from_pipeline(str(copy), class_names=NAMES)
 
 
+def sd_section(**values):
+    """The ``model.sd`` section as the stages get it (the whole params mapping validated by config)."""
+    return validate_config({"model": {"sd": values}}).model.sd
+
+
 def test_sd_params():
-    p = parse_section({"sd": {"pretrained": "models/sd-v1-5", "lora": True, "lora_rank": 8}}, SDParams, "sd")
+    p = sd_section(pretrained="models/sd-v1-5", lora=True, lora_rank=8)
     assert p.local_files_only is True and p.lora_rank == 8 and p.prompt_template == "a photo of a {class}"
     with pytest.raises(ParamsError, match=r"model\.sd\.prompt_template: 'a photo' has no \{class\} placeholder"):
-        parse_section({"model.sd": {"prompt_template": "a photo"}}, SDParams, "model.sd")
-    parse_section({"model.sd": {"prompt_template": "a photo", "prompt": "empty"}}, SDParams, "model.sd")
-    with pytest.raises(ParamsError, match=r"model\.sd\.resolution: 100 must be a multiple of 8"):
-        parse_section({"model.sd": {"resolution": 100}}, SDParams, "model.sd")
-    with pytest.raises(ParamsError, match=r"model\.sd\.prompt: 'words'"):
-        parse_section({"model.sd": {"prompt": "words"}}, SDParams, "model.sd")
+        sd_section(prompt_template="a photo")
+    sd_section(prompt_template="a photo", prompt="empty")
+    with pytest.raises(ParamsError, match=r"model\.sd\.resolution: .*multiple of 8"):
+        sd_section(resolution=100)
+    with pytest.raises(ParamsError, match=r"model\.sd\.prompt: .*'words'"):
+        sd_section(prompt="words")
     with pytest.raises(ParamsError, match=r"model\.sd\.lora_ranks: unknown key"):
-        parse_section({"model.sd": {"lora_ranks": 4}}, SDParams, "model.sd")
+        sd_section(lora_ranks=4)
+
+
+def test_settings_from_params_fill_nulls_and_round_trip():
+    p = sd_section(lora=True, lora_rank=2, lora_alpha=3.0, lora_targets=["to_q"], resolution=16, variant="fp16")
+    s = SDSettings.from_params(p, class_names=["a", "b"], pretrained="/models/x")
+    assert s.pretrained == "/models/x" and s.class_names == ["a", "b"] and s.variant == "fp16"
+    assert s.lora == LoraSettings(rank=2, alpha=3.0, target_modules=("to_q",)) and s.resolution == 16
+    assert SDSettings.from_params(sd_section(), pretrained="/m").lora is None
+    own = SDSettings.from_params(sd_section(pretrained="/own", class_names=["c"]), class_names=["a"], pretrained="/m")
+    assert own.pretrained == "/own" and own.class_names == ["c"]  # params win over the fill-ins
+    assert SDSettings.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    assert s.prompts() == ["a photo of a a", "a photo of a b"]
 
 
 def test_from_params(tiny):
-    p = parse_section({"s": {"lora": True, "lora_rank": 2, "resolution": 16}}, SDParams, "s")
+    p = sd_section(lora=True, lora_rank=2, resolution=16)
     m = LatentDiffusion.from_params(p, class_names=NAMES, pretrained=str(tiny))
     assert m.lora == LoraSettings(rank=2) and m.resolution == 16 and m.prompts[0] == "a photo of a airplane"
-    with pytest.raises(ValueError, match=r"model\.sd\.pretrained: not set"):
-        LatentDiffusion.from_params(SDParams(), class_names=NAMES)
+    with pytest.raises(UserError, match=r"model\.sd\.pretrained: not set"):
+        LatentDiffusion.from_params(sd_section(), class_names=NAMES)
 
 
 def test_pixel_space_reconstruction_decodes_both_sides(model):

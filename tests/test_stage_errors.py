@@ -1,7 +1,9 @@
-"""Bad input through the real stage command lines: one `error:` line naming the field, exit 2, no output."""
+"""The error contract through the real stage command lines: a user error (params, data, paths, damaged files) is
+one `error:` line naming the field or file, exit 2, no output; anything else is a bug and shows its traceback."""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -12,11 +14,33 @@ import yaml
 from tests.conftest import ROOT, TINY_PARAMS
 
 
-def _stage(tmp_path, name, params: dict | str, *args):
+def _params(tmp_path, params: dict | str):
     path = tmp_path / "params.yaml"
     path.write_text(params if isinstance(params, str) else yaml.safe_dump(params))
-    return subprocess.run([sys.executable, "-m", f"stages.{name}", "--params", str(path), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return path
+
+
+def _subprocess(tmp_path, name, params: dict | str, *args):
+    """The real command line, as dvc.yaml runs it."""
+    return subprocess.run([sys.executable, "-m", f"stages.{name}", "--params", str(_params(tmp_path, params)),
+                           *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def stage(tmp_path, capfd):
+    """In process through the stage's main(argv) (fast): returns an object like subprocess.run's."""
+
+    def call(name, params: dict | str, *args):
+        main = importlib.import_module(f"stages.{name}").main
+        code = 0
+        try:
+            main(["--params", str(_params(tmp_path, params)), *map(str, args)])
+        except SystemExit as exc:
+            code = exc.code
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return call
 
 
 def _assert_one_line_error(proc, *fragments):
@@ -33,7 +57,7 @@ def _tiny():
 
 @pytest.mark.parametrize("prepare, fragments", [
     ({"task_a": [0, 1], "task_b": [1, 2]}, ["prepare.task_b", "also in task_a"]),
-    ({"task_a": []}, ["prepare.task_a", "must not be empty"]),
+    ({"task_a": []}, ["prepare.task_a", "at least 1 item"]),
     ({"dataset": "folder", "root": "no/such/folder"}, ["prepare.root", "does not exist", "IDX"]),
     ({"dataset": "folder", "root": "tests"}, ["prepare.root", "holds no known data format"]),
 ])
@@ -41,30 +65,72 @@ def test_prepare_bad_input(tmp_path, prepare, fragments):
     params = _tiny()
     params["prepare"] = {**params["prepare"], **prepare}
     out = tmp_path / "out"
-    proc = _stage(tmp_path, "prepare", params, "--out-images", str(out / "i.safetensors"),
-                  "--out-samples", str(out / "s.parquet"))
+    proc = _subprocess(tmp_path, "prepare", params, "--out-images", out / "i.safetensors", "--out-samples", out / "s.parquet")
     _assert_one_line_error(proc, *fragments)
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_malformed_params_file(tmp_path):
-    proc = _stage(tmp_path, "prepare", "prepare: {task_a: [0, 1\n", "--out-images", str(tmp_path / "i"),
-                  "--out-samples", str(tmp_path / "s"))
-    _assert_one_line_error(proc, "not valid YAML")
-
-
-@pytest.mark.parametrize("select, fragments", [
-    ({"strategies": ["energy_top"]}, ["select_replay.strategies", "unknown strategy 'energy_top'", "energy_high"]),
-    ({"budgets": [-3]}, ["select_replay.budgets", "-3"]),
-    ({"budgets": [10, 500]}, ["select_replay.budgets", "[500] exceed the 20 task-A samples"]),
+@pytest.mark.parametrize("text, fragments", [
+    ("prepare: {task_a: [0, 1\n", ["not valid YAML"]),
+    ("trian_a: {steps: 3}\n", ["trian_a: unknown section"]),
+    ("train_a: {lr: .inf}\n", ["train_a.lr: Input should be a finite number"]),
+    ("report: {bootstrap: many}\n", ["report.bootstrap"]),  # a bad report value fails before any training
 ])
-def test_select_replay_bad_input(tmp_path, select, fragments):
-    energies = tmp_path / "energies.parquet"
-    pd.DataFrame({"sample_id": range(20), "energy_a": [float(i % 7) for i in range(20)]}).to_parquet(energies)
+def test_the_whole_params_file_is_validated_up_front(tmp_path, stage, text, fragments):
+    out = tmp_path / "out"
+    proc = stage("train_a", text, "--x0", tmp_path / "x0", "--samples", tmp_path / "s", "--out", out)
+    _assert_one_line_error(proc, *fragments)
+    assert not out.exists()
+
+
+def _select(tmp_path, stage, select: dict, n: int = 20):
+    scores = tmp_path / "scores.parquet"
+    pd.DataFrame({"sample_id": range(n), "task": "A", "label": [i % 5 for i in range(n)],
+                  "energy_a": [float(i % 7) for i in range(n)], "beta": 1.0}).to_parquet(scores)
     params = _tiny()
     params["select_replay"] = {**params["select_replay"], **select}
     out = tmp_path / "sel"
-    proc = _stage(tmp_path, "select_replay", params, "--energies", str(energies), "--out", str(out / "s.parquet"),
-                  "--out-dir", str(out / "arms"))
+    proc = stage("select_replay", params, "--scores", scores, "--forgetting", tmp_path / "f.parquet",
+                  "--x0", tmp_path / "x0", "--samples", tmp_path / "s", "--out", out / "s.parquet",
+                  "--out-dir", out / "arms")
+    return proc, out
+
+
+@pytest.mark.parametrize("select, fragments", [
+    ({"arms": ["energy_top"]}, ["select_replay.arms", "unknown arm 'energy_top'", "energy_high"]),
+    ({"arms": ["knn99_dist_high"]}, ["select_replay.arms", "'knn99_dist'", "is not a column of", "energy_a"]),
+    ({"budgets": [-3]}, ["select_replay.budgets[0]", "-3"]),
+    ({"arms": ["energy_high"], "budgets": [10, 500]}, ["select_replay.budgets", "500 exceeds the 20 task-A samples"]),
+    ({"arms": ["energy_high"], "budgets": [5]}, ["f.parquet", "does not exist"]),
+])
+def test_select_replay_bad_input(tmp_path, stage, select, fragments):
+    proc, out = _select(tmp_path, stage, select)
     _assert_one_line_error(proc, *fragments)
     assert not out.exists()
+
+
+def test_damaged_input_file_is_named(tmp_path, stage):
+    x0 = tmp_path / "x0.safetensors"
+    x0.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}")  # a truncated header
+    proc = stage("train_a", _tiny(), "--x0", x0, "--samples", tmp_path / "s", "--out", tmp_path / "out")
+    _assert_one_line_error(proc, "x0.safetensors", "not a readable safetensors file")
+
+
+def test_a_missing_path_argument_is_a_usage_error(tmp_path):
+    proc = _subprocess(tmp_path, "train_a", _tiny(), "--x0", tmp_path / "x0")
+    assert proc.returncode == 2 and "the following arguments are required: --samples, --out" in proc.stderr
+
+
+def test_an_unexpected_exception_is_a_bug_with_its_traceback(tmp_path):
+    """A bug is not dressed up as user error: the traceback shows and the exit status is not 2."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(_tiny()))
+    code = ("import sys, hopfield_replay.data as data, stages.prepare as stage\n"
+            "def broken(*args, **kwargs):\n    raise KeyError('sample_id')\n"
+            "stage.load_dataset = broken\n"
+            f"stage.main(['--params', {str(params)!r}, '--out-images', 'i', '--out-samples', 's'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode not in (0, 2)
+    assert "Traceback (most recent call last)" in proc.stderr and "KeyError: 'sample_id'" in proc.stderr
+    assert not (tmp_path / "i").exists()

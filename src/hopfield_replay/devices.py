@@ -8,6 +8,8 @@ import platform
 
 import torch
 
+from .errors import UserError
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -16,9 +18,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but no CUDA device is available; use 'auto' or 'cpu'")
+        raise UserError(f"device={device!r} but no CUDA device is available; use 'auto' or 'cpu'")
     if not (device == "cpu" or device.startswith("cuda")):
-        raise ValueError(f"device={device!r} is not one of {DEVICES} (or cuda:N)")
+        raise UserError(f"device={device!r} is not one of {DEVICES} (or cuda:N)")
     return torch.device(device)
 
 
@@ -32,7 +34,7 @@ def autocast(device: torch.device):
 def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
-    return f"cpu:{torch.get_num_threads()}threads"
+    return "cpu"  # no thread count: the same values must give the same bytes under any OMP_NUM_THREADS
 
 
 def machine_description(device: torch.device) -> str:

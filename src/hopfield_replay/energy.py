@@ -31,18 +31,21 @@ so peak extra memory is one tile plus one centred memory chunk, whatever N and M
 matrix product plus a few passes over a cache-resident tile. Accumulation is in fp32 (fp64 for fp64 inputs); on
 CUDA, fp16/bf16 inputs are multiplied with fp32 output. When an input requires grad (the trained MHN's loss) the
 same streaming runs out of place so that autograd can differentiate it.
+
+``knn_distances`` (and ``nearest_neighbour_sqdist``, its k = 1 case, squared) streams the same tiles of
+|x - c|^2 / 2 - (q - c).(x - c) with a running top-k, then recomputes the k selected distances directly.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from typing import Literal
 
 import torch
 
 Form = Literal["inner", "distance"]
 FORMS = ("inner", "distance")
-BETA_RULES = ("fixed", "median_nn", "snr")
 
 # Tiles of 4096 x 4096 (64 MiB of fp32 logits): the GEMM on such a tile runs at the speed of one big matmul, and
 # each tile costs a fixed handful of parallel passes (amax, subtract, exp2, sum) whose per-call and thread-sync
@@ -271,19 +274,57 @@ def nearest_neighbour_sqdist(
     The neighbour is found from the expansion |m - c|^2 - 2 (q - c).(m - c) (c the memories' mean) with a running
     arg-min; its squared distance is then recomputed directly as |q - x_nn|^2, so the value carries no
     cancellation error. Result in fp32 (fp64 for fp64 inputs); O(N + M) extra memory beyond one tile.
+    (``_knn_sqdist`` with k = 1.)
     """
+    return _knn_sqdist(queries, memories, 1, exclude_self=exclude_self, query_chunk=query_chunk,
+                       memory_chunk=memory_chunk)[:, 0]
+
+
+def knn_distances(
+    queries,
+    memories,
+    k: int,
+    *,
+    exclude_self: bool = False,
+    query_chunk: int = DEFAULT_QUERY_CHUNK,
+    memory_chunk: int = DEFAULT_MEMORY_CHUNK,
+) -> torch.Tensor:
+    """The Euclidean distances to the k nearest memories per query, ascending: out[i, j] = |q_i - x_(j+1)|, (N, k).
+
+    Streamed like ``nearest_neighbour_sqdist``: candidates are ranked by |x - c|^2 / 2 - (q - c).(x - c) (the same
+    order as |q - x|^2 for a fixed q; c the memories' mean) one memory chunk at a time, keeping a running top-k merged
+    chunk by chunk; the k selected distances are then recomputed directly as |q - x_nn| (no cancellation error) and
+    sorted. exclude_self: leave-one-out (queries are the memories, the diagonal is masked). Ties between equally
+    distant memories give the same distances whichever is kept. fp32 result (fp64 for fp64 inputs); extra memory one
+    tile plus O(N k + M).
+    """
+    return _knn_sqdist(queries, memories, k, exclude_self=exclude_self, query_chunk=query_chunk,
+                       memory_chunk=memory_chunk).sqrt_()
+
+
+def _knn_sqdist(queries, memories, k, *, exclude_self, query_chunk, memory_chunk) -> torch.Tensor:
+    """(N, k) ascending squared distances to the k nearest memories (the core of the two functions above)."""
     _check_chunks(query_chunk, memory_chunk)
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise TypeError(f"k must be an integer, got {k!r}") from None
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
     q_all = _as_matrix(queries, "queries")
     m_all = _as_matrix(memories, "memories", device=q_all.device)
     if q_all.shape[1] != m_all.shape[1]:
         raise ValueError(f"queries have dimension {q_all.shape[1]} but memories {m_all.shape[1]}")
-    if exclude_self and q_all.shape[0] != m_all.shape[0]:
+    n, m_count = q_all.shape[0], m_all.shape[0]
+    if exclude_self and n != m_count:
         raise ValueError("exclude_self=True needs queries == memories")
-    if exclude_self and q_all.shape[0] < 2:
-        raise ValueError("a leave-one-out nearest neighbour needs at least 2 rows")
+    if exclude_self and n < k + 1:
+        what = "nearest neighbour" if k == 1 else f"{k}-nearest-neighbour search"
+        raise ValueError(f"a leave-one-out {what} needs at least {k + 1} rows, got {n}")
+    if not exclude_self and m_count < k:
+        raise ValueError(f"a {k}-nearest-neighbour search needs at least {k} memories, got {m_count}")
     acc = _accumulation_dtype(q_all, m_all)
     q_all, m_all = q_all.detach().to(acc), m_all.detach().to(acc)
-    n, m_count = q_all.shape[0], m_all.shape[0]
     with torch.no_grad():
         center = m_all.mean(0)
         half_sq = 0.5 * torch.cat([_sq_norms(m_all[i : i + memory_chunk], center, acc)
@@ -291,12 +332,12 @@ def nearest_neighbour_sqdist(
         rows_max, cols_max = min(query_chunk, n), min(memory_chunk, m_count)
         tile_buf = torch.empty(rows_max * cols_max, dtype=acc, device=q_all.device)
         m_buf = torch.empty(cols_max, m_all.shape[1], dtype=acc, device=q_all.device)
-        nn_index = torch.empty(n, dtype=torch.long, device=q_all.device)
+        nn_index = torch.empty(n, k, dtype=torch.long, device=q_all.device)
         for q0 in range(0, n, query_chunk):
             q = q_all[q0 : q0 + query_chunk] - center
             rows = q.shape[0]
-            best = torch.full((rows,), math.inf, dtype=acc, device=q.device)
-            best_idx = torch.zeros(rows, dtype=torch.long, device=q.device)
+            best = torch.full((rows, k), math.inf, dtype=acc, device=q.device)
+            best_idx = torch.zeros((rows, k), dtype=torch.long, device=q.device)
             for m0 in range(0, m_count, memory_chunk):
                 m = torch.sub(m_all[m0 : m0 + memory_chunk], center, out=m_buf[: min(memory_chunk, m_count - m0)])
                 # |x|^2/2 - q.x: the same order as |q - x|^2 for a fixed q
@@ -304,19 +345,26 @@ def nearest_neighbour_sqdist(
                                    out=tile_buf[: rows * m.shape[0]].view(rows, m.shape[0]))
                 if exclude_self:
                     _mask_diagonal(tile, q0, m0, math.inf)
-                val, idx = tile.min(dim=1)
-                better = val < best
-                best = torch.where(better, val, best)
-                best_idx = torch.where(better, idx + m0, best_idx)
+                if k == 1:  # running arg-min (cheaper than a top-k merge)
+                    val, idx = tile.min(dim=1, keepdim=True)
+                    better = val < best
+                    best = torch.where(better, val, best)
+                    best_idx = torch.where(better, idx + m0, best_idx)
+                    continue
+                # running top-k: the chunk's k smallest, merged with the k kept so far
+                val, idx = tile.topk(min(k, m.shape[0]), dim=1, largest=False, sorted=False)
+                best, pos = torch.cat([best, val], dim=1).topk(k, dim=1, largest=False, sorted=False)
+                best_idx = torch.cat([best_idx, idx + m0], dim=1).gather(1, pos)
             nn_index[q0 : q0 + rows] = best_idx
-        out = torch.empty(n, dtype=acc, device=q_all.device)
+        out = torch.empty(n, k, dtype=acc, device=q_all.device)
         for q0 in range(0, n, query_chunk):
-            diff = q_all[q0 : q0 + query_chunk] - m_all[nn_index[q0 : q0 + query_chunk]]
-            out[q0 : q0 + diff.shape[0]] = _row_sq(diff)
-    return out
+            q = q_all[q0 : q0 + query_chunk]
+            for j in range(k):
+                out[q0 : q0 + q.shape[0], j] = _row_sq(q - m_all[nn_index[q0 : q0 + query_chunk, j]])
+    return out if k == 1 else out.sort(dim=1).values
 
 
-def beta_from_data(memories, *, rule: str = "median_nn", **chunks) -> float:
+def beta_from_data(memories, **chunks) -> float:
     """Inverse temperature set from the data: beta = 1 / median_k min_{mu != k} |x_k - x_mu|^2.
 
     With this rule a sample's nearest other memory sits at beta * d^2 / 2 = 1/2 in the typical case, so the
@@ -324,8 +372,6 @@ def beta_from_data(memories, *, rule: str = "median_nn", **chunks) -> float:
     The nearest neighbours are streamed (``nearest_neighbour_sqdist``): O(N) memory, one GEMM's time.
     The median is torch's (the lower of the two middle values for an even count).
     """
-    if rule != "median_nn":
-        raise ValueError(f"beta rule {rule!r} needs no data; use beta_from_rule")
     nn = nearest_neighbour_sqdist(memories, memories, exclude_self=True, **chunks)
     median = float(nn.median())
     if not median > 0:

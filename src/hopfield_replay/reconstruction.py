@@ -2,7 +2,7 @@
 
 For a clean sample x0 (model space), timestep t and its own fixed noise eps = eps(seed, sample_id, t):
 
-    x_t      = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
+    x_t      = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps                            (``scheduler.add_noise``)
     x0_hat   = (x_t - sqrt(1 - abar_t) eps_theta(x_t, t)) / sqrt(abar_t)        (one-step Tweedie estimate)
     recon(t) = mean_pixels (x0_hat - x0)^2
     denoising energy = mean_t mean_pixels (eps_theta(x_t, t) - eps)^2           (over a fixed grid of t)
@@ -17,11 +17,13 @@ each forward is drawn per timestep segment with the seeds hashed for all its sam
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from .devices import autocast
-from .diffusion import DenoisingModel
+from .forgetting import add_measures
+from .models.base import DenoisingModel
 
 
 # numpy's SeedSequence hash (numpy/random/bit_generator.pyx), vectorised over samples; pool of 4 uint32 words.
@@ -148,7 +150,7 @@ def _per_pair_errors(
     recon = torch.empty(n, len(t_values))
     eps_err = torch.empty(n, len(t_values))
     t_table = torch.tensor(t_values, dtype=torch.long)
-    for start in tqdm(range(0, total, bs), desc=desc, disable=not progress, mininterval=2.0):
+    for start in tqdm(range(0, total, bs), desc=desc, disable=not progress, mininterval=2.0, smoothing=1.0):
         stop = min(start + bs, total)
         pairs = torch.arange(start, stop)
         rows, tcol = pairs % n, pairs // n
@@ -159,9 +161,9 @@ def _per_pair_errors(
         noise = noise.to(device)
         t_val = t_table[tcol].to(device)
         clean = x0[rows].to(device, torch.float32)
+        x_t = model.scheduler.add_noise(clean, noise, t_val)
         a = alphas[t_val].view(-1, *([1] * len(shape)))
         sqrt_a, sqrt_1ma = a.sqrt(), (1 - a).sqrt()
-        x_t = sqrt_a * clean + sqrt_1ma * noise
         y = labels[rows].to(device) if labels is not None else None
         with autocast(device):
             pred = model.predict_noise(x_t, t_val, y)
@@ -218,6 +220,16 @@ def denoising_energy(
     return eps_err.mean(1)
 
 
-def forgetting(error_before: torch.Tensor, error_after: torch.Tensor) -> torch.Tensor:
-    """Reconstruction forgetting: error under the later model minus error under the task-A model."""
-    return error_after - error_before
+def error_table(model: DenoisingModel, x0: torch.Tensor, sample_ids, timesteps: list[int], **kwargs) -> pd.DataFrame:
+    """``reconstruction_error`` in long format: a DataFrame with one row per (sample_id, t) and column ``error``."""
+    err = reconstruction_error(model, x0, sample_ids, timesteps, **kwargs).double().numpy()
+    ids = np.asarray(sample_ids, dtype=np.int64)
+    return pd.DataFrame({"sample_id": np.repeat(ids, len(timesteps)),
+                         "t": np.tile(np.asarray(timesteps, dtype=np.int64), len(ids)), "error": err.reshape(-1)})
+
+
+def measure_forgetting(model, x0, sample_ids, error_a: pd.DataFrame, timesteps: list[int], **kwargs) -> pd.DataFrame:
+    """A later model's error per (sample_id, t) (``error_table``; ``kwargs`` go to reconstruction_error) joined to
+    the task-A error (columns sample_id, t, error_a, ...), with both forgetting measures (forgetting.add_measures)."""
+    errors = error_table(model, x0, sample_ids, timesteps, **kwargs)
+    return add_measures(error_a.merge(errors, on=["sample_id", "t"], validate="one_to_one"))

@@ -1,4 +1,9 @@
-"""Figures and the one-page report (matplotlib, Agg backend; PNG files that embed in `dvc plots show`)."""
+"""Figures and the one-page report (matplotlib, Agg backend; PNG files that embed in `dvc plots show`).
+
+The report leads with the verdicts on the paper's two claims (evidence.claims), then the predictor table (every
+predictor against the baselines, with partial correlations), which timesteps carry forgetting, and the arm table
+(paired differences over seeds). Every number in it comes from the tables passed in.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-ARM_STYLE = {"none": ("black", "--"), "energy_high": ("tab:red", "-"), "energy_low": ("tab:blue", "-"),
-             "random": ("tab:gray", "-")}
+KIND_COLOUR = {"energy": "tab:red", "baseline": "tab:gray"}
+ARM_COLOUR = {"none": "black", "energy_high": "tab:red", "energy_low": "tab:blue", "random": "tab:gray",
+              "oracle": "tab:green"}
 
 
 def _save(fig, path: Path) -> Path:
@@ -22,37 +28,61 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_energy_vs_forgetting(per_sample: pd.DataFrame, decile_means: pd.DataFrame, path: Path, *, x: str = "energy_a") -> Path:
-    """Scatter of forgetting against energy per timestep, with the decile means on top."""
-    cols = [c for c in per_sample.columns if c.startswith("t=")] + ["mean"]
-    fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols), 3.2), sharex=True)
-    for ax, col in zip(np.atleast_1d(axes), cols):
-        ax.scatter(per_sample[x], per_sample[col], s=3, alpha=0.25, color="tab:blue", rasterized=True)
-        ax.plot(decile_means.sort_values(f"{x}_mean")[f"{x}_mean"], decile_means.sort_values(f"{x}_mean")[col], "o-", color="tab:red", ms=4, label="decile mean")
-        ax.axhline(0, color="k", lw=0.5)
-        ax.set_title(f"forgetting, {col}" if col != "mean" else "forgetting, mean over t")
-        ax.set_xlabel(f"Hopfield {x.replace('_', ' ')}")
-    np.atleast_1d(axes)[0].set_ylabel("recon. error after B - after A")
-    np.atleast_1d(axes)[0].legend(fontsize=8)
+def plot_predictors(tables: dict[str, pd.DataFrame], path: Path) -> Path:
+    """Forest plot: per forgetting measure, every predictor's Spearman and partial Spearman with their intervals,
+    sorted by Spearman; energies in red, baselines in grey."""
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 0.28 * max(len(t) for t in tables.values()) + 1.6),
+                             squeeze=False)
+    for ax, (measure, table) in zip(axes[0], tables.items()):
+        t = table.sort_values("spearman")
+        y = np.arange(len(t))
+        colours = [KIND_COLOUR.get(k, "tab:purple") for k in t["kind"]]
+        ax.errorbar(t["spearman"], y, xerr=[t["spearman"] - t["spearman_lo"], t["spearman_hi"] - t["spearman"]],
+                    fmt="none", ecolor=colours, elinewidth=1.5)
+        ax.scatter(t["spearman"], y, c=colours, s=18, zorder=3, label="Spearman")
+        ax.errorbar(t["partial"], y + 0.3, xerr=[t["partial"] - t["partial_lo"], t["partial_hi"] - t["partial"]],
+                    fmt="none", ecolor=colours, elinewidth=0.8, alpha=0.7)
+        ax.scatter(t["partial"], y + 0.3, facecolors="none", edgecolors=colours, s=18, zorder=3,
+                   label=f"partial | {t['covariates'].iloc[0] or '-'}")
+        ax.axvline(0, color="k", lw=0.6)
+        ax.set_yticks(y + 0.15, t.index, fontsize=7)
+        ax.set_title(f"{measure} forgetting (aggregated over t)", fontsize=9)
+        ax.set_xlabel("rank correlation with forgetting (95% interval over seeds and samples)", fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)
 
 
-def plot_arms_by_decile(arm_deciles: pd.DataFrame, path: Path) -> Path:
-    """Mean forgetting per task-A energy decile, one line per arm, one panel per budget."""
-    budgets = sorted(b for b in arm_deciles["budget"].unique() if b > 0)
-    fig, axes = plt.subplots(1, max(1, len(budgets)), figsize=(4.2 * max(1, len(budgets)), 3.4), sharey=True)
-    for ax, budget in zip(np.atleast_1d(axes), budgets or [0]):
-        for (strategy, b), g in arm_deciles.groupby(["strategy", "budget"]):
+def plot_arms_by_decile(curves: pd.DataFrame, path: Path) -> Path:
+    """Mean forgetting per task-A energy decile, one line per arm with a band from the lowest to the highest seed,
+    one panel per budget (the no-replay arm in every panel). curves: strategy, budget, decile, seed, forgetting."""
+    budgets = sorted(b for b in curves["budget"].unique() if b > 0) or [0]
+    fig, axes = plt.subplots(1, len(budgets), figsize=(4.6 * len(budgets), 3.6), sharey=True, squeeze=False)
+    for ax, budget in zip(axes[0], budgets):
+        for (strategy, b), g in curves.groupby(["strategy", "budget"], sort=True):
             if b not in (0, budget):
                 continue
-            g = g.sort_values("decile")
-            color, ls = ARM_STYLE.get(strategy, (None, "-"))
-            label = "no replay" if strategy == "none" else strategy
-            ax.plot(g["decile"], g["forgetting"], ls, color=color, marker="o", ms=3, label=label)
-        ax.set_title(f"replay budget K={budget}")
+            by = g.groupby("decile")["forgetting"]
+            mean, lo, hi = by.mean(), by.min(), by.max()
+            colour = ARM_COLOUR.get(strategy)
+            ax.plot(mean.index, mean, "--" if strategy == "none" else "-", color=colour, marker="o", ms=3,
+                    label="no replay" if strategy == "none" else strategy)
+            ax.fill_between(mean.index, lo, hi, color=colour, alpha=0.15, lw=0)
+        ax.set_title(f"replay budget K={budget} (band: range over seeds)", fontsize=9)
         ax.set_xlabel("task-A energy decile (0 = lowest)")
-    np.atleast_1d(axes)[0].set_ylabel("mean forgetting")
-    np.atleast_1d(axes)[0].legend(fontsize=8)
+    axes[0, 0].set_ylabel("mean forgetting (per-t standardised)")
+    axes[0, 0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_score_vs_forgetting(per_sample: pd.DataFrame, columns: list[str], path: Path, *, target: str) -> Path:
+    """Forgetting (per-sample aggregate) against each score in ``columns`` (the energy beside its controls)."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.4 * len(columns), 3.2), sharey=True, squeeze=False)
+    for ax, col in zip(axes[0], columns):
+        ax.scatter(per_sample[col], per_sample[target], s=3, alpha=0.25, rasterized=True,
+                   c=per_sample["label"], cmap="tab10")
+        ax.set_xlabel(col)
+    axes[0, 0].set_ylabel(f"{target} (aggregate over t)")
+    fig.suptitle("per-sample forgetting against the energy and its controls (colour: class)", fontsize=9)
     return _save(fig, path)
 
 
@@ -75,20 +105,69 @@ def plot_image_grid(high: np.ndarray, low: np.ndarray, path: Path, *, high_energ
     return _save(fig, path)
 
 
-def markdown_report(summary: dict, figures: dict[str, str], arms: pd.DataFrame, title: str) -> str:
-    """One page: the headline numbers, the arm table, and the figures (paths relative to the report)."""
-    lines = [f"# {title}", ""]
-    lines += ["## Does task-A energy track forgetting?", "",
-              "| measure | t | Spearman rho | 95% CI | n |", "|---|---|---|---|---|"]
-    for measure, per_t in summary["correlations"].items():
-        for t, r in per_t.items():
-            lines.append(f"| {measure} | {t} | {r['rho']:.3f} | [{r['lo']:.3f}, {r['hi']:.3f}] | {r['n']} |")
-    lines += ["", f"![energy vs forgetting]({figures['energy_vs_forgetting']})", "",
-              "## Which replay helps most?", "",
-              "Mean reconstruction forgetting of task-A samples (lower is better), averaged over timesteps.", "",
-              "| arm | mean | replayed | not replayed | top energy decile |", "|---|---|---|---|---|"]
-    for r in arms.itertuples():
-        lines.append(f"| {r.arm} | {r.mean:.4g} | {r.replayed:.4g} | {r.not_replayed:.4g} | {r.top_decile:.4g} |")
-    lines += ["", f"![forgetting per arm by energy decile]({figures['arms_by_decile']})", "",
+def _ci(est, lo, hi, digits: int = 3) -> str:
+    if not np.isfinite(lo):
+        return f"{est:+.{digits}f} [no interval]"
+    return f"{est:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def verdict_lines(verdicts: dict) -> list[str]:
+    """The verdict section (also printed by the flow): one block per claim, both forgetting measures."""
+    lines = []
+    for key in ("claim1", "claim2"):
+        claim = verdicts[key]
+        lines.append(f"- **{claim['statement']}: {claim['verdict'].upper()}**")
+        for measure in ("absolute", "relative"):
+            m = claim[measure]
+            lines.append(f"  - {measure} forgetting: {m['verdict']}, effect {_ci(m['effect'], m['lo'], m['hi'])}; "
+                         f"{m['detail']}")
+    return lines
+
+
+def markdown_report(verdicts: dict, predictors: dict[str, pd.DataFrame], comparison: dict[str, pd.DataFrame],
+                    by_t: dict[str, pd.DataFrame], arms: dict[str, pd.DataFrame], figures: dict[str, str],
+                    run: dict) -> str:
+    """One page: verdicts first, then predictors, forgetting by t, arms and the figures (paths relative)."""
+    lines = ["# hopfield-replay: does the Hopfield energy predict forgetting, and does top-energy replay help?", "",
+             f"Run: {run['n_samples']} task-A samples, seeds {run['seeds']}, arms {', '.join(run['arms'])}, "
+             f"budgets {run['budgets']}; intervals are {run['level']:.0%} (bootstrap over seeds and samples for "
+             "correlations; Student t over seeds for arm effects).", "", "## Verdicts", ""]
+    lines += verdict_lines(verdicts)
+    lines += ["", "A claim holds when its interval lies above 0 under both forgetting measures, fails when it lies "
+              "below 0 under both, and is inconclusive otherwise.", "", "## Predictors of forgetting", ""]
+    for measure, table in predictors.items():
+        comp = comparison[measure]
+        lines += [f"### {measure} forgetting (per-t standardised, averaged over t)", "",
+                  f"Best baseline by Spearman: `{comp['baseline'].iloc[0]}`. Partial Spearman controls for "
+                  f"{table['covariates'].iloc[0] or 'nothing'} (a predictor is never its own covariate).", "",
+                  "| predictor | kind | Spearman | within class | partial | minus best baseline | precision@10% | AUROC top 10% |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, r in table.sort_values("spearman", ascending=False).iterrows():
+            c = comp.loc[name]
+            lines.append(f"| {name} | {r['kind']} | {_ci(r['spearman'], r['spearman_lo'], r['spearman_hi'])} | "
+                         f"{r['within_class']:+.3f} | {_ci(r['partial'], r['partial_lo'], r['partial_hi'])} | "
+                         f"{_ci(c['diff'], c['lo'], c['hi'])} | {r['precision_at_10']:.3f} | {r['auroc_top_decile']:.3f} |")
+        lines.append("")
+    lines += [f"![predictors]({figures['predictors']})", "", f"![energy and controls]({figures['scatter']})", "",
+              "## Which timesteps carry forgetting (no replay)", "",
+              "| measure | t | mean [interval] | share > 0 | forgets? |", "|---|---|---|---|---|"]
+    for measure, table in by_t.items():
+        for r in table.itertuples():
+            lines.append(f"| {measure} | {r.t} | {_ci(r.mean, r.lo, r.hi, 5)} | {r.share_positive:.2f} | "
+                         f"{'yes' if r.real else 'no'} |")
+    lines += ["", "## Replay arms: paired differences over seeds", "",
+              "effect = forgetting(reference) - forgetting(arm), per seed on the same samples, averaged over seeds "
+              "(> 0: the arm forgets less); forgetting is per-t standardised by the no-replay arm's spread.", "",
+              "| measure | arm | budget | vs | overall | replayed | not replayed | top energy decile | seeds agreeing |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for measure, table in arms.items():
+        for (strategy, budget, ref), g in table.groupby(["strategy", "budget", "reference"], sort=False):
+            cells = {r.subset: _ci(r.effect, r.lo, r.hi) for r in g.itertuples()}
+            overall = g[g.subset == "overall"].iloc[0]
+            lines.append(f"| {measure} | {strategy} | {budget} | {ref} | {cells.get('overall', '-')} | "
+                         f"{cells.get('replayed', '-')} | {cells.get('not_replayed', '-')} | "
+                         f"{cells.get('top_decile', '-')} | {overall.n_agree}/{overall.n_seeds} |")
+    lines += ["", "The oracle ranks by the forgetting measured without replay: it uses task-B information and is a "
+              "ceiling, not a method.", "", f"![arms by decile]({figures['arms_by_decile']})", "",
               "## Highest- and lowest-energy task-A samples", "", f"![image grid]({figures['image_grid']})", ""]
     return "\n".join(lines)

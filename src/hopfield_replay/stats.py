@@ -1,26 +1,32 @@
-"""Small statistics helpers, NumPy only: percentile-bootstrap intervals and Spearman rank correlation.
+"""Statistics on top of scipy.stats: bootstrap and t intervals, (partial) Spearman correlation, ranking scores.
 
-    bootstrap_ci(values, stat=np.mean, n_boot=2000, seed=0, level=0.95) -> CI(estimate, low, high)
-    spearman(x, y)                                                       -> float (average ranks for ties)
-    spearman_ci(x, y, n_boot=2000, seed=0, level=0.95)                   -> CI(estimate, low, high)
+    bootstrap_ci(values, stat=np.mean, n_boot, seed, level)  -> CI   percentile bootstrap over values
+    spearman(x, y)                                           -> rho  scipy.stats.spearmanr
+    spearman_ci(x, y, n_boot, seed, level)                   -> CI   percentile bootstrap over (x, y) pairs
+    partial_spearman(x, y, covariates)                       -> rho of x and y given the covariates (on ranks)
+    auroc(score, positive)                                   -> P(score_pos > score_neg) + P(tie) / 2
+    precision_at(score, target, frac)                        -> overlap of the top-frac sets of score and target
+    t_interval(values, level)                                -> CI   mean with Student-t interval over replicates
+    percentile_interval(boot, level), top_k(values, frac)    -> helpers shared with evidence.py
 
-The estimate is the statistic of the data itself; low/high are the (1-level)/2 and (1+level)/2 percentiles of the
-statistic over ``n_boot`` resamples drawn with replacement (pairs resampled together for Spearman).
+A CI's estimate is the statistic of the data itself; low/high bound the two-sided ``level`` interval.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
+import scipy.stats
 
-_BOOT_CHUNK_ELEMENTS = 4_000_000  # resample matrices are built in chunks of about this many entries
+_BOOT_BATCH_ELEMENTS = 4_000_000  # scipy.stats.bootstrap builds resamples in batches of about this many entries
 
 
 class CI(NamedTuple):
     """A point estimate with a two-sided interval (unpacks as ``est, lo, hi``)."""
-
     estimate: float
     low: float
     high: float
@@ -33,101 +39,161 @@ def _check_boot(n_boot: int, level: float) -> None:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
 
 
-def _apply_rows(stat: Callable, samples: np.ndarray) -> np.ndarray:
-    """stat over the last axis of each row: vectorised when ``stat`` takes ``axis=``, else row by row."""
-    try:
-        out = np.asarray(stat(samples, axis=-1), dtype=float)
-        if out.shape == samples.shape[:-1]:
-            return out
-    except TypeError:
-        pass
-    return np.array([stat(row) for row in samples], dtype=float)
+def _finite_1d(values, what: str) -> np.ndarray:
+    x = np.asarray(values, dtype=float).reshape(-1)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{what}: values contain NaN or inf")
+    return x
+
+
+def percentile_interval(boot, level: float = 0.95) -> tuple[float, float]:
+    """(1-level)/2 and (1+level)/2 quantiles of the finite bootstrap statistics (NaN if none is finite)."""
+    boot = np.asarray(boot, dtype=float).reshape(-1)
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return math.nan, math.nan
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def _resample(data: tuple, stat: Callable, n_boot: int, seed: int, **kwargs) -> np.ndarray:
+    """The n_boot bootstrap statistics from scipy.stats.bootstrap (its own interval is not used: NaN statistics
+    are dropped by percentile_interval, so scipy's warning about them is silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.stats.DegenerateDataWarning)
+        res = scipy.stats.bootstrap(data, stat, n_resamples=n_boot, method="percentile",
+                                    rng=np.random.default_rng(seed),
+                                    batch=max(1, _BOOT_BATCH_ELEMENTS // data[0].size), **kwargs)
+    return np.asarray(res.bootstrap_distribution, dtype=float)
 
 
 def bootstrap_ci(values, stat: Callable = np.mean, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> CI:
-    """Percentile bootstrap interval of ``stat(values)`` (1-D values; NaNs are an error, not silently dropped)."""
+    """Percentile bootstrap interval of ``stat(values)`` via scipy.stats.bootstrap (1-D values, NaN is an error).
+
+    ``stat`` is applied to all resamples at once when it takes ``axis=`` (np.mean, np.median), else one by one.
+    A single value has a degenerate bootstrap distribution: the interval is [value, value].
+    """
     _check_boot(n_boot, level)
-    x = np.asarray(values, dtype=float).reshape(-1)
+    x = _finite_1d(values, "bootstrap_ci")
     if x.size == 0:
         raise ValueError("bootstrap_ci needs at least one value")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("bootstrap_ci: values contain NaN or inf")
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _BOOT_CHUNK_ELEMENTS // x.size)
-    stats = []
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, x.size, size=(min(chunk, n_boot - start), x.size))
-        stats.append(_apply_rows(stat, x[idx]))
-    boot = np.concatenate(stats)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
-    return CI(float(stat(x)), float(lo), float(hi))
+    estimate = float(stat(x))
+    if x.size == 1:
+        return CI(estimate, estimate, estimate)
+    return CI(estimate, *percentile_interval(_resample((x,), stat, n_boot, seed, vectorized=None), level))
 
 
-def rankdata(x, axis: int = -1) -> np.ndarray:
-    """Ranks 1..n along ``axis``, ties sharing their average rank (as scipy.stats.rankdata 'average')."""
-    a = np.moveaxis(np.asarray(x, dtype=float), axis, -1)
-    order = np.argsort(a, axis=-1, kind="mergesort")
-    sorted_a = np.take_along_axis(a, order, axis=-1)
-    n = a.shape[-1]
-    # Start a new tie block wherever the sorted value changes; average rank of a block = (first + last) / 2 + 1.
-    new_block = np.ones(sorted_a.shape, dtype=bool)
-    new_block[..., 1:] = sorted_a[..., 1:] != sorted_a[..., :-1]
-    block_id = np.cumsum(new_block, axis=-1) - 1
-    positions = np.broadcast_to(np.arange(n), a.shape)
-    flat_ids = block_id + (np.arange(int(np.prod(a.shape[:-1]))).reshape(a.shape[:-1] + (1,)) * n)
-    first = np.full(flat_ids.size, n, dtype=float)
-    last = np.full(flat_ids.size, -1, dtype=float)
-    np.minimum.at(first, flat_ids.reshape(-1), positions.reshape(-1))
-    np.maximum.at(last, flat_ids.reshape(-1), positions.reshape(-1))
-    avg_sorted = ((first + last) / 2.0 + 1.0)[flat_ids]
-    ranks = np.empty_like(avg_sorted)
-    np.put_along_axis(ranks, order, avg_sorted, axis=-1)
-    return np.moveaxis(ranks, -1, axis)
-
-
-def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a - a.mean(-1, keepdims=True)
-    b = b - b.mean(-1, keepdims=True)
-    den = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+def _pearson(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Pearson correlation along ``axis`` (broadcasting); NaN (0 / 0) where a or b is constant."""
+    a, b = a - a.mean(axis, keepdims=True), b - b.mean(axis, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (a * b).sum(-1) / np.where(den > 0, den, 1.0), np.nan)
+        return (a * b).sum(axis) / np.sqrt((a * a).sum(axis) * (b * b).sum(axis))
 
 
 def _paired(x, y) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(x, dtype=float).reshape(-1)
-    y = np.asarray(y, dtype=float).reshape(-1)
+    x, y = _finite_1d(x, "x"), _finite_1d(y, "y")
     if x.shape != y.shape:
         raise ValueError(f"x and y differ in length ({x.size} vs {y.size})")
     if x.size < 2:
         raise ValueError("a rank correlation needs at least 2 pairs")
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        raise ValueError("x and y must be finite")
     return x, y
 
 
 def spearman(x, y) -> float:
-    """Spearman rank correlation: Pearson correlation of average ranks; NaN when x or y is constant."""
+    """Spearman's rho (Pearson correlation of average ranks) via scipy.stats.spearmanr; NaN if x or y is constant."""
     x, y = _paired(x, y)
-    return float(_pearson_rows(rankdata(x), rankdata(y)))
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    return float(scipy.stats.spearmanr(x, y).statistic)
+
+
+def _spearman_rows(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    return _pearson(scipy.stats.rankdata(x, axis=axis), scipy.stats.rankdata(y, axis=axis), axis=axis)
 
 
 def spearman_ci(x, y, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> CI:
-    """Spearman's rho with a percentile-bootstrap interval over resampled (x, y) pairs.
+    """Spearman's rho with a percentile-bootstrap interval; (x, y) pairs are resampled together (paired=True).
 
-    Resamples in which x or y is constant (rho undefined) are left out of the percentiles; if all are, the
-    interval is NaN.
+    Resamples in which x or y is constant (rho undefined) are left out of the percentiles; if all are, NaN.
     """
     _check_boot(n_boot, level)
     x, y = _paired(x, y)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _BOOT_CHUNK_ELEMENTS // x.size)
-    stats = []
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, x.size, size=(min(chunk, n_boot - start), x.size))
-        stats.append(_pearson_rows(rankdata(x[idx]), rankdata(y[idx])))
-    boot = np.concatenate(stats)
-    boot = boot[np.isfinite(boot)]
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha]) if boot.size else (np.nan, np.nan)
-    return CI(spearman(x, y), float(lo), float(hi))
+    boot = _resample((x, y), _spearman_rows, n_boot, seed, paired=True, vectorized=True)
+    return CI(spearman(x, y), *percentile_interval(boot, level))
+
+
+def partial_spearman(x, y, covariates) -> float:
+    """Spearman partial correlation of x and y given the covariates (2-D, one column per covariate; 1-D = one).
+
+        r = pearson(e_x, e_y),  e_v = rank(v) - D beta_v,  beta_v = argmin |rank(v) - D beta|^2,
+        D = [1, rank(z_1), ..., rank(z_k)]                     (average ranks, least squares with intercept)
+
+    With no covariate columns this is Spearman's rho. NaN if a residual is identically 0.
+    """
+    x, y = _paired(x, y)
+    z = np.asarray(covariates, dtype=float)
+    z = z.reshape(-1, 1) if z.ndim == 1 else z
+    if z.ndim != 2 or z.shape[0] != x.size:
+        raise ValueError(f"covariates must be (n, k) with n = {x.size}, got shape {z.shape}")
+    if not np.all(np.isfinite(z)):
+        raise ValueError("covariates contain NaN or inf")
+    design = np.column_stack([np.ones(x.size), scipy.stats.rankdata(z, axis=0)])
+    ranks = np.column_stack([scipy.stats.rankdata(x), scipy.stats.rankdata(y)])
+    beta, *_ = np.linalg.lstsq(design, ranks, rcond=None)
+    resid = ranks - design @ beta
+    spread = np.linalg.norm(ranks - ranks.mean(0), axis=0)
+    resid[:, np.linalg.norm(resid, axis=0) <= 1e-9 * spread] = 0.0  # an exact fit leaves rounding noise only
+    return float(_pearson(resid[:, 0], resid[:, 1]))
+
+
+def auroc(score, positive) -> float:
+    """Area under the ROC curve of ``score`` for the boolean labels ``positive``, via the Mann-Whitney U:
+
+        AUROC = U / (n_pos n_neg) = P(score_pos > score_neg) + P(score_pos = score_neg) / 2
+    """
+    s = _finite_1d(score, "auroc")
+    pos = np.asarray(positive).reshape(-1)
+    if pos.dtype != bool or pos.shape != s.shape:
+        raise ValueError(f"positive must be a boolean array of the score's length {s.size}")
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"auroc needs both classes, got {n_pos} positive and {n_neg} negative")
+    u = scipy.stats.mannwhitneyu(s[pos], s[~pos], alternative="two-sided", method="asymptotic").statistic
+    return float(u) / (n_pos * n_neg)
+
+
+def top_k(values, frac: float) -> np.ndarray:
+    """Indices of the k = ceil(frac * n) largest values; ties go to the earlier position (stable sort)."""
+    v = _finite_1d(values, "top_k")
+    if not 0.0 < frac <= 1.0:
+        raise ValueError(f"frac must be in (0, 1], got {frac!r}")
+    k = math.ceil(frac * v.size)
+    return np.argsort(-v, kind="stable")[:k]
+
+
+def precision_at(score, target, frac: float = 0.1) -> float:
+    """|top_k(score) & top_k(target)| / k with k = ceil(frac * n): how many of the k most-forgotten samples the
+    k highest scores find (ties broken by position)."""
+    s, t = _paired(score, target)
+    hits = np.intersect1d(top_k(s, frac), top_k(t, frac))
+    return hits.size / math.ceil(frac * s.size)
+
+
+def t_interval(values, level: float = 0.95) -> CI:
+    """Mean of independent replicates (seeds) with the Student-t interval
+
+        mean +- t_{(1+level)/2, n-1} * sd / sqrt(n)      (sd with ddof=1)
+
+    With n = 1 there is no spread to estimate: the interval is (NaN, NaN) and the estimate is the value.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    x = _finite_1d(values, "t_interval")
+    if x.size == 0:
+        raise ValueError("t_interval needs at least one value")
+    mean = float(x.mean())
+    if x.size == 1:
+        return CI(mean, math.nan, math.nan)
+    half = scipy.stats.t.ppf((1.0 + level) / 2.0, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return CI(mean, mean - float(half), mean + float(half))

@@ -22,27 +22,31 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import UserError
+
 META_KEY = b"hopfield_replay"
 VERSIONED_PACKAGES = ("hopfield-replay", "torch", "diffusers", "numpy", "pandas", "pyarrow", "dvc", "prefect")
 
 # The columns each pipeline table must have (more may follow); checked on write and in the tests.
 SCHEMAS: dict[str, dict[str, str]] = {
     "samples": {"sample_id": "int64", "task": "object", "label": "int64", "source_index": "int64"},
-    "energies": {
+    "scores": {  # plus one float64 column per predictor (hopfield_replay.predictors)
         "sample_id": "int64", "task": "object", "label": "int64", "energy_a": "float64", "energy_b": "float64",
-        "energy_rise": "float64", "model_energy": "float64", "beta": "float64",
+        "energy_rise": "float64", "model_energy": "float64", "recon_error_a": "float64", "pixel_mass": "float64",
+        "beta": "float64",
     },
     "forgetting": {
-        "sample_id": "int64", "task": "object", "label": "int64", "t": "int64", "error_a": "float64",
-        "error_b": "float64", "forgetting": "float64",
+        "sample_id": "int64", "task": "object", "label": "int64", "seed": "int64", "t": "int64", "error_a": "float64",
+        "error": "float64", "absolute": "float64", "relative": "float64",
     },
     "selection": {
         "sample_id": "int64", "strategy": "object", "budget": "int64", "rank": "int64", "score": "float64",
-        "seed": "int64",
+        "seed": "int64", "score_name": "object",
     },
     "replay_forgetting": {
-        "sample_id": "int64", "strategy": "object", "budget": "int64", "t": "int64", "error_a": "float64",
-        "error": "float64", "forgetting": "float64", "replayed": "bool",
+        "sample_id": "int64", "task": "object", "label": "int64", "seed": "int64", "strategy": "object",
+        "budget": "int64", "t": "int64", "error_a": "float64", "error": "float64", "absolute": "float64",
+        "relative": "float64", "replayed": "bool",
     },
 }
 
@@ -63,6 +67,8 @@ def params_hash(params: dict) -> str:
 
 
 def provenance(params: dict, *, seed: int, device: str, table: str) -> dict:
+    """What a table was made from: a hash of the params sections it depends on (``Config.section``), the seed,
+    the device kind and the package versions."""
     return {
         "table": table,
         "params_hash": params_hash(params),
@@ -115,11 +121,24 @@ def write_table(df: pd.DataFrame, path: str | Path, *, table: str, meta: dict) -
     return Path(path)
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
+def _exists(path: Path, what: str) -> None:
     if not path.exists():
-        raise FileNotFoundError(f"table {path} does not exist; run the stage that writes it first")
-    return pd.read_parquet(path)
+        raise UserError(f"{path}: {what} does not exist; run the stage that writes it first (dvc repro)")
+
+
+def read_table(path: str | Path, *, columns: list[str] | None = None) -> pd.DataFrame:
+    """A Parquet table; a missing, damaged or foreign file is a UserError naming it."""
+    path = Path(path)
+    _exists(path, "table")
+    try:
+        df = pd.read_parquet(path)
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise UserError(f"{path}: not a readable Parquet table ({type(exc).__name__}); rerun the stage that writes "
+                        "it (dvc repro --force <stage>)") from None
+    missing = [c for c in columns or [] if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: lacks columns {missing}; it was written by another version: rerun its stage")
+    return df
 
 
 def read_meta(path: str | Path) -> dict:
@@ -135,19 +154,66 @@ def write_json(obj, path: str | Path) -> Path:
 
 
 def save_tensors(tensors: dict, path: str | Path, *, meta: dict | None = None) -> Path:
-    """Tensors (images, latents) in one safetensors file, atomically; ``meta`` as its string metadata."""
+    """Tensors (images, latents) in one safetensors file, atomically; ``meta`` as ONE sorted-JSON metadata entry
+    (safetensors writes several entries in hash-map order, which would change the file's bytes run to run)."""
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={k: json.dumps(v) for k, v in (meta or {}).items()})
+                  metadata={META_KEY.decode(): json.dumps(meta or {}, sort_keys=True)})
     return Path(path)
 
 
 def load_tensors(path: str | Path) -> dict:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run the stage that writes it first (dvc repro)")
-    return load_file(str(path))
+    _exists(path, "tensor file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a tensor file; pass the .safetensors file")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable safetensors file ({exc}); rerun the stage that writes it") from None
+
+
+def tensor_meta(path: str | Path) -> dict:
+    """The metadata written by ``save_tensors`` (images, model-space x0)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    _exists(path, "tensor file")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(META_KEY.decode())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable safetensors file ({exc}); rerun the stage that writes it") from None
+    return json.loads(raw) if raw else {}
+
+
+def load_task(x0_path, samples_path, task: str, *, family: str | None = None):
+    """(x0, labels, sample_ids) of one task, in sample_id order, from a tensor file (``x0`` written by encode:
+    pixels for the DDPM, VAE latents for Stable Diffusion; or ``images`` written by prepare) and the samples
+    table. With ``family``, the file must hold x0 of that model family (else it is stale: rerun encode)."""
+    import torch
+
+    tensors = load_tensors(x0_path)
+    key = "x0" if "x0" in tensors else "images"
+    if key not in tensors or "sample_id" not in tensors:
+        raise UserError(f"{x0_path}: holds no x0/images and sample_id tensors; rerun prepare and encode")
+    if family is not None:
+        stored = tensor_meta(x0_path).get("family")
+        if stored is not None and stored != family:
+            raise UserError(f"{x0_path}: holds x0 for model family {stored!r} but the model is {family!r}; "
+                            "rerun encode (dvc repro)")
+    samples = read_table(samples_path, columns=["sample_id", "task", "label"])
+    pos = {int(s): i for i, s in enumerate(tensors["sample_id"].tolist())}
+    rows = samples[samples["task"] == task].sort_values("sample_id")
+    if rows.empty:
+        raise UserError(f"{samples_path}: no task {task!r} samples; rerun prepare")
+    missing = [int(s) for s in rows["sample_id"] if int(s) not in pos]
+    if missing:
+        raise UserError(f"{x0_path}: sample_id {missing[0]} of {samples_path} is missing; rerun encode (dvc repro)")
+    index = torch.tensor([pos[int(s)] for s in rows["sample_id"]])
+    return tensors[key][index], torch.tensor(rows["label"].to_numpy()), rows["sample_id"].to_numpy()

@@ -16,67 +16,28 @@ buffer R of ``replay_budget`` task-A samples, chosen at the end of task A from E
 
     L_B = (1 - f) mean_{v in B} E(v | Xi) + f mean_{v in R} E(v | Xi) + (1/beta) logsumexp(beta |xi|^2 / 2)
 
-with the same budget and fraction f in every arm (top-energy, random, bottom-energy), and f = 0 for 'none'.
+with the same budget and fraction f in every arm (energy_high, random, energy_low: the pipeline's replay
+selectors, ``replay.rank_samples``), and f = 0 for 'none'.
 Forgetting of each task-A point: dE(v) = E(v | Xi after B, arm) - E(v | Xi_A).
 """
 
 from __future__ import annotations
 
 import time
-import typing
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .energy import hopfield_energy
-from .mhn import MemorySet, gaussian_clusters, rotation_generators, rotations
-from .params import ParamsError, spec
-from .stats import bootstrap_ci, spearman_ci
+from ..config import MHNTrainedParams
+from ..energy import hopfield_energy
+from ..forgetting import energy_deciles
+from ..replay import rank_samples
+from ..stats import bootstrap_ci, spearman_ci
+from .geometry import DTYPE, MemorySet, gaussian_clusters, rotation_generators, rotations
 
-ARMS = ("top_energy", "random", "bottom_energy", "none")
-DTYPE = torch.float64
-
-
-@dataclass
-class MHNTrainedParams:
-    """``mhn_trained`` section of params.yaml (the README explains each choice)."""
-
-    d: int = spec(16, min=2)
-    beta: float = spec(16.0, min=1e-6)
-    memories: int = spec(64, min=1)
-    task_a_clusters: list[int] = spec(default_factory=lambda: [40, 30, 20, 10], nonempty=True, min=1)
-    task_a_outliers: int = spec(12, min=0)
-    task_b: typing.Literal["rotated", "new_clusters"] = "rotated"
-    task_b_eps: float = spec(0.1, min=0.0, max=10.0)
-    task_b_clusters: list[int] = spec(default_factory=lambda: [40, 30, 20, 10], nonempty=True, min=1)
-    cluster_spread: float = spec(0.4, min=0.0)
-    steps_a: int = spec(400, min=1)
-    steps_b: int = spec(200, min=1)
-    lr: float = spec(0.01, min=1e-9)
-    replay_budget: int = spec(12, min=1)
-    replay_fraction: float = spec(0.1, min=0.0, max=1.0)
-    arms: list[str] = spec(default_factory=lambda: list(ARMS), nonempty=True, choices=ARMS)
-    seeds: list[int] = spec(default_factory=lambda: [0, 1, 2, 3, 4], nonempty=True, min=0)
-    deciles: int = spec(10, min=2)
-    bootstrap: int = spec(1000, min=10)
-    ci_level: float = spec(0.95, min=0.5, max=0.999)
-    threads: int = spec(1, min=0)
-
-    def validate(self, section: str) -> None:
-        n_a = sum(self.task_a_clusters) + self.task_a_outliers
-        if self.replay_budget >= n_a:
-            raise ParamsError(f"{section}.replay_budget: must be < the {n_a} task-A samples, got {self.replay_budget}")
-        if self.memories > n_a:
-            raise ParamsError(f"{section}.memories: at most the {n_a} task-A samples (they initialise the memories), "
-                              f"got {self.memories}")
-        if len(set(self.arms)) != len(self.arms):
-            raise ParamsError(f"{section}.arms: {self.arms} lists an arm twice")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ParamsError(f"{section}.seeds: {self.seeds} lists a seed twice")
-        if self.deciles > n_a:
-            raise ParamsError(f"{section}.deciles: at most the {n_a} task-A samples, got {self.deciles}")
+# Replay arms: the pipeline's selectors (``replay.rank_samples``) on the task-A energies, and no replay.
+ARMS = ("energy_high", "random", "energy_low", "none")
 
 
 def nll(data: torch.Tensor, memories: torch.Tensor, beta: float, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -105,24 +66,16 @@ def train_memories(memories: torch.Tensor, beta: float, data: torch.Tensor, step
     return xi.detach()
 
 
-def select_replay(energy: np.ndarray, arm: str, budget: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of the replay buffer: the ``budget`` highest / lowest energies, a uniform random subset, or none."""
+def replay_buffer(energy: np.ndarray, arm: str, budget: int, seed: int) -> np.ndarray:
+    """Indices (ascending) of the replay buffer: the first ``budget`` of the ranking of ``replay.rank_samples``
+    (energy_high: highest energies, energy_low: lowest, random: a seeded permutation; buffers of different budgets
+    are nested), or none for arm 'none'."""
+    if arm not in ARMS:
+        raise ValueError(f"unknown replay arm {arm!r}; use one of {', '.join(ARMS)}")
     if arm == "none":
         return np.zeros(0, dtype=np.int64)
-    order = np.argsort(energy, kind="stable")
-    if arm == "top_energy":
-        return np.sort(order[::-1][:budget])
-    if arm == "bottom_energy":
-        return np.sort(order[:budget])
-    if arm == "random":
-        return np.sort(rng.choice(len(energy), size=budget, replace=False))
-    raise ValueError(f"unknown replay arm {arm!r}; use one of {', '.join(ARMS)}")
-
-
-def energy_deciles(energy: np.ndarray, deciles: int) -> np.ndarray:
-    """0 (lowest energy) .. deciles-1 (highest), by rank, equal-sized up to rounding."""
-    ranks = np.argsort(np.argsort(energy, kind="stable"), kind="stable")
-    return (ranks * deciles // len(energy)).astype(np.int64)
+    ranking = rank_samples(energy, np.arange(len(energy), dtype=np.int64), arm, seed=seed)
+    return np.sort(ranking[:budget])
 
 
 def make_tasks(p: MHNTrainedParams, seed: int) -> tuple[MemorySet, torch.Tensor]:
@@ -149,11 +102,11 @@ def run_seed(p: MHNTrainedParams, seed: int) -> tuple[pd.DataFrame, dict]:
     with torch.no_grad():
         energy_a = hopfield_energy(xa, xi_a, p.beta).numpy()
         energy_b_data = hopfield_energy(xb, xi_a, p.beta).numpy()
-    decile = energy_deciles(energy_a, p.deciles)
+    decile = np.asarray(energy_deciles(energy_a, p.deciles), dtype=np.int64)
     frames = []
     info = {"nll_a": float(nll(xa, xi_a, p.beta)), "mean_energy_task_b_before": float(energy_b_data.mean())}
     for arm in p.arms:
-        buffer = select_replay(energy_a, arm, p.replay_budget, rng)
+        buffer = replay_buffer(energy_a, arm, p.replay_budget, seed)
         xi_b = train_memories(xi_a, p.beta, xb, p.steps_b, p.lr, replay=xa[torch.from_numpy(buffer)],
                               replay_fraction=p.replay_fraction)
         with torch.no_grad():

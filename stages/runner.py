@@ -1,0 +1,60 @@
+"""The one stage runner: the command line, the whole params file validated up front, and the error contract.
+
+A stage is a function ``fn(cfg, args)`` decorated with ``@stage("x0", "samples", "out", seed=int)``: each name
+becomes a required ``--name`` option (paths come only from the command line, as dvc.yaml passes them), plus the
+required ``--params``. ``main(argv)`` then parses, loads and validates the whole params file (every section, so a
+bad ``report.*`` value fails before any training), and calls ``fn``. A ``UserError`` (bad params, data, paths,
+unreadable files) prints ``error: <what>`` on one line and exits 2; any other exception is a bug and shows its
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from hopfield_replay.config import Config, load_config
+from hopfield_replay.errors import UserError
+
+
+def stage(*paths: str, **options: type) -> Callable:
+    """Decorate ``fn(cfg, args)``: ``--params``, one required ``--<path>`` per name and ``--<option>`` per keyword."""
+
+    def decorate(fn: Callable[[Config, argparse.Namespace], None]) -> Callable[[list[str] | None], None]:
+        module = sys.modules[fn.__module__]
+
+        def main(argv: list[str] | None = None) -> None:
+            ap = argparse.ArgumentParser(prog=f"python -m {module.__name__}", description=module.__doc__,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+            ap.add_argument("--params", type=Path, required=True, help="the params file (params.yaml)")
+            for name in paths:
+                ap.add_argument(f"--{name}", type=Path, required=True, metavar="PATH")
+            for name, kind in options.items():
+                ap.add_argument(f"--{name}", type=kind, required=True)
+            args = ap.parse_args(argv)
+            logging.basicConfig(level=os.environ.get("HOPFIELD_REPLAY_LOG", "INFO"), format="%(message)s")
+            try:
+                fn(load_config(args.params), args)
+            except UserError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
+
+        main.__doc__ = fn.__doc__
+        return main
+
+    return decorate
+
+
+def provenance(cfg: Config, *sections: str, seed: int, device, table: str) -> dict:
+    """A table's provenance: the hash covers only the params ``sections`` it depends on (plus the device), so
+    unrelated params leave its bytes, and everything DVC sees downstream of it, unchanged."""
+    from hopfield_replay.devices import describe
+    from hopfield_replay.tables import provenance as table_provenance
+
+    params = {name: cfg.section(name) for name in ("device", *sections)}
+    return table_provenance(params, seed=seed, device=describe(device) if not isinstance(device, str) else device,
+                            table=table)

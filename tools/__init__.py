@@ -1,0 +1,1 @@
+"""Command-line tools that are not pipeline stages (stages/ holds one module per DVC stage)."""

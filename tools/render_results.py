@@ -1,0 +1,96 @@
+"""Regenerate the README's results section from the run's metrics (never typed by hand).
+
+    python -m tools.render_results            # rewrite the section between the markers in README.md
+    python -m tools.render_results --check    # exit 1 if README.md does not match data/metrics/*.json
+
+Reads data/metrics/verdicts.json and details.json (written by the report stage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+MEASURES = ("absolute", "relative")
+
+
+def _ci(est, lo, hi, digits: int = 3) -> str:
+    if est is None:
+        return "n/a"
+    if lo is None or hi is None:
+        return f"{est:+.{digits}f} (no interval)"
+    return f"{est:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def render(verdicts: dict, details: dict) -> str:
+    run = details["run"]
+    lines = [f"Measured by the last committed `make run` ({run['n_samples']} task-A samples, seeds {run['seeds']}, "
+             f"arms {', '.join(run['arms'])} at budgets {run['budgets']}; {run['level']:.0%} intervals). "
+             "Generated from `data/metrics/` by `python -m tools.render_results`; the full report is "
+             "`data/report/report.md`.", ""]
+    names = {"claim1": "Task-A energy predicts forgetting beyond the baselines",
+             "claim2": "Top-energy replay beats random replay at equal budget"}
+    lines += ["| claim | verdict | absolute forgetting | relative forgetting |", "|---|---|---|---|"]
+    for key in ("claim1", "claim2"):
+        v = verdicts[key]
+        cells = [_ci(v[m]["effect"], v[m]["lo"], v[m]["hi"]) for m in MEASURES]
+        lines.append(f"| {names[key]} | **{v['verdict']}** | {cells[0]} | {cells[1]} |")
+    lines += ["", "Claim 1's effect is the energy's Spearman minus the best baseline's; claim 2's is forgetting under "
+              "random replay minus under top-energy replay (> 0: top-energy forgets less), paired by seed.", ""]
+    rows = {r["predictor"]: r for r in details["relative"]["predictors"]}
+    best = details["relative"]["vs_best_baseline"][0]["baseline"]
+    shown = [p for p in dict.fromkeys(["energy_a", best, "pixel_mass", "recon_error_a", "knn10_dist", "energy_rise"])
+             if p in rows]
+    lines += ["Predictors of relative forgetting (Spearman, and partial Spearman given "
+              f"{rows[shown[0]]['covariates'] or 'nothing'}):", "",
+              "| predictor | Spearman | partial | precision@10% |", "|---|---|---|---|"]
+    for p in shown:
+        r = rows[p]
+        lines.append(f"| {p}{' (best baseline)' if p == best else ''} | "
+                     f"{_ci(r['spearman'], r['spearman_lo'], r['spearman_hi'])} | "
+                     f"{_ci(r['partial'], r['partial_lo'], r['partial_hi'])} | {r['precision_at_10']:.2f} |")
+    lines += ["", "Replay arms against random at equal budget (relative forgetting, overall; > 0: the arm forgets "
+              "less; seeds agreeing in sign):", "", "| arm | budget | effect vs random | effect vs no replay | seeds |",
+              "|---|---|---|---|---|"]
+    arms = details["relative"]["arms"]
+    for r in (a for a in arms if a["subset"] == "overall" and a["reference"] == "none"):
+        vs_random = next((a for a in arms if a["subset"] == "overall" and a["reference"] == "random"
+                          and a["strategy"] == r["strategy"] and a["budget"] == r["budget"]), None)
+        rand = _ci(vs_random["effect"], vs_random["lo"], vs_random["hi"]) if vs_random else "-"
+        lines.append(f"| {r['strategy']} | {r['budget']} | {rand} | {_ci(r['effect'], r['lo'], r['hi'])} | "
+                     f"{r['n_agree']}/{r['n_seeds']} |")
+    return "\n".join(lines)
+
+
+def splice(readme: str, section: str) -> str:
+    if readme.count(BEGIN) != 1 or readme.count(END) != 1:
+        raise SystemExit(f"README.md must hold exactly one {BEGIN} and one {END}")
+    head, rest = readme.split(BEGIN)
+    _, tail = rest.split(END)
+    return f"{head}{BEGIN}\n{section}\n{END}{tail}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--readme", type=Path, default=Path("README.md"))
+    ap.add_argument("--metrics-dir", type=Path, default=Path("data/metrics"))
+    ap.add_argument("--check", action="store_true", help="exit 1 if the README is not what the metrics give")
+    args = ap.parse_args(argv)
+    verdicts = json.loads((args.metrics_dir / "verdicts.json").read_text())
+    details = json.loads((args.metrics_dir / "details.json").read_text())
+    text = splice(args.readme.read_text(), render(verdicts, details))
+    if args.check:
+        if text != args.readme.read_text():
+            print(f"{args.readme}: the results section differs from {args.metrics_dir}; run python -m tools.render_results",
+                  file=sys.stderr)
+            return 1
+        return 0
+    args.readme.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
