@@ -21,6 +21,15 @@ from stages.runner import provenance, stage
 log = logging.getLogger(__name__)
 
 
+HEADLINE = ("rise_outlier", "rise_cluster", "frac_rotations_outlier_rise_gt_cluster", "family_order_of_means_holds")
+
+
+def headline(metrics: dict) -> dict:
+    """What `dvc metrics show` prints: per eps the mean rises and how often the paper's orders hold (4 digits)."""
+    return {key: {name: round(em[name], 4) if isinstance(em[name], float) else em[name] for name in HEADLINE}
+            for key, em in metrics.items() if key.startswith("eps_")}
+
+
 @stage("out-dir")
 def main(cfg, args):
     p = cfg.mhn_closed_form
@@ -37,7 +46,9 @@ def main(cfg, args):
             write_table(result.gains, out / "gains.parquet", table="mhn_gains", meta=meta("mhn_gains"))
         write_table(result.summary, out / "summary.parquet", table="mhn_summary", meta=meta("mhn_summary"))
         # Wall-clock time is logged, not written: metrics must be the same for the same params and seed.
-        write_json({k: v for k, v in result.metrics.items() if k != "seconds"}, out / "metrics.json")
+        details = {k: v for k, v in result.metrics.items() if k != "seconds"}
+        write_json(details, out / "details.json")
+        write_json(headline(details), out / "metrics.json")
     m = result.metrics
     log.info("mhn_closed_form: %d memories, %d rotations, %.1f s -> %s", m["memories"], m["rotations"], m["seconds"],
              args.out_dir)

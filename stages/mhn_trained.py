@@ -32,7 +32,10 @@ def main(cfg, args):
         write_table(table, out / "energies.parquet", table="mhn_trained_energies", meta=meta("mhn_trained_energies"))
         write_table(summary, out / "summary.parquet", table="mhn_trained_summary", meta=meta("mhn_trained_summary"))
         # Wall-clock time is logged, not written: metrics must be the same for the same params and seed.
-        write_json({k: v for k, v in metrics.items() if k != "seconds"}, out / "metrics.json")
+        details = {k: v for k, v in metrics.items() if k != "seconds"}
+        write_json(details, out / "details.json")
+        write_json({arm: {name: round(details[arm][name], 4) for name in ("rise_all", "rise_not_replayed", "rise_top_decile")
+                          if name in details[arm]} for arm in p.arms}, out / "metrics.json")
     log.info("mhn_trained: %d seeds x %d arms, %.1f s -> %s", len(p.seeds), len(p.arms), metrics["seconds"],
              args.out_dir)
     for arm in p.arms:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from hopfield_replay.errors import UserError
 
 from hopfield_replay.data import load_dataset, load_folder, load_mnist5k, read_idx, resize, split_tasks, to_model_range
+from hopfield_replay.errors import UserError
 
 
 def _idx_bytes(arr: np.ndarray) -> bytes:
@@ -139,3 +142,58 @@ def test_class_names_follow_the_detected_format(tmp_path):
         (tree / name).mkdir(parents=True)
         Image.fromarray(np.zeros((4, 4), np.uint8), mode="L").save(tree / name / "x.png")
     assert class_names("folder", str(tree), "train", labels) == ["ant", "bee", "cat"]
+
+
+def _cifar_folder(tmp_path, batch_bytes: bytes) -> Path:
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    good = pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]})
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}").write_bytes(batch_bytes if i == 3 else good)
+    return folder
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_crafted_cifar_pickle_is_refused_and_runs_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = _cifar_folder(tmp_path, pickle.dumps({b"data": _Exploit(), b"labels": [0]}))
+    with pytest.raises(UserError, match=r"data_batch_3: refused to load (posix|os)\.system"):
+        load_folder(folder)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("name, payload, message", [
+    ("str keys", pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]}), "not a CIFAR-10 python batch"),
+    ("truncated", pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]})[:50], "truncated"),
+    ("wrong shape", pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}), r"holds data \(2, 100\)"),
+])
+def test_damaged_cifar_batches_are_one_user_error(tmp_path, name, payload, message):
+    with pytest.raises(UserError, match=message):
+        load_folder(_cifar_folder(tmp_path, payload))
+
+
+def test_damaged_files_of_every_format_are_named(tmp_path):
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    images = gzip.compress(bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2]) + bytes(8))
+    (idx / "train-images-idx3-ubyte.gz").write_bytes(images[: len(images) // 2])
+    (idx / "train-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 2, 0, 1]))
+    with pytest.raises(UserError, match=r"train-images-idx3-ubyte.gz is damaged or truncated"):
+        load_folder(idx)
+    npz = tmp_path / "npz"
+    npz.mkdir()
+    np.savez(npz / "d.npz", x_train=np.zeros((100, 4, 4), np.uint8), y_train=np.zeros(90, np.int64))
+    with pytest.raises(UserError, match=r"d.npz holds 100 x_train images but 90 labels"):
+        load_folder(npz)
+    (npz / "d.npz").write_bytes(b"PK\x03\x04 garbage")
+    with pytest.raises(UserError, match=r"d.npz is damaged or truncated"):
+        load_folder(npz)
+    png = tmp_path / "png" / "cat"
+    png.mkdir(parents=True)
+    (png / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    with pytest.raises(UserError, match=r"a.png is damaged or truncated"):
+        load_folder(tmp_path / "png")

@@ -294,8 +294,11 @@ def test_stage_writes_tables(tmp_path):
     energies = pd.read_parquet(out / "energies.parquet")
     assert len(energies) == 2 * 20 * 13
     assert len(pd.read_parquet(out / "gains.parquet")) == 2 * 20 * 13 * 13
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["rotations"] == 20 and "eps_0.05" in metrics
+    details = json.loads((out / "details.json").read_text())
+    assert details["rotations"] == 20 and "eps_0.05" in details
+    headline = json.loads((out / "metrics.json").read_text())  # what `dvc metrics show` prints: a few numbers
+    assert set(headline) == {"eps_0.05", "eps_0.02"} and len(headline["eps_0.05"]) == 4
+    assert headline["eps_0.05"]["rise_outlier"] == round(details["eps_0.05"]["rise_outlier"], 4)
     assert "rise outlier" in proc.stderr + proc.stdout
 
 

@@ -291,3 +291,21 @@ def test_every_edit_of_every_value_keeps_the_file_valid_and_commented():
                     else:
                         kept_comments = comments(text)
                     assert kept_comments and [c for c in kept_comments if c not in out] == [], (section, key, new)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "profiles").glob("*.yaml")))
+def test_every_shipped_profile_gives_valid_params(name):
+    """Each profile of profiles/, merged into the shipped params.yaml, passes the whole-file validation."""
+    from hopfield_replay.config import read_yaml, validate_config
+
+    overrides = read_yaml((ROOT / "profiles" / name).read_text())
+    overrides.pop("profile", None)
+    shipped = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True)
+    base = shipped.stdout if shipped.returncode == 0 else (ROOT / "params.yaml").read_text()
+    text, _ = render_merged(base, overrides)
+    cfg = validate_config(read_yaml(text))
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                if not isinstance(value, dict):
+                    assert getattr(getattr(cfg, section), key) == value, (section, key)

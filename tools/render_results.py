@@ -41,7 +41,8 @@ def render(verdicts: dict, details: dict) -> str:
     lines += ["", "Claim 1's effect is the energy's Spearman minus the best baseline's; claim 2's is forgetting under "
               "random replay minus under top-energy replay (> 0: top-energy forgets less), paired by seed.", ""]
     rows = {r["predictor"]: r for r in details["relative"]["predictors"]}
-    best = details["relative"]["vs_best_baseline"][0]["baseline"]
+    best_name = details["relative"]["vs_best_baseline"][0]["baseline"]  # "-name": best in the reverse direction
+    best = best_name.removeprefix("-")
     shown = [p for p in dict.fromkeys(["energy_a", best, "pixel_mass", "recon_error_a", "knn10_dist", "energy_rise"])
              if p in rows]
     lines += ["Predictors of relative forgetting (Spearman, and partial Spearman given "
@@ -49,7 +50,8 @@ def render(verdicts: dict, details: dict) -> str:
               "| predictor | Spearman | partial | precision@10% |", "|---|---|---|---|"]
     for p in shown:
         r = rows[p]
-        lines.append(f"| {p}{' (best baseline)' if p == best else ''} | "
+        tag = (" (best baseline" + (", reversed)" if best_name.startswith("-") else ")")) if p == best else ""
+        lines.append(f"| {p}{tag} | "
                      f"{_ci(r['spearman'], r['spearman_lo'], r['spearman_hi'])} | "
                      f"{_ci(r['partial'], r['partial_lo'], r['partial_hi'])} | {r['precision_at_10']:.2f} |")
     lines += ["", "Replay arms against random at equal budget (relative forgetting, overall; > 0: the arm forgets "

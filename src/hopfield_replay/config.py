@@ -205,6 +205,7 @@ class RetrainParams(Section):
 
 
 class ReportParams(Section):
+    aggregate_t: Literal["forgetting", "all"] = "forgetting"
     bootstrap: Annotated[int, Field(ge=10)] = 1000
     level: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
     deciles: Annotated[int, Field(ge=2)] = 10

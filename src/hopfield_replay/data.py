@@ -17,6 +17,8 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import pickle
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +62,18 @@ def _open(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
+def _damaged(path: Path, exc: Exception) -> UserError:
+    return UserError(f"prepare.root: {path} is damaged or truncated ({type(exc).__name__}: {exc}); replace the file")
+
+
 def read_idx(path: str | Path) -> np.ndarray:
     """An IDX file (unsigned-byte data): magic 0x0000 08 ND, then ND big-endian uint32 sizes, then the bytes."""
     path = Path(path)
-    with _open(path) as fh:
-        raw = fh.read()
+    try:
+        with _open(path) as fh:
+            raw = fh.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _damaged(path, exc) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise UserError(f"prepare.root: {path} is not an unsigned-byte IDX file")
     ndim = raw[3]
@@ -96,6 +105,38 @@ def _load_idx(root: Path, split: str):
     return _to_float(images[:, None], 255.0), labels
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what a CIFAR-10 batch holds (dicts, lists, bytes, str, ints and numpy arrays): a pickle that
+    names any other callable is refused before anything runs."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: not part of a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path) -> dict:
+    """One CIFAR-10 python batch through the restricted unpickler: {b'data': (N, 3072) uint8, b'labels': (N,)}."""
+    try:
+        with open(path, "rb") as fh:
+            batch = _CifarUnpickler(fh, encoding="bytes").load()
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"prepare.root: {path}: {exc}; use the original CIFAR-10 batches") from None
+    except (OSError, EOFError, ValueError, TypeError, IndexError) as exc:
+        raise _damaged(path, exc) from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise UserError(f"prepare.root: {path} is not a CIFAR-10 python batch (no b'data' and b'labels' entries)")
+    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"], dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
+        raise UserError(f"prepare.root: {path} holds data {data.shape} {data.dtype} and {labels.shape[0]} labels; "
+                        "a CIFAR-10 batch holds (N, 3072) uint8 and N labels")
+    return {b"data": data, b"labels": labels}
+
+
 def _load_cifar(root: Path, split: str):
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     for folder in (root, root / "cifar-10-batches-py"):
@@ -103,10 +144,9 @@ def _load_cifar(root: Path, split: str):
         if all(f.is_file() for f in files):
             xs, ys = [], []
             for f in files:
-                with open(f, "rb") as fh:
-                    batch = pickle.load(fh, encoding="bytes")
-                xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+                batch = read_cifar_batch(f)
+                xs.append(batch[b"data"].reshape(-1, 3, 32, 32))
+                ys.append(batch[b"labels"])
             return _to_float(np.concatenate(xs), 255.0), np.concatenate(ys)
     return None
 
@@ -114,15 +154,22 @@ def _load_cifar(root: Path, split: str):
 def _load_npz(root: Path, split: str):
     files = sorted(root.glob("*.npz"))
     for f in files:
-        with np.load(f) as z:
-            if f"x_{split}" in z and f"y_{split}" in z:
-                x, y = z[f"x_{split}"], z[f"y_{split}"].astype(np.int64).reshape(-1)
-                if x.ndim == 3:
-                    x = x[:, None]
-                elif x.ndim == 4 and x.shape[-1] in (1, 3):
-                    x = x.transpose(0, 3, 1, 2)
-                scale = 255.0 if x.dtype == np.uint8 or x.max() > 1.0 else 1.0
-                return _to_float(x, scale), y
+        try:
+            with np.load(f) as z:
+                found = f"x_{split}" in z and f"y_{split}" in z
+                x, y = (z[f"x_{split}"], z[f"y_{split}"].astype(np.int64).reshape(-1)) if found else (None, None)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise _damaged(f, exc) from None
+        if not found:
+            continue
+        if x.shape[0] != y.shape[0]:
+            raise UserError(f"prepare.root: {f} holds {x.shape[0]} x_{split} images but {y.shape[0]} labels")
+        if x.ndim == 3:
+            x = x[:, None]
+        elif x.ndim == 4 and x.shape[-1] in (1, 3):
+            x = x.transpose(0, 3, 1, 2)
+        scale = 255.0 if x.dtype == np.uint8 or x.max() > 1.0 else 1.0
+        return _to_float(x, scale), y
     return None
 
 
@@ -136,8 +183,11 @@ def _load_image_folder(root: Path, split: str):
 
     images = []
     for f, _ in files:
-        with Image.open(f) as im:
-            images.append(np.asarray(im.convert("L" if im.mode in ("L", "1", "I", "I;16") else "RGB")))
+        try:
+            with Image.open(f) as im:
+                images.append(np.asarray(im.convert("L" if im.mode in ("L", "1", "I", "I;16") else "RGB")))
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL's UnidentifiedImageError is an OSError
+            raise _damaged(f, exc) from None
     shapes = {a.shape for a in images}
     if len(shapes) != 1:
         raise UserError(f"prepare.root: images in {base} have different sizes {sorted(shapes)[:3]}; resize them to one size")

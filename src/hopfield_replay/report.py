@@ -137,7 +137,7 @@ def markdown_report(verdicts: dict, predictors: dict[str, pd.DataFrame], compari
               "below 0 under both, and is inconclusive otherwise.", "", "## Predictors of forgetting", ""]
     for measure, table in predictors.items():
         comp = comparison[measure]
-        lines += [f"### {measure} forgetting (per-t standardised, averaged over t)", "",
+        lines += [f"### {measure} forgetting (per-t standardised, averaged over the used t)", "",
                   f"Best baseline by Spearman: `{comp['baseline'].iloc[0]}`. Partial Spearman controls for "
                   f"{table['covariates'].iloc[0] or 'nothing'} (a predictor is never its own covariate).", "",
                   "| predictor | kind | Spearman | within class | partial | minus best baseline | precision@10% | AUROC top 10% |",
@@ -150,11 +150,13 @@ def markdown_report(verdicts: dict, predictors: dict[str, pd.DataFrame], compari
         lines.append("")
     lines += [f"![predictors]({figures['predictors']})", "", f"![energy and controls]({figures['scatter']})", "",
               "## Which timesteps carry forgetting (no replay)", "",
-              "| measure | t | mean [interval] | share > 0 | forgets? |", "|---|---|---|---|---|"]
+              "Per-sample forgetting (the predictor and arm tables) is aggregated over the t marked *used*: those "
+              "that carry forgetting (report.aggregate_t).", "",
+              "| measure | t | mean [interval] | share > 0 | forgets? | used |", "|---|---|---|---|---|---|"]
     for measure, table in by_t.items():
         for r in table.itertuples():
             lines.append(f"| {measure} | {r.t} | {_ci(r.mean, r.lo, r.hi, 5)} | {r.share_positive:.2f} | "
-                         f"{'yes' if r.real else 'no'} |")
+                         f"{'yes' if r.real else 'no'} | {'yes' if r.used else 'no'} |")
     lines += ["", "## Replay arms: paired differences over seeds", "",
               "effect = forgetting(reference) - forgetting(arm), per seed on the same samples, averaged over seeds "
               "(> 0: the arm forgets less); forgetting is per-t standardised by the no-replay arm's spread.", "",

@@ -1,0 +1,96 @@
+"""The evidence protocol applied to one run's tables: what the report stage computes, usable from a notebook.
+
+For each forgetting measure (absolute, relative; forgetting.py), over the timesteps that carry forgetting
+(``aggregate_t="forgetting"``: the t whose mean no-replay forgetting has its interval above 0 under that measure;
+a t where the task-B model reconstructs task A *better* measures continued learning, not forgetting; all t when
+none does, or with ``aggregate_t="all"``):
+    predictors   every column of the scores table against the per-sample forgetting aggregate of each seed
+                 (evidence.evaluate_predictors), and against the best baseline (evidence.compare_to_best_baseline)
+    by_t         which timesteps carry forgetting without replay (forgetting.forgetting_by_t)
+    arms         every replay arm against random at the same budget and against no replay, paired over seeds
+                 (evidence.arm_effects)
+    verdicts     the paper's two claims (evidence.claims), then combined over both measures
+                 (holds only if it holds under both, fails only if it fails under both)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .evidence import arm_effects, claims, combine_verdicts, compare_to_best_baseline, evaluate_predictors
+from .forgetting import MEASURES, energy_deciles, forgetting_by_t, per_sample
+from .predictors import predictor_kinds
+
+NOT_PREDICTORS = ("task", "label", "beta")  # columns of the scores table that are not scores
+
+
+@dataclass
+class Evidence:
+    predictors: dict[str, pd.DataFrame]  # measure -> one row per predictor
+    comparison: dict[str, pd.DataFrame]  # measure -> difference to the best baseline, per predictor
+    by_t: dict[str, pd.DataFrame]  # measure -> one row per t (column used: aggregated over)
+    arms: dict[str, pd.DataFrame]  # measure -> one row per (arm, budget, subset, reference)
+    verdicts: dict  # claim1 / claim2 -> statement, verdict (combined), and each measure's claim
+    deciles: pd.Series  # sample_id -> decile of the energy the arms rank by
+
+    def headline(self) -> dict:
+        """What `dvc metrics show` prints: per claim the verdict and, per measure, the effect with its interval."""
+        out = {}
+        for key, claim in self.verdicts.items():
+            out[key] = {"verdict": claim["verdict"]}
+            for m in MEASURES:
+                out[key][m] = {k: round(float(claim[m][k]), 4) if np.isfinite(claim[m][k]) else None
+                               for k in ("effect", "lo", "hi")}
+        return out
+
+    def details(self) -> dict:
+        """Every table, as JSON records (6 significant digits)."""
+
+        def records(df):
+            rows = (df.reset_index() if df.index.name else df).replace({np.nan: None}).to_dict(orient="records")
+            return [{k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
+
+        return {m: {"predictors": records(self.predictors[m]), "vs_best_baseline": records(self.comparison[m]),
+                    "forgetting_by_t": records(self.by_t[m]), "arms": records(self.arms[m])} for m in MEASURES}
+
+
+def run_protocol(scores: pd.DataFrame, forgetting: pd.DataFrame, replay: pd.DataFrame, *, seeds: list[int],
+                 energy: str, nuisance: list[str], deciles: int, top_frac: float, n_boot: int, seed: int,
+                 level: float, aggregate_t: str = "forgetting") -> Evidence:
+    """scores: index sample_id, a label column and one column per predictor; forgetting: the no-replay rows
+    (sample_id, seed, t, error_a, error); replay: every arm's rows (plus strategy, budget, replayed)."""
+    predictors = scores.drop(columns=[c for c in NOT_PREDICTORS if c in scores.columns])
+    kinds = predictor_kinds(predictors.columns)
+    boot = dict(n_boot=n_boot, seed=seed, level=level)
+    bins = energy_deciles(scores[energy], deciles)
+    tables, comparison, by_t, arms, per_measure = {}, {}, {}, {}, {}
+    for m in MEASURES:
+        by_t[m] = forgetting_by_t(forgetting, m, **boot)
+        real = by_t[m].loc[by_t[m]["real"], "t"].tolist() if aggregate_t == "forgetting" else []
+        used = real or by_t[m]["t"].tolist()
+        by_t[m]["used"] = by_t[m]["t"].isin(used)
+        rows, replay_rows = forgetting[forgetting["t"].isin(used)], replay[replay["t"].isin(used)]
+        targets = {s: per_sample(rows, m, seed=s)["agg"] for s in seeds}
+        tables[m] = evaluate_predictors(predictors, scores["label"], targets, nuisance, kinds=kinds,
+                                        top_frac=top_frac, **boot)
+        comparison[m] = compare_to_best_baseline(predictors, targets, kinds, nuisance, **boot)
+        arms[m] = arm_effects(replay_rows, bins, m, level=level)
+        per_measure[m] = claims(tables[m], comparison[m], arms[m], predictor=energy)
+    verdicts = {key: {"statement": per_measure[MEASURES[0]][key]["statement"],
+                      "verdict": combine_verdicts(*(per_measure[m][key]["verdict"] for m in MEASURES)),
+                      **{m: per_measure[m][key] for m in MEASURES}} for key in ("claim1", "claim2")}
+    return Evidence(tables, comparison, by_t, arms, verdicts, bins)
+
+
+def decile_curves(replay: pd.DataFrame, forgetting: pd.DataFrame, deciles: pd.Series, measure: str = "absolute"):
+    """Mean forgetting per (arm, budget, seed, energy decile), each t scaled by the no-replay arm's per-sample sd at
+    t (averaged over seeds), then averaged over t: the data of the arms-by-decile figure."""
+    scale = forgetting.groupby(["seed", "t"])[measure].std(ddof=0).groupby("t").mean()
+    value = replay[measure] / replay["t"].map(scale.where(scale > 0, np.inf))
+    per = replay.assign(value=value).groupby(["strategy", "budget", "seed", "sample_id"])["value"].mean()
+    per = per.rename("forgetting").reset_index()
+    per["decile"] = deciles.reindex(per["sample_id"]).to_numpy()
+    return per.groupby(["strategy", "budget", "seed", "decile"])["forgetting"].mean().reset_index()
