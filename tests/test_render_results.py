@@ -17,11 +17,10 @@ def _committed(path: str) -> str | None:
 
 
 def test_committed_readme_matches_the_committed_metrics():
-    readme = _committed("README.md")
-    verdicts, details = _committed("data/metrics/verdicts.json"), _committed("data/metrics/details.json")
-    if verdicts is None or details is None:
+    readme, details = _committed("README.md"), _committed("data/metrics/details.json")
+    if details is None:
         pytest.skip("no committed metrics yet")
-    section = render(json.loads(verdicts), json.loads(details))
+    section = render(json.loads(details))
     assert splice(readme, section) == readme, "README results differ from data/metrics: run python -m tools.render_results"
 
 
@@ -34,16 +33,16 @@ def test_render_states_the_verdicts_and_the_numbers_it_is_given():
             "partial_lo": -0.2, "partial_hi": 0.0, "precision_at_10": 0.25, "covariates": "pixel_mass"}
     arm = {"strategy": "energy_high", "budget": 250, "subset": "overall", "effect": 0.01, "lo": -0.02, "hi": 0.04,
            "n_agree": 1, "n_seeds": 2}
-    details = {"run": {"n_samples": 10, "seeds": [1, 2], "arms": ["energy_high", "random"], "budgets": [250],
+    details = {"verdicts": verdicts, "run": {"n_samples": 10, "seeds": [1, 2], "arms": ["energy_high", "random"], "budgets": [250],
                        "level": 0.95},
                "relative": {"predictors": [pred, {**pred, "predictor": "pixel_mass", "spearman": 0.7}],
-                            "vs_best_baseline": [{"baseline": "pixel_mass"}],
+                            "vs_best_baseline": [{"baseline": "-pixel_mass"}],
                             "arms": [{**arm, "reference": "none"}, {**arm, "reference": "random", "effect": -0.03}]}}
-    text = render(verdicts, details)
+    text = render(details)
     assert "| Task-A energy predicts forgetting beyond the baselines | **inconclusive** | +0.123 [-0.050, +0.300] | " \
            "-0.500 [-0.700, -0.200] |" in text
     assert "**fails** | n/a |" in text
-    assert "| pixel_mass (best baseline) | +0.700 [+0.400, +0.600]" in text
+    assert "| pixel_mass (best baseline, reversed) | +0.700 [+0.400, +0.600]" in text
     assert "| energy_high | 250 | -0.030 [-0.020, +0.040] | +0.010 [-0.020, +0.040] | 1/2 |" in text
     readme = f"intro\n{BEGIN}\nold\n{END}\noutro\n"
     assert splice(readme, "new") == f"intro\n{BEGIN}\nnew\n{END}\noutro\n"

@@ -3,7 +3,7 @@
     python -m tools.render_results            # rewrite the section between the markers in README.md
     python -m tools.render_results --check    # exit 1 if README.md does not match data/metrics/*.json
 
-Reads data/metrics/verdicts.json and details.json (written by the report stage).
+Reads data/metrics/details.json (written by the report stage: the verdicts with their intervals, every table).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def _ci(est, lo, hi, digits: int = 3) -> str:
     return f"{est:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
-def render(verdicts: dict, details: dict) -> str:
-    run = details["run"]
+def render(details: dict) -> str:
+    run, verdicts = details["run"], details["verdicts"]
     lines = [f"Measured by the last committed `make run` ({run['n_samples']} task-A samples, seeds {run['seeds']}, "
              f"arms {', '.join(run['arms'])} at budgets {run['budgets']}; {run['level']:.0%} intervals). "
              "Generated from `data/metrics/` by `python -m tools.render_results`; the full report is "
@@ -81,9 +81,8 @@ def main(argv=None) -> int:
     ap.add_argument("--metrics-dir", type=Path, default=Path("data/metrics"))
     ap.add_argument("--check", action="store_true", help="exit 1 if the README is not what the metrics give")
     args = ap.parse_args(argv)
-    verdicts = json.loads((args.metrics_dir / "verdicts.json").read_text())
     details = json.loads((args.metrics_dir / "details.json").read_text())
-    text = splice(args.readme.read_text(), render(verdicts, details))
+    text = splice(args.readme.read_text(), render(details))
     if args.check:
         if text != args.readme.read_text():
             print(f"{args.readme}: the results section differs from {args.metrics_dir}; run python -m tools.render_results",

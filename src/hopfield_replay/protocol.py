@@ -37,24 +37,36 @@ class Evidence:
     deciles: pd.Series  # sample_id -> decile of the energy the arms rank by
 
     def headline(self) -> dict:
-        """What `dvc metrics show` prints: per claim the verdict and, per measure, the effect with its interval."""
-        out = {}
-        for key, claim in self.verdicts.items():
-            out[key] = {"verdict": claim["verdict"]}
-            for m in MEASURES:
-                out[key][m] = {k: round(float(claim[m][k]), 4) if np.isfinite(claim[m][k]) else None
-                               for k in ("effect", "lo", "hi")}
-        return out
+        """What `dvc metrics show` prints, one short row: per claim the verdict and each measure's effect (4
+        decimals); the intervals behind the verdicts are in details()["verdicts"]."""
+        return {key: {"verdict": claim["verdict"],
+                      **{m: _number(claim[m]["effect"], ".4f") for m in MEASURES}} for key, claim in self.verdicts.items()}
 
     def details(self) -> dict:
-        """Every table, as JSON records (6 significant digits)."""
+        """The verdicts with their intervals and every table, as plain JSON (6 significant digits, NaN -> null)."""
 
         def records(df):
-            rows = (df.reset_index() if df.index.name else df).replace({np.nan: None}).to_dict(orient="records")
-            return [{k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
+            rows = (df.reset_index() if df.index.name else df).to_dict(orient="records")
+            return [{k: _number(v) for k, v in row.items()} for row in rows]
 
-        return {m: {"predictors": records(self.predictors[m]), "vs_best_baseline": records(self.comparison[m]),
-                    "forgetting_by_t": records(self.by_t[m]), "arms": records(self.arms[m])} for m in MEASURES}
+        return {"verdicts": _plain(self.verdicts),
+                **{m: {"predictors": records(self.predictors[m]), "vs_best_baseline": records(self.comparison[m]),
+                       "forgetting_by_t": records(self.by_t[m]), "arms": records(self.arms[m])} for m in MEASURES}}
+
+
+def _number(v, fmt: str = ".6g"):
+    """A float rounded to the precision it carries (None for NaN); anything else as it is."""
+    if isinstance(v, (float, np.floating)):
+        return float(format(float(v), fmt)) if np.isfinite(v) else None
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return _number(obj)
 
 
 def run_protocol(scores: pd.DataFrame, forgetting: pd.DataFrame, replay: pd.DataFrame, *, seeds: list[int],
