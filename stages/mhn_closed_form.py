@@ -25,8 +25,8 @@ HEADLINE = ("rise_outlier", "rise_cluster", "frac_rotations_outlier_rise_gt_clus
 
 
 def headline(metrics: dict) -> dict:
-    """What `dvc metrics show` prints: per eps the mean rises and how often the paper's orders hold (4 digits)."""
-    return {key: {name: round(em[name], 4) if isinstance(em[name], float) else em[name] for name in HEADLINE}
+    """The headline: per eps the mean rises and how often the paper's orders hold (4 significant digits)."""
+    return {key: {name: float(f"{em[name]:.4g}") if isinstance(em[name], float) else em[name] for name in HEADLINE}
             for key, em in metrics.items() if key.startswith("eps_")}
 
 

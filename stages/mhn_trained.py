@@ -34,8 +34,9 @@ def main(cfg, args):
         # Wall-clock time is logged, not written: metrics must be the same for the same params and seed.
         details = {k: v for k, v in metrics.items() if k != "seconds"}
         write_json(details, out / "details.json")
-        write_json({arm: {name: round(details[arm][name], 4) for name in ("rise_all", "rise_not_replayed", "rise_top_decile")
-                          if name in details[arm]} for arm in p.arms}, out / "metrics.json")
+        headline = ("rise_all", "rise_not_replayed", "rise_top_decile")  # 4 significant digits
+        write_json({arm: {name: float(f"{details[arm][name]:.4g}") for name in headline if name in details[arm]}
+                    for arm in p.arms}, out / "metrics.json")
     log.info("mhn_trained: %d seeds x %d arms, %.1f s -> %s", len(p.seeds), len(p.arms), metrics["seconds"],
              args.out_dir)
     for arm in p.arms:

@@ -298,7 +298,7 @@ def test_stage_writes_tables(tmp_path):
     assert details["rotations"] == 20 and "eps_0.05" in details
     headline = json.loads((out / "metrics.json").read_text())  # what `dvc metrics show` prints: a few numbers
     assert set(headline) == {"eps_0.05", "eps_0.02"} and len(headline["eps_0.05"]) == 4
-    assert headline["eps_0.05"]["rise_outlier"] == round(details["eps_0.05"]["rise_outlier"], 4)
+    assert headline["eps_0.05"]["rise_outlier"] == float(f"{details['eps_0.05']['rise_outlier']:.4g}")
     assert "rise outlier" in proc.stderr + proc.stdout
 
 
