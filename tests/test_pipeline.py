@@ -5,6 +5,7 @@ under prefect_test_harness."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -147,6 +148,8 @@ def test_a_third_seed_trains_only_its_own_runs(tiny_project):
                                        for b in params["select_replay"]["budgets"]}, ran
     details = json.loads((tiny_project / "data" / "metrics" / "details.json").read_text())
     assert details["run"]["seeds"] == old + [7]
+    for folder in ("models/task_b/seed7", "models/retrain/seed7"):  # outputs of stages the reset params drop
+        shutil.rmtree(tiny_project / "data" / folder)
     reset(tiny_project)
 
 
