@@ -108,3 +108,16 @@ def test_a_stage_past_its_timeout_is_killed(tmp_path):
     code, lines = run_streamed([sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"],
                                tmp_path, dict(os.environ), timeout_s=1, log=lambda line: None)
     assert code != 0 and lines == ["started", "killed after the 1 s timeout"]
+
+
+def test_the_flow_summary_leads_with_the_verdicts(tmp_path):
+    """`make run` ends with the report's verdict section (claims, verdicts, effects), then where the outputs are."""
+    from flows.pipeline import summarize
+
+    report = tmp_path / "data" / "report" / "report.md"
+    report.parent.mkdir(parents=True)
+    report.write_text("# title\n\nRun: ...\n\n## Verdicts\n\n- **claim one: FAILS**\n  - absolute: fails\n\n"
+                      "## Predictors of forgetting\n\n| predictor rows |\n")
+    lines = summarize(tmp_path).splitlines()
+    assert lines[:2] == ["  - **claim one: FAILS**", "    - absolute: fails"]
+    assert "predictor rows" not in "\n".join(lines) and lines[-1].startswith("  report: ")
