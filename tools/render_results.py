@@ -38,7 +38,7 @@ def render(details: dict) -> str:
         v = verdicts[key]
         cells = [_ci(v[m]["effect"], v[m]["lo"], v[m]["hi"]) for m in MEASURES]
         lines.append(f"| {names[key]} | **{v['verdict']}** | {cells[0]} | {cells[1]} |")
-    lines += ["", "Claim 1's effect is the energy's Spearman minus the best baseline's; claim 2's is forgetting under "
+    lines += ["", "Claim 1's effect is the energy's Spearman minus the best baseline's (counted in its better direction); claim 2's is forgetting under "
               "random replay minus under top-energy replay (> 0: top-energy forgets less), paired by seed.", ""]
     rows = {r["predictor"]: r for r in details["relative"]["predictors"]}
     best_name = details["relative"]["vs_best_baseline"][0]["baseline"]  # "-name": best in the reverse direction
