@@ -24,12 +24,12 @@ def main(cfg, args):
                                                 "absolute", "relative"])
     selection = read_table(args.selection, columns=["sample_id", "strategy", "budget", "seed"])
     parts = [base.assign(strategy="none", budget=0, replayed=False)]
+    x_a, labels_a, ids_a = load_task(args.x0, args.samples, "A", family=cfg.model.family)
     for seed in cfg.seeds:
         error_a = base.loc[base.seed == seed, ["sample_id", "task", "label", "t", "error_a"]]
         for arm in cfg.select_replay.arms:
             for budget in cfg.select_replay.budgets:
                 model = load_model(Path(args.models_dir) / f"seed{seed}" / f"{arm}-{budget}")
-                x_a, labels_a, ids_a = load_task(args.x0, args.samples, "A", family=model.family)
                 rows = measure_forgetting(model, x_a, ids_a, error_a, fp.timesteps, labels=labels_a, seed=fp.noise_seed,
                                           space=fp.space, batch_size=fp.batch_size, device=device)
                 buffer = selection.loc[(selection.strategy == arm) & (selection.budget == budget)

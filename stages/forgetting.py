@@ -32,10 +32,10 @@ def task_a_errors(scores_path, timesteps) -> pd.DataFrame:
 def main(cfg, args):
     fp, device = cfg.forgetting, resolve_device(cfg.device)
     error_a = task_a_errors(args.scores, fp.timesteps)
+    x_a, labels_a, ids_a = load_task(args.x0, args.samples, "A", family=cfg.model.family)
     parts = []
     for seed in cfg.seeds:
         model = load_model(Path(args.models_dir) / f"seed{seed}")
-        x_a, labels_a, ids_a = load_task(args.x0, args.samples, "A", family=model.family)
         parts.append(measure_forgetting(model, x_a, ids_a, error_a, fp.timesteps, labels=labels_a, seed=fp.noise_seed,
                                         space=fp.space, batch_size=fp.batch_size, device=device).assign(seed=seed))
     df = pd.concat(parts, ignore_index=True)

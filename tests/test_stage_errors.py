@@ -4,6 +4,7 @@ one `error:` line naming the field or file, exit 2, no output; anything else is 
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -130,7 +131,7 @@ def test_an_unexpected_exception_is_a_bug_with_its_traceback(tmp_path):
             "stage.load_dataset = broken\n"
             f"stage.main(['--params', {str(params)!r}, '--out-images', 'i', '--out-samples', 's'])\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode not in (0, 2)
     assert "Traceback (most recent call last)" in proc.stderr and "KeyError: 'sample_id'" in proc.stderr
     assert not (tmp_path / "i").exists()
