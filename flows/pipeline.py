@@ -8,13 +8,19 @@ the flow's log (flows/stage_output.py: one line per progress bar, its final stat
 DVC's git hints dropped; bars stay live in a terminal's `dvc repro`). DVC's lock file decides what is up to date
 (no Prefect result caching on top); a task is retried only for transient failures (another DVC process holding the
 repo lock), and killed after its timeout.
+
+Ctrl-C (SIGINT) or SIGTERM stops the running stage (its whole process group: DVC and the stage), marks the flow
+run Crashed, stops the ephemeral Prefect server and exits with 128 + the signal number. Finished stages stay in
+DVC's lock; a training stage resumes from its checkpoint on the next run.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +42,7 @@ for _key, _value in OFFLINE_ENV.items():
 
 import yaml  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.exceptions import TerminationSignal  # noqa: E402
 
 from flows.stage_output import run_streamed  # noqa: E402
 
@@ -137,6 +144,36 @@ def pipeline(repo_root: str = str(ROOT), stages: list[str] | None = None,
     return results
 
 
+def start_ephemeral_server() -> None:
+    """Without ``PREFECT_API_URL``, start Prefect's temporary API server now, in a session of its own: a terminal's
+    Ctrl-C goes to the whole foreground process group, and a server that got it too would be gone before the flow
+    could mark its run Crashed. Prefect's own code then finds this server (the instance registered for no port,
+    as ``prefect_test_harness`` does), and stops it at exit."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    class OwnSessionServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self):
+            popen = subprocess.Popen
+            subprocess.Popen = functools.partial(popen, start_new_session=True)
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                subprocess.Popen = popen
+
+    OwnSessionServer().start()
+
+
+def _interrupt(signum, frame):
+    """SIGINT or SIGTERM: raise in the main thread (where the stage's output is read), once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise TerminationSignal(signal=signum)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Run the hopfield-replay pipeline as a Prefect flow.")
     ap.add_argument("--repo-root", default=str(ROOT),
@@ -145,11 +182,20 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", nargs="*", help="stage names from dvc.yaml (default: all, in order)")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="per-stage timeout in seconds")
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
+        start_ephemeral_server()
         results = pipeline(repo_root=args.repo_root, stages=args.stages or None, timeout_s=args.timeout)
     except StageFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, TerminationSignal) as exc:
+        signum = getattr(exc, "signal", signal.SIGINT)
+        print(f"error: stopped by {signal.Signals(signum).name}: the running stage was stopped and the flow run "
+              "marked Crashed; rerun to continue (finished stages are kept, training resumes from its checkpoint)",
+              file=sys.stderr)
+        return 128 + signum
     ran = [k for k, v in results.items() if v == "ran"]
     print("pipeline: " + (f"ran {', '.join(ran)}" if ran else "up to date, nothing ran"))
     return 0

@@ -15,7 +15,9 @@ Two things a terminal shows well and a log does not:
 from __future__ import annotations
 
 import codecs
+import os
 import re
+import signal
 import subprocess
 import threading
 from collections.abc import Callable
@@ -76,16 +78,36 @@ class StageOutput:
         out.append(line)
 
 
+def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Stop ``proc`` and every process it started (its process group: DVC and the stage under it): SIGTERM, then
+    SIGKILL after ``grace_s``."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            os.killpg(proc.pid, 0)  # the leader is gone: is anything of its group left?
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            pass
+
+
 def run_streamed(cmd: list[str], cwd: Path, env: dict, timeout_s: float,
                  log: Callable[[str], None]) -> tuple[int, list[str]]:
     """Run ``cmd`` (stderr merged into stdout), sending each log line of its output (``StageOutput``) to ``log``
-    as it comes; kill it after ``timeout_s``. Returns (exit code, the logged lines)."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    as it comes; stop it after ``timeout_s``. It runs in a process group of its own, and whatever ends this call
+    early (a timeout, Ctrl-C, SIGTERM) stops the whole group: no DVC or stage process outlives it. Returns (exit
+    code, the logged lines)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     timed_out = threading.Event()
 
     def _kill():
         timed_out.set()
-        proc.kill()
+        stop_group(proc, grace_s=5.0)
 
     timer = threading.Timer(timeout_s, _kill)
     timer.start()
@@ -106,6 +128,8 @@ def run_streamed(cmd: list[str], cwd: Path, env: dict, timeout_s: float,
         code = proc.wait()
     finally:
         timer.cancel()
+        if proc.poll() is None:
+            stop_group(proc)
     if timed_out.is_set():
         lines.append(f"killed after the {timeout_s:.0f} s timeout")
     return code, lines

@@ -9,7 +9,7 @@ import torch
 
 from hopfield_replay.devices import resolve_device
 from hopfield_replay.errors import UserError
-from hopfield_replay.models import TrainConfig, load_model, train_and_save
+from hopfield_replay.models import CheckpointPolicy, TrainConfig, load_model, train_and_save
 from hopfield_replay.tables import load_task, read_table
 from stages.runner import stage
 
@@ -27,7 +27,8 @@ def main(cfg, args):
     config = TrainConfig(**cfg.train_b.model_dump(), seed=args.seed, replay_fraction=cfg.retrain.replay_fraction)
     train_and_save(model, x_b, labels_b, config, resolve_device(cfg.device), args.out,
                    desc=f"retrain {args.arm}-{args.budget} seed {args.seed}", replay_x0=x_a[keep],
-                   replay_labels=labels_a[keep], extra={"arm": args.arm, "budget": args.budget, "seed": args.seed})
+                   replay_labels=labels_a[keep], extra={"arm": args.arm, "budget": args.budget, "seed": args.seed},
+                   checkpoints=CheckpointPolicy.from_params(cfg.execution))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ UNet's initial weights too).
 from __future__ import annotations
 
 from hopfield_replay.devices import resolve_device
-from hopfield_replay.models import TrainConfig, build_model, train_and_save
+from hopfield_replay.models import CheckpointPolicy, TrainConfig, build_model, train_and_save
 from hopfield_replay.tables import load_task, tensor_meta
 from stages.runner import stage
 
@@ -20,7 +20,8 @@ def main(cfg, args):
     x0, labels, _ = load_task(args.x0, args.samples, "A", family=cfg.model.family)
     model = build_model(cfg.model, x0.shape[1:], tensor_meta(args.x0), seed=tp.seed)
     config = TrainConfig(**tp.model_dump(), replay_fraction=0.0)
-    train_and_save(model, x0, labels, config, resolve_device(cfg.device), args.out, desc="train_a")
+    train_and_save(model, x0, labels, config, resolve_device(cfg.device), args.out, desc="train_a",
+                   checkpoints=CheckpointPolicy.from_params(cfg.execution))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ that only the replayed samples differ.
 from __future__ import annotations
 
 from hopfield_replay.devices import resolve_device
-from hopfield_replay.models import TrainConfig, load_model, train_and_save
+from hopfield_replay.models import CheckpointPolicy, TrainConfig, load_model, train_and_save
 from hopfield_replay.tables import load_task
 from stages.runner import stage
 
@@ -17,7 +17,8 @@ def main(cfg, args):
     model = load_model(args.model)
     x0, labels, _ = load_task(args.x0, args.samples, "B", family=model.family)
     config = TrainConfig(**cfg.train_b.model_dump(), seed=args.seed, replay_fraction=0.0)
-    train_and_save(model, x0, labels, config, resolve_device(cfg.device), args.out, desc=f"train_b seed {args.seed}")
+    train_and_save(model, x0, labels, config, resolve_device(cfg.device), args.out, desc=f"train_b seed {args.seed}",
+                   checkpoints=CheckpointPolicy.from_params(cfg.execution))
 
 
 if __name__ == "__main__":

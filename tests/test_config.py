@@ -34,10 +34,11 @@ def test_params_error_is_a_user_error():
 # One case per section: an unknown key, a wrong type and a non-finite number (where the section has a float).
 FLOATS = {"train_a": "lr", "train_b": "lr", "scores": "beta", "retrain": "replay_fraction", "report": "level",
           "mhn_closed_form": "beta", "mhn_trained": "beta", "prepare": None, "model": None, "forgetting": None,
-          "select_replay": "temperature", "mhn_report": None}
+          "select_replay": "temperature", "mhn_report": None, "execution": "max_output_gb"}
 INTS = {"prepare": "resolution", "model": "layers_per_block", "train_a": "steps", "scores": "beta_t",
         "train_b": "batch_size", "forgetting": "noise_seed", "select_replay": "budgets", "retrain": None,
-        "report": "bootstrap", "mhn_closed_form": "n", "mhn_trained": "d", "mhn_report": "dpi"}
+        "report": "bootstrap", "mhn_closed_form": "n", "mhn_trained": "d", "mhn_report": "dpi",
+        "execution": "checkpoint_every_steps"}
 
 
 @pytest.mark.parametrize("section", sorted(FLOATS))
@@ -52,6 +53,18 @@ def test_every_section_rejects_unknown_keys_wrong_types_and_non_finite_numbers(s
         for bad in (math.inf, math.nan):
             with pytest.raises(ParamsError, match=rf"^{section}\.{FLOATS[section]}: Input should be a finite number"):
                 validate_config({section: {FLOATS[section]: bad}})
+
+
+def test_a_missing_section_is_an_error_not_a_silent_default(tmp_path):
+    raw = yaml.safe_load(TINY_PARAMS.read_text())
+    del raw["scores"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=r"params.yaml: scores: section missing; copy it from the shipped"):
+        load_config(path)
+    raw = yaml.safe_load(TINY_PARAMS.read_text())
+    assert "execution" not in raw  # the one optional section: it changes no result
+    assert load_config(TINY_PARAMS).execution.checkpoint_dir == ".checkpoints"
 
 
 def test_misspelt_section_is_an_error():

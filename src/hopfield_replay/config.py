@@ -313,6 +313,21 @@ class MHNReportParams(Section):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# How runs execute (never changes a result: no table's provenance covers it, no stage lists it in dvc.yaml)
+
+
+class ExecutionParams(Section):
+    """``execution``: training checkpoints (every ``checkpoint_every_steps`` steps or ``checkpoint_every_minutes``
+    minutes, whichever comes first, under ``checkpoint_dir``, kept until the run succeeds) and the guard on the
+    size of a prepared data file."""
+
+    checkpoint_dir: Annotated[str, Field(min_length=1)] = ".checkpoints"
+    checkpoint_every_minutes: Annotated[float, Field(gt=0)] = 10.0
+    checkpoint_every_steps: PosInt | None = None
+    max_output_gb: Annotated[float, Field(gt=0)] = 4.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The whole file
 
 
@@ -334,6 +349,7 @@ class Config(Section):
     mhn_closed_form: MHNClosedFormParams = MHNClosedFormParams()
     mhn_trained: MHNTrainedParams = MHNTrainedParams()
     mhn_report: MHNReportParams = MHNReportParams()
+    execution: ExecutionParams = ExecutionParams()
 
     @field_validator("device")
     @classmethod
@@ -354,6 +370,7 @@ class Config(Section):
 
 
 SECTIONS = tuple(name for name in Config.model_fields)
+OPTIONAL_SECTIONS = ("execution",)  # the only section a params file may leave out (it changes no result)
 
 
 class _FieldError(ValueError):
@@ -433,9 +450,16 @@ def load_raw(path: str | Path) -> dict:
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:
-    """Read and validate the whole params file."""
+    """Read and validate the whole params file. Every section that changes a result must be in the file: a missing
+    one is an error, not a silent default."""
     try:
-        return validate_config(load_raw(path))
+        raw = load_raw(path)
+        config = validate_config(raw)
+        missing = [name for name in SECTIONS if name not in raw and name not in OPTIONAL_SECTIONS]
+        if missing:
+            raise ParamsError(f"{path}: {missing[0]}: section missing; copy it from the shipped params.yaml "
+                              f"(git show HEAD:params.yaml), or select a profile: python -m tools.profile")
+        return config
     except ParamsError as exc:
         if str(exc).startswith(str(path)):
             raise

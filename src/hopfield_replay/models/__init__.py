@@ -16,9 +16,9 @@ from __future__ import annotations
 from .base import FAMILY_FILE, DenoisingModel, load_model
 from .build import build_model
 from .ddpm import DDPMConfig, PixelDDPM
-from .training import TrainConfig, train_and_save, train_denoiser
+from .training import CheckpointPolicy, TrainConfig, train_and_save, train_denoiser
 
-__all__ = ["FAMILY_FILE", "DDPMConfig", "DenoisingModel", "LatentDiffusion", "PixelDDPM", "TrainConfig", "build_model",
+__all__ = ["FAMILY_FILE", "CheckpointPolicy", "DDPMConfig", "DenoisingModel", "LatentDiffusion", "PixelDDPM", "TrainConfig", "build_model",
            "load_model", "train_and_save", "train_denoiser"]
 
 

@@ -1,0 +1,83 @@
+"""The flow stops cleanly: Ctrl-C (SIGINT to the terminal's whole foreground process group) or SIGTERM to
+`python -m flows.pipeline` stops the running stage, marks the flow run Crashed, and leaves no Prefect server, DVC or
+stage process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, TINY_PARAMS, make_project, run
+
+pytestmark = pytest.mark.slow
+
+
+def _marked(marker: str) -> list[int]:
+    """Live processes whose environment holds ``marker`` (every descendant of the flow inherits it)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (proc / "environ").read_bytes() and b"State:\tZ" not in (proc / "status").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_stage_the_flow_and_the_server(tmp_path, sig):
+    params = yaml.safe_load(TINY_PARAMS.read_text())
+    params["train_a"]["steps"] = 100_000  # runs until stopped
+    project = make_project(tmp_path / "project", params)
+    marker = f"HOPFIELD_REPLAY_SIGNAL_TEST={uuid.uuid4().hex}"
+    home = tmp_path / "prefect"
+    env = {**os.environ, "PREFECT_HOME": str(home), marker.split("=")[0]: marker.split("=")[1],
+           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("PREFECT_API_URL", None)
+    flow = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--repo-root", str(project), "--stages",
+                             "prepare", "encode", "train_a"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # as a terminal's job
+    try:
+        _stop_and_check(flow, sig, marker, home, project)
+    finally:
+        for pid in _marked(marker):  # whatever a failing run left behind
+            os.kill(pid, signal.SIGKILL)
+
+
+def _stop_and_check(flow, sig, marker, home, project):
+    seen = []
+    deadline = time.monotonic() + 600
+    for line in flow.stdout:
+        seen.append(line)
+        if "Running stage 'train_a'" in line or time.monotonic() > deadline:
+            break
+    assert any("Running stage 'train_a'" in line for line in seen), "".join(seen[-30:])
+    time.sleep(3)  # train_a is training now
+    assert len(_marked(marker)) >= 4  # the flow, the Prefect server, dvc, the stage
+    if sig == signal.SIGINT:
+        os.killpg(flow.pid, sig)  # Ctrl-C: the terminal signals the job's whole process group
+    else:
+        flow.send_signal(sig)  # kill PID
+    rest, _ = flow.communicate(timeout=120)
+    assert flow.returncode == 128 + sig, rest[-3000:]
+    assert f"stopped by {sig.name}" in rest
+    time.sleep(2)
+    assert _marked(marker) == [], "processes outlived the flow"
+
+    with sqlite3.connect(home / "prefect.db") as db:
+        states = db.execute("select state_type from flow_run").fetchall()
+    assert states == [("CRASHED",)]
+    # The stopped stage is not recorded, the finished ones are, and DVC's lock is free for the next run.
+    assert "train_a" not in (project / "dvc.lock").read_text() and "encode" in (project / "dvc.lock").read_text()
+    assert "Stage 'encode' didn't change" in run(["dvc", "repro", "--single-item", "encode"], project).stdout
