@@ -21,7 +21,7 @@ from stages.runner import stage
 @stage("images", "out")
 def main(cfg, args):
     m = cfg.model
-    tensors = load_tensors(args.images)
+    tensors = load_tensors(args.images, keys=("images", "sample_id"))
     images, ids = tensors["images"], tensors["sample_id"]
     info = {"family": m.family}
     if m.family == "ddpm":

@@ -11,18 +11,34 @@ from pathlib import Path
 import pandas as pd
 
 from hopfield_replay.devices import resolve_device
+from hopfield_replay.errors import UserError
 from hopfield_replay.models import load_model
 from hopfield_replay.reconstruction import measure_forgetting
-from hopfield_replay.tables import load_task, read_table, write_table
+from hopfield_replay.tables import check_output, load_task, read_table, write_table
 from stages.runner import provenance, stage
+
+
+def check_buffers(selection: pd.DataFrame, path, cfg) -> None:
+    """The selection table must hold exactly the buffers of select_replay.arms x budgets x seeds."""
+    p = cfg.select_replay
+    expected = {(arm, budget, seed) for arm in p.arms for budget in p.budgets for seed in cfg.seeds}
+    found = {(str(a), int(b), int(s)) for a, b, s in zip(selection.strategy, selection.budget, selection.seed)}
+    extra, missing = sorted(found - expected), sorted(expected - found)
+    if extra or missing:
+        what = (f"buffers not in the params, e.g. {extra[0][0]}-{extra[0][1]} seed {extra[0][2]}" if extra else
+                f"no buffer for {missing[0][0]}-{missing[0][1]} seed {missing[0][2]}")
+        raise UserError(f"{path}: holds {what}; it must hold exactly the buffers of select_replay.arms x "
+                        "select_replay.budgets x seeds: rerun select_replay")
 
 
 @stage("x0", "samples", "forgetting", "selection", "models-dir", "out")
 def main(cfg, args):
     fp, device = cfg.forgetting, resolve_device(cfg.device)
+    check_output(args.out)
     base = read_table(args.forgetting, columns=["sample_id", "task", "label", "seed", "t", "error_a", "error",
                                                 "absolute", "relative"])
     selection = read_table(args.selection, columns=["sample_id", "strategy", "budget", "seed"])
+    check_buffers(selection, args.selection, cfg)
     parts = [base.assign(strategy="none", budget=0, replayed=False)]
     x_a, labels_a, ids_a = load_task(args.x0, args.samples, "A", family=cfg.model.family)
     for seed in cfg.seeds:

@@ -15,7 +15,7 @@ import pandas as pd
 from hopfield_replay.devices import resolve_device
 from hopfield_replay.reconstruction import measure_forgetting
 from hopfield_replay.models import load_model
-from hopfield_replay.tables import load_task, read_table, write_table
+from hopfield_replay.tables import check_output, load_task, read_table, write_table
 from stages.runner import provenance, stage
 
 
@@ -31,6 +31,7 @@ def task_a_errors(scores_path, timesteps) -> pd.DataFrame:
 @stage("x0", "samples", "scores", "models-dir", "out")
 def main(cfg, args):
     fp, device = cfg.forgetting, resolve_device(cfg.device)
+    check_output(args.out)
     error_a = task_a_errors(args.scores, fp.timesteps)
     x_a, labels_a, ids_a = load_task(args.x0, args.samples, "A", family=cfg.model.family)
     parts = []

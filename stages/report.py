@@ -15,13 +15,16 @@ from hopfield_replay.forgetting import MEASURES, add_measures, per_sample
 from hopfield_replay.protocol import decile_curves, run_protocol
 from hopfield_replay.report import (markdown_report, plot_arms_by_decile, plot_image_grid, plot_predictors,
                                     plot_score_vs_forgetting, verdict_lines)
-from hopfield_replay.tables import atomic_path, load_task, read_table, write_json
+from hopfield_replay.tables import atomic_path, check_output, load_task, read_table, write_json
 from stages.runner import stage
 
 
 @stage("images", "samples", "scores", "forgetting", "replay", "metrics-dir", "out-dir")
 def main(cfg, args):
     p, energy = cfg.report, cfg.select_replay.score
+    check_output(args.out_dir, is_dir=True)
+    for name in ("details.json", "verdicts.json"):
+        check_output(args.metrics_dir / name)
     scores = read_table(args.scores, columns=["sample_id", "label", energy, *p.nuisance]).set_index("sample_id")
     forgetting = add_measures(read_table(args.forgetting, columns=["sample_id", "seed", "t", "error_a", "error"]))
     replay = add_measures(read_table(args.replay, columns=["sample_id", "seed", "strategy", "budget", "t", "replayed",

@@ -10,12 +10,13 @@ import torch
 from hopfield_replay.devices import resolve_device
 from hopfield_replay.errors import UserError
 from hopfield_replay.models import CheckpointPolicy, TrainConfig, load_model, train_and_save
-from hopfield_replay.tables import load_task, read_table
+from hopfield_replay.tables import check_output, load_task, read_table
 from stages.runner import stage
 
 
 @stage("x0", "samples", "model", "selection", "out", arm=str, budget=int, seed=int)
 def main(cfg, args):
+    check_output(args.out, is_dir=True)
     buffer = read_table(args.selection, columns=["sample_id", "strategy", "budget", "seed"])
     if buffer.empty or set(zip(buffer.strategy, buffer.budget, buffer.seed)) != {(args.arm, args.budget, args.seed)}:
         raise UserError(f"{args.selection}: is not the buffer of arm {args.arm}, budget {args.budget}, seed "

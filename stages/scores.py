@@ -18,13 +18,14 @@ from hopfield_replay.energy import beta_from_data, beta_from_snr
 from hopfield_replay.models import load_model
 from hopfield_replay.predictors import PredictorContext, compute_predictors
 from hopfield_replay.reconstruction import denoising_energy, reconstruction_error
-from hopfield_replay.tables import load_task, write_table
+from hopfield_replay.tables import check_output, load_task, write_table
 from stages.runner import provenance, stage
 
 
 @stage("x0", "images", "samples", "model", "out")
 def main(cfg, args):
     p, fp, device = cfg.scores, cfg.forgetting, resolve_device(cfg.device)
+    check_output(args.out)
     model = load_model(args.model)
     x_a, labels_a, ids_a = load_task(args.x0, args.samples, "A", family=model.family)
     x_b, _, _ = load_task(args.x0, args.samples, "B", family=model.family)

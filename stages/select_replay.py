@@ -17,13 +17,15 @@ import pandas as pd
 from hopfield_replay.errors import UserError
 from hopfield_replay.forgetting import per_sample
 from hopfield_replay.replay import STRATEGY_INFO, SelectionInputs, parse_arm, select_replay
-from hopfield_replay.tables import atomic_path, load_task, provenance, read_table, write_table
+from hopfield_replay.tables import atomic_path, check_output, load_task, provenance, read_table, write_table
 from stages.runner import stage
 
 
 @stage("scores", "forgetting", "x0", "samples", "out", "out-dir")
 def main(cfg, args):
     p = cfg.select_replay
+    check_output(args.out)
+    check_output(args.out_dir, is_dir=True)
     scores = read_table(args.scores, columns=["sample_id", "label"]).sort_values("sample_id", ignore_index=True)
     arms = {arm: parse_arm(arm, p.score) for arm in p.arms}
     for arm, (_, column) in arms.items():
@@ -31,14 +33,16 @@ def main(cfg, args):
             raise UserError(f"select_replay.arms: arm {arm!r} ranks by {column!r}, which is not a column of "
                             f"{args.scores}; use one of {', '.join(c for c in scores.columns[3:] if c != 'beta')}")
     if max(p.budgets) > len(scores):
-        raise UserError(f"select_replay.budgets: {max(p.budgets)} exceeds the {len(scores)} task-A samples")
+        raise UserError(f"select_replay.budgets: {max(p.budgets)} exceeds the {len(scores)} task-A samples of "
+                        f"{args.scores}; use budgets of at most {len(scores)}")
     features = None
     if any(STRATEGY_INFO[s].needs_features for s, _ in arms.values()):
         x0, _, ids = load_task(args.x0, args.samples, "A")
         features = x0.flatten(1).double().numpy()[pd.Index(ids).get_indexer(scores["sample_id"])]
     forgetting = read_table(args.forgetting, columns=["sample_id", "seed", "t", "error_a", "error"])
     buffers = []
-    with atomic_path(args.out_dir, is_dir=True) as tmp:
+    # The table and the buffer folder belong together: both are written to temporaries and renamed at the end.
+    with atomic_path(args.out) as tmp_table, atomic_path(args.out_dir, is_dir=True) as tmp:
         for seed in cfg.seeds:
             oracle = per_sample(forgetting, p.oracle_measure, seed=seed)["agg"].reindex(scores["sample_id"])
             for arm, (strategy, column) in arms.items():
@@ -54,7 +58,7 @@ def main(cfg, args):
                                 meta=provenance({"select_replay": identity}, seed=seed, device="cpu", table="selection"))
                     buffers.append(buffer)
         table = pd.concat(buffers, ignore_index=True)
-        write_table(table, args.out, table="selection",
+        write_table(table, tmp_table, table="selection",
                     meta=provenance({"select_replay": cfg.section("select_replay"), "seeds": cfg.seeds},
                                     seed=cfg.seeds[0], device="cpu", table="selection"))
     print(f"select_replay: {len(buffers)} buffers: arms {', '.join(p.arms)} x budgets {p.budgets} x seeds {cfg.seeds}")

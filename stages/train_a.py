@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from hopfield_replay.devices import resolve_device
 from hopfield_replay.models import CheckpointPolicy, TrainConfig, build_model, train_and_save
-from hopfield_replay.tables import load_task, tensor_meta
+from hopfield_replay.tables import check_output, load_task, tensor_meta
 from stages.runner import stage
 
 
 @stage("x0", "samples", "out")
 def main(cfg, args):
     tp = cfg.train_a
+    check_output(args.out, is_dir=True)
     x0, labels, _ = load_task(args.x0, args.samples, "A", family=cfg.model.family)
     model = build_model(cfg.model, x0.shape[1:], tensor_meta(args.x0), seed=tp.seed)
     config = TrainConfig(**tp.model_dump(), replay_fraction=0.0)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from hopfield_replay.devices import resolve_device
 from hopfield_replay.models import CheckpointPolicy, TrainConfig, load_model, train_and_save
-from hopfield_replay.tables import load_task
+from hopfield_replay.tables import check_output, load_task
 from stages.runner import stage
 
 
 @stage("x0", "samples", "model", "out", seed=int)
 def main(cfg, args):
+    check_output(args.out, is_dir=True)
     model = load_model(args.model)
     x0, labels, _ = load_task(args.x0, args.samples, "B", family=model.family)
     config = TrainConfig(**cfg.train_b.model_dump(), seed=args.seed, replay_fraction=0.0)

@@ -321,3 +321,20 @@ def test_pixel_space_reconstruction_decodes_both_sides(model):
     assert not torch.allclose(pixel, latent)
     with pytest.raises(ValueError, match="space='latent'"):
         reconstruction_error(model, z, ids, [t], space="latent", progress=False)
+
+
+def test_weights_are_never_loaded_from_pickles(tiny, tmp_path):
+    """A pipeline whose VAE weights are a pickle (.bin) is refused in one line, and the pickle is never opened."""
+    import shutil
+
+    from diffusers import AutoencoderKL
+
+    copy = tmp_path / "tiny-bin"
+    shutil.copytree(tiny, copy)
+    vae = AutoencoderKL.from_pretrained(copy / "vae")
+    for f in (copy / "vae").glob("*.safetensors"):
+        f.unlink()
+    vae.save_pretrained(copy / "vae", safe_serialization=False)
+    assert list((copy / "vae").glob("*.bin"))
+    with pytest.raises(UserError, match=r"could not load its vae .*weights as \.safetensors \(never loaded from pickles"):
+        LatentDiffusion.from_pipeline(str(copy), class_names=NAMES)

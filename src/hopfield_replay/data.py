@@ -63,7 +63,8 @@ def _open(path: Path):
 
 
 def _damaged(path: Path, exc: Exception) -> UserError:
-    return UserError(f"{path} is damaged or truncated ({type(exc).__name__}: {exc}); replace the file")
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return UserError(f"{path} is damaged or truncated ({detail}); replace the file")
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -75,12 +76,15 @@ def read_idx(path: str | Path) -> np.ndarray:
     except (OSError, EOFError, zlib.error) as exc:
         raise _damaged(path, exc) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise UserError(f"{path} is not an unsigned-byte IDX file")
+        raise UserError(f"{path} is not an unsigned-byte IDX file (magic 0x00000801 or 0x00000803); replace the file")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise UserError(f"{path} ends inside its IDX header; the file is damaged or truncated: replace it")
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise UserError(f"{path} holds {data.size} bytes but its header says {dims}")
+        raise UserError(f"{path} holds {data.size} bytes of data but its header says {dims}; the file is damaged or "
+                        "truncated: replace it")
     return data.reshape(dims)
 
 
@@ -101,7 +105,8 @@ def _load_idx(root: Path, split: str):
         return None
     images, labels = read_idx(img), read_idx(lab).astype(np.int64)
     if images.ndim != 3 or images.shape[0] != labels.shape[0]:
-        raise UserError(f"{img.name} ({images.shape}) and {lab.name} ({labels.shape}) do not match")
+        raise UserError(f"{img} ({images.shape}) and {lab} ({labels.shape}) do not match; give the images and labels "
+                        "files of one dataset, one label per image")
     return _to_float(images[:, None], 255.0), labels
 
 
@@ -126,14 +131,15 @@ def read_cifar_batch(path: Path) -> dict:
             batch = _CifarUnpickler(fh, encoding="bytes").load()
     except pickle.UnpicklingError as exc:
         raise UserError(f"{path}: {exc}; use the original CIFAR-10 batches") from None
-    except (OSError, EOFError, ValueError, TypeError, IndexError) as exc:
-        raise _damaged(path, exc) from None
+    except (OSError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as exc:
+        raise _damaged(path, exc) from None  # what a damaged pickle stream raises (nothing else can run in it)
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise UserError(f"{path} is not a CIFAR-10 python batch (no b'data' and b'labels' entries)")
+        raise UserError(f"{path} is not a CIFAR-10 python batch (no b'data' and b'labels' entries); use the original "
+                        "CIFAR-10 batches")
     data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"], dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
         raise UserError(f"{path} holds data {data.shape} {data.dtype} and {labels.shape[0]} labels; "
-                        "a CIFAR-10 batch holds (N, 3072) uint8 and N labels")
+                        "a CIFAR-10 batch holds (N, 3072) uint8 and N labels; use the original CIFAR-10 batches")
     return {b"data": data, b"labels": labels}
 
 
@@ -158,12 +164,12 @@ def _load_npz(root: Path, split: str):
             with np.load(f) as z:
                 found = f"x_{split}" in z and f"y_{split}" in z
                 x, y = (z[f"x_{split}"], z[f"y_{split}"].astype(np.int64).reshape(-1)) if found else (None, None)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise _damaged(f, exc) from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
+            raise _damaged(f, exc) from None  # NotImplementedError: zipfile on a damaged header's "method"
         if not found:
             continue
         if x.shape[0] != y.shape[0]:
-            raise UserError(f"{f} holds {x.shape[0]} x_{split} images but {y.shape[0]} labels")
+            raise UserError(f"{f} holds {x.shape[0]} x_{split} images but {y.shape[0]} labels; give one label per image")
         if x.ndim == 3:
             x = x[:, None]
         elif x.ndim == 4 and x.shape[-1] in (1, 3):

@@ -78,15 +78,31 @@ def provenance(params: dict, *, seed: int, device: str, table: str) -> dict:
     }
 
 
+def check_output(path: str | Path, *, is_dir: bool = False) -> Path:
+    """Fail before any work if ``path`` cannot be written: a file stands where a folder of its path should be, or
+    a file output names an existing folder (which would be replaced). Stages check every output path up front."""
+    path = Path(path)
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"{path}: cannot be written: {parent} is a file, not a folder; pass an output path inside a "
+                        "folder")
+    if not is_dir and path.is_dir():
+        raise UserError(f"{path}: is a folder, but this output is a file; pass a file path (the folder is kept)")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling path; on success rename it onto ``path``, on error remove it.
 
     Readers never see a half-written file or folder: the rename is atomic on one filesystem.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    path = check_output(path, is_dir=is_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be written ({exc.strerror or exc}); pass a writable output path") from None
     target = tmp if is_dir else tmp / path.name
     try:
         yield target
@@ -132,12 +148,14 @@ def read_table(path: str | Path, *, columns: list[str] | None = None) -> pd.Data
     _exists(path, "table")
     try:
         df = pd.read_parquet(path)
-    except (OSError, pa.ArrowException, ValueError) as exc:
-        raise UserError(f"{path}: not a readable Parquet table ({type(exc).__name__}); rerun the stage that writes "
-                        "it (dvc repro --force <stage>)") from None
+    except (OSError, pa.ArrowException, ValueError, TypeError) as exc:  # TypeError: damaged pandas metadata
+        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:160]
+        raise UserError(f"{path}: not a readable Parquet table ({type(exc).__name__}: {first}); pass the table the "
+                        "stage expects, or rerun the stage that writes it (dvc repro --force <stage>)") from None
     missing = [c for c in columns or [] if c not in df.columns]
     if missing:
-        raise UserError(f"{path}: lacks columns {missing}; it was written by another version: rerun its stage")
+        raise UserError(f"{path}: lacks columns {missing}; pass the table the stage expects, or rerun the stage that "
+                        "writes it (it may be from another version)")
     return df
 
 
@@ -164,7 +182,8 @@ def save_tensors(tensors: dict, path: str | Path, *, meta: dict | None = None) -
     return Path(path)
 
 
-def load_tensors(path: str | Path) -> dict:
+def load_tensors(path: str | Path, *, keys: tuple[str, ...] = ()) -> dict:
+    """The tensors of a safetensors file; a missing, damaged or foreign file (one without ``keys``) is a UserError."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -173,9 +192,15 @@ def load_tensors(path: str | Path) -> dict:
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not a tensor file; pass the .safetensors file")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable safetensors file ({exc}); rerun the stage that writes it") from None
+        raise UserError(f"{path}: not a readable safetensors file ({exc}); pass the file the stage expects, "
+                        "or rerun the stage that writes it") from None
+    missing = [k for k in keys if k not in tensors]
+    if missing:
+        raise UserError(f"{path}: holds no {' and no '.join(map(repr, missing))} tensor (it holds {sorted(tensors)}); "
+                        "pass the file the stage expects, or rerun the stage that writes it")
+    return tensors
 
 
 def tensor_meta(path: str | Path) -> dict:
@@ -184,11 +209,14 @@ def tensor_meta(path: str | Path) -> dict:
 
     path = Path(path)
     _exists(path, "tensor file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a tensor file; pass the .safetensors file")
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get(META_KEY.decode())
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable safetensors file ({exc}); rerun the stage that writes it") from None
+        raise UserError(f"{path}: not a readable safetensors file ({exc}); pass the file the stage expects, "
+                        "or rerun the stage that writes it") from None
     return json.loads(raw) if raw else {}
 
 

@@ -117,7 +117,28 @@ def read_model_meta(path: str | Path) -> dict:
     return data
 
 
+def _check_parts(path: Path) -> None:
+    """Every family saves ``scheduler/`` and ``unet/`` (or an SD LoRA adapter, ``unet_lora/``)."""
+    needed = ["scheduler/scheduler_config.json"]
+    if not (path / "unet_lora").is_dir():
+        needed += ["unet/config.json"]
+    missing = [name for name in needed if not (path / name).is_file()]
+    if missing:
+        raise UserError(f"{path}: the model folder is incomplete (no {missing[0]}); rerun the stage that wrote it "
+                        "(dvc repro --force <stage>)")
+
+
 def load_model(path: str | Path) -> DenoisingModel:
-    """Load any model saved by ``save_pretrained`` here; the family is read from the folder."""
+    """Load any model saved by ``save_pretrained`` here; the family is read from the folder. A missing, damaged
+    or incomplete folder is a UserError naming it."""
+    path = Path(path)
     family = read_model_meta(path)["family"]
-    return family_class(family, where=str(path)).from_pretrained(path)
+    cls = family_class(family, where=str(path))
+    _check_parts(path)
+    try:
+        return cls.from_pretrained(path)
+    except (OSError, ValueError, TypeError, KeyError, NotImplementedError) as exc:  # diffusers on unreadable weights,
+        # a damaged config (a wrong type, a missing entry, an unknown schedule) or weights of another shape
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"{path}: the model folder is damaged ({type(exc).__name__}: {first}); rerun the stage that "
+                        "wrote it (dvc repro --force <stage>)") from None

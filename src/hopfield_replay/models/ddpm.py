@@ -7,6 +7,7 @@ from pathlib import Path
 
 from diffusers import DDPMScheduler, UNet2DModel
 
+from ..errors import UserError
 from .base import DenoisingModel, register_family
 
 
@@ -69,6 +70,12 @@ class PixelDDPM(DenoisingModel):
     @classmethod
     def from_pretrained(cls, path) -> "PixelDDPM":
         path = Path(path)
-        unet = UNet2DModel.from_pretrained(path / "unet", local_files_only=True)
+        unet, info = UNet2DModel.from_pretrained(path / "unet", local_files_only=True, use_safetensors=True,
+                                                 output_loading_info=True)
+        wrong = {k: v for k, v in info.items() if v}
+        if wrong:  # diffusers would only log it and leave those weights at their random initial values
+            kind, keys = next(iter(wrong.items()))
+            raise UserError(f"{path / 'unet'}: its weights do not fit its config ({kind}: {keys[0]}, ...); the model "
+                            "folder is damaged or foreign: rerun the stage that wrote it")
         scheduler = DDPMScheduler.from_pretrained(path / "scheduler", local_files_only=True)
         return cls(unet, scheduler)

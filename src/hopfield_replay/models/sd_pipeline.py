@@ -102,7 +102,7 @@ def load_components(settings: SDSettings, *, where: str = "model.sd", unet_dir: 
     model_index(source, settings.revision, settings.local_files_only, where)
     src = str(Path(source).expanduser()) if is_local(source) else source
     kw = dict(revision=settings.revision, local_files_only=settings.local_files_only)
-    wkw = dict(kw, variant=settings.variant)
+    wkw = dict(kw, variant=settings.variant, use_safetensors=True)  # weights only from safetensors, never pickles
 
     def load(component: str, fn, *args, **kwargs):
         """One component; a missing or unreadable one is a one-line error naming the field."""
@@ -112,11 +112,12 @@ def load_components(settings: SDSettings, *, where: str = "model.sd", unet_dir: 
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise UserError(
                 f"{where}.pretrained: {source}: could not load its {component} ({type(exc).__name__}: {first}); "
-                "give a complete diffusers Stable Diffusion folder or a cached hub id with revision"
+                "give a complete diffusers Stable Diffusion folder or a cached hub id with revision, weights as "
+                ".safetensors (never loaded from pickles: convert .bin files with save_pretrained)"
             ) from None
 
     if unet_dir is not None:
-        unet = load("unet", UNet2DConditionModel.from_pretrained, unet_dir, local_files_only=True)
+        unet = load("unet", UNet2DConditionModel.from_pretrained, unet_dir, local_files_only=True, use_safetensors=True)
     else:
         unet = load("unet", UNet2DConditionModel.from_pretrained, src, subfolder="unet", **wkw)
     vae = load("vae", AutoencoderKL.from_pretrained, src, subfolder="vae", **wkw)
@@ -142,12 +143,20 @@ def save_trained(unet, scheduler: DDPMScheduler, settings: SDSettings, path: Pat
 def load_lora_weights(unet, path: Path) -> None:
     """Load the adapter weights of ``path/unet_lora`` into a UNet that already carries the (same) adapter."""
     from peft.utils import set_peft_model_state_dict
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     files = sorted((path / "unet_lora").glob("*.safetensors"))
     if not files:
-        raise UserError(f"{path}/unet_lora: no LoRA weights (*.safetensors); the model folder is incomplete")
-    result = set_peft_model_state_dict(unet, load_file(files[0]))
+        raise UserError(f"{path}/unet_lora: no LoRA weights (*.safetensors); the model folder is incomplete: rerun "
+                        "the stage that wrote it")
+    try:
+        weights = load_file(files[0])
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{files[0]}: not a readable safetensors file ({exc}); rerun the stage that wrote the "
+                        "model") from None
+    result = set_peft_model_state_dict(unet, weights)
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
-        raise UserError(f"{files[0]}: {len(unexpected)} LoRA weights do not fit the UNet (e.g. {unexpected[0]})")
+        raise UserError(f"{files[0]}: {len(unexpected)} LoRA weights do not fit the UNet (e.g. {unexpected[0]}); "
+                        "the adapter belongs to another model: rerun the stage that wrote it")
