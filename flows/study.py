@@ -1,0 +1,524 @@
+"""Run a study: every cell of a study file as a DVC experiment in a git worktree of its own, fanned out through a
+Prefect task runner on Dask (default) or Ray; then one study table and report over all cells.
+
+    python -m flows.study studies/tiny.yaml                        # a local Dask cluster (engine.workers processes)
+    python -m flows.study studies/ddpm-mnist-seeds.yaml --gpus 0,1,2,3    # one cell per GPU on this machine
+    python -m flows.study studies/ddpm-mnist-seeds.yaml --address tcp://scheduler:8786   # an existing Dask cluster
+    python -m flows.study studies/tiny.yaml --list                 # the cells, their ids and params; runs nothing
+
+For each cell, in this process: a worktree ``.studies/<study>/<cell>/`` at the commit HEAD (reused while HEAD
+stays), its params.yaml written with tools/params_yaml.py (base profile, then the cell's grid values; validated
+first), and its DVC cache set to the main repository's (``cache.dir`` in its .dvc/config.local). On a worker: one
+Prefect task, `dvc repro [stages]` in that worktree, output in ``.studies/<study>/logs/<cell>.log``, retried
+``engine.retries`` times. Back here, as each cell finishes: `dvc exp save` in its worktree (one at a time: DVC's
+experiment refs are shared by all worktrees), so `dvc exp show` in the main repository lists it. DVC's run-cache
+in the shared cache means a cell computed before, here or in any cell, is restored, not recomputed. The Dask
+workers run Prefect tasks, so they must reach a Prefect API: PREFECT_API_URL, or a temporary local server that
+this command starts. Exit status: 0 when every cell completed, 1 when some failed (each listed with its log), 2 on
+a bad study file. Layout, clusters, GPUs and the measured overhead: docs/studies.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # Dask's INFO lines (here and in workers) are noise
+
+from flows.pipeline import ROOT, dvc_env, dvc_stages  # noqa: E402 - also sets the offline Prefect/DVC env
+from flows.stage_output import run_streamed  # noqa: E402
+from hopfield_replay.config import read_yaml, validate_config  # noqa: E402
+from hopfield_replay.errors import UserError  # noqa: E402
+from hopfield_replay.study import StudySpec, cell_id, expand, load_study, validate_engine  # noqa: E402
+from hopfield_replay.tables import atomic_path  # noqa: E402
+from tools.params_yaml import deep_merge, render_merged  # noqa: E402
+from tools.profile import read_profile, set_dotted, tiny_spec  # noqa: E402
+
+STUDIES_DIR = ".studies"
+ATTEMPT = "=== attempt "  # the header of each attempt in a cell's log
+CELL_COLUMNS = ["cell", "status", "attempts", "error", "exp", "experiment", "workspace", "workspace_state", "log",
+                "ran", "restored", "started", "finished", "seconds", "prepare_s", "save_s", "host", "gpus", "protocol"]
+
+
+@dataclass
+class Cell:
+    id: str
+    values: dict  # the grid values, by dotted key
+    params: dict  # the whole params, as the stages read them
+    text: str  # the params.yaml written into the workspace
+    workspace: Path
+    log: Path
+    exp: str  # the DVC experiment's name
+
+
+# ----------------------------------------------------------------------------------------------------- planning
+def git(*args: str, cwd: Path) -> str:
+    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"git {' '.join(args)} failed in {cwd}: {out.stderr.strip()[-500:]}")
+    return out.stdout.strip()
+
+
+def study_dir(repo: Path, name: str) -> Path:
+    return repo / STUDIES_DIR / name
+
+
+def plan(study_path: Path, spec: StudySpec, repo: Path) -> tuple[str, list[Cell], dict]:
+    """(the commit every cell starts from, the cells, the base profile's build_tiny_sd or {}); every cell's params
+    validated. Relative paths (base, a tiny SD folder) are relative to the current directory."""
+    try:
+        head = git("rev-parse", "HEAD", cwd=repo)
+        committed = git("show", "HEAD:params.yaml", cwd=repo) + "\n"
+    except RuntimeError:
+        raise UserError(f"{repo}: not a git repository with a committed params.yaml; commit the project first "
+                        "(every cell starts from the commit HEAD)") from None
+    known = dvc_stages(repo)
+    for name in spec.stages or []:
+        if name.split("@")[0] not in known:
+            raise UserError(f"{study_path}: stages: unknown stage {name!r}; dvc.yaml has {', '.join(known)}")
+    base, tiny = {}, {}
+    if spec.base:
+        try:
+            base, meta = read_profile(Path(spec.base))
+        except UserError as exc:
+            raise UserError(f"{study_path}: base: {exc}") from None
+        if meta.get("build_tiny_sd") is not None:
+            tiny = dict(meta["build_tiny_sd"], path=str(tiny_spec(meta["build_tiny_sd"])[0].resolve()))
+            set_dotted(base, "model.sd.pretrained", tiny["path"])
+    cells, root = [], study_dir(repo, study_path.stem)
+    for values in expand(spec.grid):
+        overrides = {}
+        for key, value in values.items():
+            set_dotted(overrides, key, value)
+        merged = deep_merge(base, overrides)
+        text, _ = render_merged(committed, merged)
+        try:
+            params = validate_config(read_yaml(text)).model_dump(mode="json")
+        except UserError as exc:
+            raise UserError(f"{study_path}: the cell {json.dumps(values)}: {exc}") from None
+        cid = cell_id(values, params)
+        cells.append(Cell(cid, values, params, text, root / cid, root / "logs" / f"{cid}.log",
+                          f"{study_path.stem}-{cid}"))
+    return head, cells, tiny
+
+
+# --------------------------------------------------------------------------------------------------- workspaces
+def remove_workspace(repo: Path, ws: Path) -> None:
+    with contextlib.suppress(RuntimeError):
+        git("worktree", "remove", "--force", str(ws), cwd=repo)
+    shutil.rmtree(ws, ignore_errors=True)
+    git("worktree", "prune", cwd=repo)  # forget worktrees whose folders are gone (also after a Ctrl-C)
+
+
+def prepare_workspace(cell: Cell, repo: Path, head: str, cache_dir: str, fresh: bool) -> str:
+    """The cell's worktree at ``head`` with its params and the shared cache: 'reused' or 'created'."""
+    from configobj import ConfigObj  # DVC's own config format
+
+    ws = cell.workspace
+    if ws.exists():
+        try:
+            same = git("rev-parse", "HEAD", cwd=ws) == head and (ws / ".git").is_file()
+        except RuntimeError:
+            same = False
+        if fresh or not same:
+            remove_workspace(repo, ws)
+    state = "reused" if ws.exists() else "created"
+    if state == "created":
+        ws.parent.mkdir(parents=True, exist_ok=True)
+        git("worktree", "add", "--detach", str(ws), head, cwd=repo)
+        local = repo / ".dvc" / "config.local"
+        conf = ConfigObj(str(local)) if local.is_file() else ConfigObj()
+        conf.filename = str(ws / ".dvc" / "config.local")
+        conf.setdefault("cache", {})["dir"] = cache_dir
+        conf.write()
+    params = ws / "params.yaml"
+    if params.read_text() != cell.text:
+        with atomic_path(params) as tmp:
+            tmp.write_text(cell.text)
+    return state
+
+
+# ------------------------------------------------------------------------------------------------- the cell task
+class CellFailed(RuntimeError):
+    """`dvc repro` of a cell exited non-zero (one message argument: it crosses process boundaries pickled)."""
+
+
+def stop_leftovers(workspace: Path) -> int:
+    """Stop what an interrupted study left running in ``workspace``: a `dvc repro` whose worker is gone (an orphan,
+    re-parented to init) leads its own process group, with the stage under it; it would hold the worktree's DVC
+    lock. Returns how many groups were stopped."""
+    import psutil
+
+    stopped = 0
+    for proc in psutil.process_iter(["cwd", "ppid"]):
+        try:
+            orphan = proc.info["ppid"] == 1 and proc.info["cwd"] and Path(proc.info["cwd"]) == workspace
+            if orphan and os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, 9)
+                stopped += 1
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return stopped
+
+
+def run_cell(cell: str, workspace: str, targets: list[str], log: str, timeout_s: float) -> dict:
+    """`dvc repro [targets]` in the cell's worktree, every attempt's output appended to its log."""
+    from prefect import get_run_logger
+    from prefect.runtime import task_run
+
+    logger, attempt, started = get_run_logger(), task_run.run_count, time.time()
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w" if attempt <= 1 else "a", encoding="utf-8") as fh:
+        fh.write(f"{ATTEMPT}{attempt} on {socket.gethostname()} at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                 f"dvc repro {' '.join(targets)} in {workspace}\n")
+        if stopped := stop_leftovers(Path(workspace)):
+            fh.write(f"stopped {stopped} `dvc repro` left running here by an interrupted study\n")
+
+        def write(line: str) -> None:
+            fh.write(line + "\n")
+            fh.flush()
+            if line.startswith(("Running stage", "ERROR", "error:")):
+                logger.info(f"{cell}: {line}")
+
+        code, lines = run_streamed(["dvc", "repro", *targets], Path(workspace), dvc_env(), timeout_s, write)
+    if code != 0:
+        error = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "")
+        raise CellFailed(f"dvc repro exited with {code}: {error}")
+    finished = time.time()
+    return {"cell": cell, "attempts": attempt, "started": started, "finished": finished,
+            "seconds": round(finished - started, 3),
+            "ran": [ln.split("'")[1] for ln in lines if ln.startswith("Running stage")],
+            "restored": sum(ln.startswith("Stage '") and "is cached" in ln for ln in lines),
+            "host": socket.gethostname(), "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def attempts_in(log: Path) -> int:
+    return sum(line.startswith(ATTEMPT) for line in log.read_text(errors="replace").splitlines()) if log.is_file() else 0
+
+
+# ------------------------------------------------------------------------------------------------- experiments
+def save_experiment(cell: Cell, head: str, targets: list[str], ran: bool) -> str:
+    """`dvc exp save` in the cell's worktree ('saved'), unless nothing ran and the experiment exists ('kept')."""
+    ref = f"refs/exps/{head[:2]}/{head[2:]}/{cell.exp}"
+    exists = subprocess.run(["git", "show-ref", "--verify", "--quiet", ref], cwd=cell.workspace).returncode == 0
+    if exists and not ran:
+        return "kept"
+    untracked = git("ls-files", "--others", "--exclude-standard", cwd=cell.workspace).splitlines()
+    cmd = ["dvc", "exp", "save", "--force", "-n", cell.exp, *(a for f in untracked for a in ("-I", f)), *targets]
+    out = subprocess.run(cmd, cwd=cell.workspace, env=dvc_env(), capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"dvc exp save failed in {cell.workspace}: {(out.stdout + out.stderr).strip()[-800:]}")
+    return "saved"
+
+
+# ------------------------------------------------------------------------------------------------------ engines
+def _prefect_ray():
+    try:
+        import prefect_ray
+        import prefect_ray.context
+    except ImportError:
+        raise UserError("engine.runner: ray needs prefect-ray, which is not installed; pip install -e .[ray] "
+                        "(or use the default, --engine dask)") from None
+    return prefect_ray
+
+
+def cell_resources(engine):
+    """What one cell holds while it runs: engine.gpus_per_cell GPUs (a Dask resource annotation, or Ray's
+    num_gpus), or nothing."""
+    gpus = engine.gpus_per_cell
+    if not gpus:
+        return contextlib.nullcontext()
+    if engine.runner == "ray":
+        return _prefect_ray().context.remote_options(num_gpus=gpus)
+    import dask
+
+    return dask.annotate(resources={"GPU": gpus})
+
+
+def engine_runner(engine):
+    """The Prefect task runner: Ray (an address or a local Ray), an existing Dask cluster, or a local Dask cluster
+    of engine.workers processes (one per engine.gpus_per_cell of engine.gpus when GPUs are listed), 1 thread each."""
+    if engine.runner == "ray":
+        return _prefect_ray().RayTaskRunner(address=engine.address)
+    from distributed import Nanny, Scheduler, SpecCluster
+    from prefect_dask import DaskTaskRunner
+
+    if engine.address:
+        return DaskTaskRunner(address=engine.address)
+    gpus = engine.gpus_per_cell
+    if engine.gpus:  # one worker per gpus_per_cell GPUs: it sees only those (CUDA_VISIBLE_DEVICES)
+        slots = [engine.gpus[i:i + gpus] for i in range(0, len(engine.gpus) - gpus + 1, gpus)]
+    else:
+        slots = [None] * engine.workers
+    threads = str(max(1, (os.cpu_count() or 1) // len(slots)))  # CPU threads of each cell's stages
+    workers = {}
+    for i, slot in enumerate(slots):
+        env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        if slot is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, slot))
+        workers[f"cell-worker-{i}"] = {"cls": Nanny, "options": {
+            "nthreads": 1, "env": env, "resources": {"GPU": len(slot)} if slot else None}}
+    cluster = {"workers": workers, "scheduler": {"cls": Scheduler, "options": {"dashboard_address": ":0"}}}
+    return DaskTaskRunner(cluster_class=SpecCluster, cluster_kwargs=cluster)
+
+
+def check_dask_cluster(engine) -> None:
+    """An existing Dask cluster must have workers, and offer the resource GPU when cells need it."""
+    from distributed import Client
+
+    try:
+        with Client(engine.address, timeout=30) as client:
+            workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    except OSError as exc:
+        raise UserError(f"engine.address: cannot reach the Dask scheduler {engine.address} ({exc})") from None
+    if not workers:
+        raise UserError(f"engine.address: the Dask scheduler {engine.address} has no workers; start some "
+                        "(dask worker ADDRESS --nthreads 1)")
+    if engine.gpus_per_cell and not any(w.get("resources", {}).get("GPU", 0) >= engine.gpus_per_cell
+                                        for w in workers):
+        raise UserError(f"engine.gpus_per_cell: no worker of {engine.address} offers GPU={engine.gpus_per_cell}; "
+                        "start workers with --resources GPU=1 (one per GPU, e.g. dask-cuda's `dask cuda worker`)")
+
+
+@contextlib.contextmanager
+def prefect_api(engine):
+    """PREFECT_API_URL when set; else a temporary local Prefect server (`prefect server start`), its URL exported so
+    that local workers (started after it) report to it. The server runs in a session of its own: a terminal's Ctrl-C
+    reaches the flow, which reports the crash to the server, and only then is the server stopped."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    if engine.address and not engine.address.split("//")[-1].startswith(("127.", "localhost")):
+        raise UserError("engine.address: the workers of a cluster must reach the Prefect API; start a server "
+                        "(prefect server start --host 0.0.0.0) and set PREFECT_API_URL here and on every worker")
+    import httpx
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port), "--no-services", "--no-ui"], start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
+        while not _healthy(httpx, url):
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the temporary Prefect server did not start on port {port}; start one (prefect "
+                                   "server start) and set PREFECT_API_URL")
+            time.sleep(0.3)
+        os.environ["PREFECT_API_URL"] = url
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            try:
+                yield
+            finally:
+                from prefect.logging.handlers import APILogHandler
+
+                APILogHandler().flush()  # the last log lines (a crash too) go out before the server does
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, 15)
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, 9)
+
+
+def _healthy(httpx, url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def limit_concurrency(tag: str, limit: int | None) -> None:
+    """A Prefect tag concurrency limit: at most ``limit`` cells of this study run at once (any engine)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        if limit is None:
+            with contextlib.suppress(Exception):  # none set before: nothing to lift
+                client.delete_global_concurrency_limit_by_name(f"tag:{tag}")
+        else:
+            client.upsert_global_concurrency_limit_by_name(f"tag:{tag}", limit)
+
+
+# ----------------------------------------------------------------------------------------------------- results
+def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root: Path, head: str) -> dict:
+    """The study's results folder: the stacked per-sample tables, one row per cell (cells.parquet), the verdicts per
+    cell and per seed-block pool (verdicts.parquet), and report/ (report.md, plots/effects.png)."""
+    import pandas as pd
+    from prefect import get_run_logger
+
+    from hopfield_replay import study as S
+    from hopfield_replay.tables import package_versions, params_hash, read_table, write_table
+
+    grid = S.grid_columns({c.id: c.values for c in cells})
+    done = [c for c in cells if records[c.id]["status"] == "completed"]
+    tables_dir = {c.id: c.workspace / "data" / "tables" for c in done}
+    meta = {"study": name, "commit": head, "cells": [c.id for c in done], "params_hash": params_hash(spec.grid),
+            "versions": package_versions()}
+    out = root / "results"
+    for table in S.TABLES:
+        frames = {c.id: read_table(S.table_paths(tables_dir[c.id])[table]) for c in done
+                  if S.table_paths(tables_dir[c.id])[table].is_file()}
+        write_table(S.stack_tables(frames, grid), out / f"{table}.parquet", table=f"study_{table}",
+                    meta={**meta, "table": f"study_{table}"})
+    verdicts, inputs, configs = [], {}, {c.id: validate_config(c.params) for c in done}
+    for c in done:
+        if not all(p.is_file() for p in S.table_paths(tables_dir[c.id]).values()):
+            records[c.id]["protocol"] = "not applied: the cell's stages do not write " + ", ".join(S.TABLES)
+            continue
+        try:
+            inputs[c.id] = S.protocol_inputs(tables_dir[c.id], configs[c.id])
+        except UserError as exc:
+            records[c.id]["protocol"] = f"not applied: {exc}"
+            continue
+        ev = S.evidence(*inputs[c.id], configs[c.id], configs[c.id].seeds)
+        verdicts += S.verdict_rows(ev, c.id, configs[c.id].seeds)
+    for group in S.seed_blocks({c.id: c.params for c in done if c.id in inputs}):
+        try:
+            scores, forgetting, replay, seeds = S.pool_seed_blocks({c: inputs[c] for c in group})
+        except ValueError as exc:  # e.g. bf16 on different GPUs: scores equal only up to rounding
+            get_run_logger().warning(f"seed blocks {', '.join(group)} not pooled: {exc}")
+            continue
+        ev = S.evidence(scores, forgetting, replay, configs[group[0]], seeds)
+        verdicts += S.verdict_rows(ev, "pooled:" + "+".join(group), seeds)
+    columns = ["unit", "seeds", "claim", "verdict", "measure", "measure_verdict", "effect", "lo", "hi", "statement"]
+    verdicts = pd.DataFrame(verdicts, columns=columns)
+    table = pd.DataFrame([records[c.id] for c in cells], columns=CELL_COLUMNS).set_index("cell").join(grid)
+    table = table.reset_index()
+    table["ran"] = [json.dumps(v) if isinstance(v, list) else None for v in table["ran"]]
+    write_table(table, out / "cells.parquet", table="study_cells", meta={**meta, "table": "study_cells"})
+    write_table(verdicts, out / "verdicts.parquet", table="study_verdicts", meta={**meta, "table": "study_verdicts"})
+    with atomic_path(root / "report", is_dir=True) as tmp:
+        (tmp / "plots").mkdir(parents=True)
+        if len(verdicts):
+            S.plot_effects(verdicts, tmp / "plots" / "effects.png")
+        (tmp / "report.md").write_text(S.study_markdown(name, spec.description, head, grid, table, verdicts))
+    return {"results": str(out), "report": str(root / "report" / "report.md")}
+
+
+# ---------------------------------------------------------------------------------------------------- the flow
+def study_flow(study_path: str, repo_root: str, engine: dict, stages: list[str] | None = None,
+               fresh: bool = False) -> dict:
+    """Every cell of the study (its engine replaced by ``engine``, its stages by ``stages`` if given); returns
+    {'cells': [one record per cell], 'results': folder, 'report': path}."""
+    from prefect import get_run_logger, task
+    from prefect.cache_policies import NONE
+    from prefect.futures import as_completed
+
+    log, path, repo = get_run_logger(), Path(study_path), Path(repo_root).resolve()
+    spec = load_study(path)
+    if stages:
+        spec = spec.model_copy(update={"stages": stages})
+    engine = validate_engine(engine, "engine")
+    head, cells, tiny = plan(path, spec, repo)
+    if tiny:
+        from tools.profile import build_tiny
+
+        build_tiny(tiny)
+    root = study_dir(repo, path.stem)
+    root.mkdir(parents=True, exist_ok=True)
+    (repo / STUDIES_DIR / ".gitignore").write_text("*\n")  # worktrees and results never show in git status
+    cache_dir = subprocess.run(["dvc", "cache", "dir"], cwd=repo, env=dvc_env(), capture_output=True,
+                               text=True, check=True).stdout.strip()
+    records, targets = {}, spec.stages or []
+    git("worktree", "prune", cwd=repo)  # forget worktrees whose folders are gone (deleted, or a Ctrl-C mid-add)
+    for cell in cells:
+        t0 = time.time()
+        state = prepare_workspace(cell, repo, head, cache_dir, fresh)
+        records[cell.id] = {"cell": cell.id, "workspace": str(cell.workspace), "log": str(cell.log),
+                            "exp": cell.exp, "workspace_state": state, "prepare_s": round(time.time() - t0, 3)}
+    log.info(f"study {path.stem}: {len(cells)} cells at {head[:7]} in {root}")
+    tag = f"study:{path.stem}"
+    limit_concurrency(tag, engine.max_parallel)
+    runner_cell = task(run_cell, name="study-cell", task_run_name="{cell}", retries=engine.retries,
+                       retry_delay_seconds=2, cache_policy=NONE, persist_result=False, tags=[tag])
+    futures = {}
+    for cell in cells:
+        with cell_resources(engine):
+            fut = runner_cell.submit(cell.id, str(cell.workspace), targets, str(cell.log), engine.timeout_h * 3600)
+        futures[fut.task_run_id] = (fut, cell)
+    for fut in as_completed([f for f, _ in futures.values()]):
+        cell, rec = futures[fut.task_run_id][1], records[futures[fut.task_run_id][1].id]
+        out = fut.result(raise_on_failure=False)
+        if isinstance(out, BaseException):
+            rec.update(status="failed", attempts=attempts_in(cell.log), error=str(out).splitlines()[0])
+            log.error(f"{cell.id}: failed after {rec['attempts']} attempt(s); log: {cell.log}")
+            continue
+        rec.update(out, status="completed")
+        t0 = time.time()
+        try:
+            rec["experiment"] = save_experiment(cell, head, targets, bool(out["ran"]))
+        except RuntimeError as exc:
+            rec.update(status="failed", error=str(exc).splitlines()[0])
+        rec["save_s"] = round(time.time() - t0, 3)
+        log.info(f"{cell.id}: {rec['status']}, ran {len(out['ran'])} stage(s), restored {out['restored']}")
+    results = aggregate(path.stem, spec, cells, records, root, head)
+    return {"cells": [records[c.id] for c in cells], **results}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m flows.study", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("study", type=Path, help="a study file, e.g. studies/tiny.yaml")
+    ap.add_argument("--repo-root", type=Path, default=ROOT, help="the git + DVC project (default: this checkout)")
+    ap.add_argument("--engine", choices=("dask", "ray"), help="overrides engine.runner")
+    ap.add_argument("--address", help="overrides engine.address: a Dask scheduler (tcp://host:8786) or Ray address")
+    ap.add_argument("--workers", type=int, help="overrides engine.workers (local Dask cluster)")
+    ap.add_argument("--gpus", help="overrides engine.gpus: local GPU ids, e.g. 0,1,2,3 (one cell per GPU)")
+    ap.add_argument("--max-parallel", type=int, help="overrides engine.max_parallel")
+    ap.add_argument("--stages", nargs="+", help="overrides the study's stages, e.g. --stages scores (with "
+                    "--max-parallel: compute the upstream that cells share once, before the whole study)")
+    ap.add_argument("--fresh", action="store_true", help="recreate every cell's worktree (outputs come back from "
+                    "the shared run-cache)")
+    ap.add_argument("--list", action="store_true", help="print the cells and exit")
+    args = ap.parse_args(argv)
+    try:
+        spec = load_study(args.study)
+        if args.stages:
+            spec = spec.model_copy(update={"stages": args.stages})
+        updates = {k: v for k, v in {"runner": args.engine, "address": args.address, "workers": args.workers,
+                                     "max_parallel": args.max_parallel}.items() if v is not None}
+        if args.gpus is not None:
+            updates["gpus"] = [int(g) for g in args.gpus.split(",") if g.strip()]
+            updates.setdefault("gpus_per_cell", max(1, spec.engine.gpus_per_cell))
+        engine = validate_engine(spec.engine.model_dump() | updates, "engine (with the command-line options)")
+        head, cells, _ = plan(args.study, spec, args.repo_root.resolve())
+        if args.list:
+            for cell in cells:
+                print(f"{cell.id}\t{json.dumps(cell.values)}")
+            return 0
+        runner = engine_runner(engine)
+        if engine.runner == "dask" and engine.address:
+            check_dask_cluster(engine)
+        from prefect import flow
+
+        with prefect_api(engine):
+            run = flow(study_flow, name="hopfield-replay-study", task_runner=runner)
+            result = run(str(args.study), str(args.repo_root.resolve()), engine.model_dump(), args.stages, args.fresh)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failed = [c for c in result["cells"] if c["status"] != "completed"]
+    print(f"study {args.study.stem}: {len(result['cells']) - len(failed)} of {len(result['cells'])} cells completed; "
+          f"report: {result['report']}")
+    for c in failed:
+        print(f"  missing: {c['cell']} ({c.get('error', 'failed')}); log: {c['log']}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,365 @@
+"""Studies: the pipeline over a grid of params. The study file's model, its cells, and the study's evidence.
+
+A study file (``studies/<name>.yaml``) names a ``base`` profile (or none: the committed params.yaml), a ``grid``
+of dotted params keys, each with a list of values (the cells are their cartesian product), optional DVC
+``stages`` to run, and the ``engine`` that fans the cells out (flows/study.py). This module knows nothing of DVC,
+Prefect or Dask: it validates the file, expands the grid, and turns the cells' tables into study tables and
+verdicts, applying the evidence protocol (protocol.run_protocol) exactly as the report stage does, per cell and
+pooled over cells that differ only in their ``seeds`` (seed blocks).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .config import Config, read_yaml
+from .errors import UserError
+from .forgetting import MEASURES, add_measures
+from .protocol import Evidence, run_protocol
+from .tables import params_hash, read_table
+
+TABLES = ("scores", "forgetting", "replay_forgetting")  # the per-sample tables a study stacks
+CLAIMS = ("claim1", "claim2")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a study name: a folder name and part of a git ref
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class EngineSpec(_Strict):
+    """How the cells fan out: Prefect task runners on Dask (default) or Ray."""
+
+    runner: Literal["dask", "ray"] = "dask"
+    address: str | None = None  # a running Dask scheduler (tcp://host:8786) or Ray cluster; null: a local cluster
+    workers: Annotated[int, Field(ge=1)] = 2  # local Dask cluster without GPUs: worker processes, 1 thread each
+    gpus: list[Annotated[int, Field(ge=0)]] = []  # local cluster: the GPU ids to use (one worker per gpus_per_cell)
+    gpus_per_cell: Annotated[int, Field(ge=0)] = 0  # Dask resource GPU / Ray num_gpus that one cell holds
+    max_parallel: Annotated[int, Field(ge=1)] | None = None  # at most this many cells at once (Prefect tag limit)
+    retries: Annotated[int, Field(ge=0, le=5)] = 1  # a failed cell is run again this many times
+    timeout_h: Annotated[float, Field(gt=0)] = 24.0  # one attempt of one cell is killed after this
+
+    @model_validator(mode="after")
+    def _gpus(self):
+        if len(set(self.gpus)) != len(self.gpus):
+            raise ValueError(f"gpus: {self.gpus} lists a GPU twice")
+        if self.gpus and self.gpus_per_cell == 0:
+            raise ValueError("gpus_per_cell: must be >= 1 when gpus lists GPUs (one cell per gpus_per_cell GPUs)")
+        if self.gpus and len(self.gpus) < self.gpus_per_cell:
+            raise ValueError(f"gpus_per_cell: {self.gpus_per_cell} is more than the {len(self.gpus)} GPUs listed")
+        if self.gpus_per_cell and not self.gpus and not self.address and self.runner == "dask":
+            raise ValueError("gpus: list the local GPU ids (e.g. [0, 1, 2, 3]) or give address, a Dask scheduler "
+                             "whose workers offer the resource GPU")
+        return self
+
+
+class StudySpec(_Strict):
+    """A study file."""
+
+    description: str | None = None
+    base: str | None = None  # a profile file (profiles/<name>.yaml) merged into the committed params.yaml
+    grid: dict[str, list[Any]] = {}
+    stages: list[str] | None = None  # DVC stage names (`dvc repro <stages>`: with what they depend on); null: all
+    engine: EngineSpec = EngineSpec()
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, grid):
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"{key}: the list of values is empty; give at least one")
+            texts = [json.dumps(v, sort_keys=True) for v in values]
+            if len(set(texts)) != len(texts):
+                raise ValueError(f"{key}: {values} lists a value twice (two identical cells)")
+        return grid
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, stages):
+        if stages is not None and not stages:
+            raise ValueError("an empty list runs nothing; leave stages out to run every stage")
+        return stages
+
+
+def _one_line(exc: ValidationError, model: type[BaseModel]) -> str:
+    """The first problem as '<dotted key>: <what>'; validators name their key as '<key>: <what>'."""
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        for part in err["loc"][:-1]:
+            model = model.model_fields[part].annotation
+        return f"{loc}: unknown key; known: {', '.join(model.model_fields)}"
+    if err["type"] != "value_error":
+        return f"{loc}: {msg}, got {err['input']!r}"
+    key, sep, rest = msg.partition(": ")
+    if sep and " " not in key:  # the validator named the key
+        loc, msg = f"{loc}.{key}" if loc else key, rest
+    return f"{loc}: {msg}"
+
+
+def validate_engine(raw: dict, where: str) -> EngineSpec:
+    """Engine settings (the study file's, with command-line overrides) as one UserError line on a problem."""
+    try:
+        return EngineSpec(**raw)
+    except ValidationError as exc:
+        raise UserError(f"{where}: {_one_line(exc, EngineSpec)}") from None
+
+
+def params_key_error(dotted: str) -> str | None:
+    """Why ``dotted`` is not a params key (None when it is one): every part must name a field of Config."""
+    model: Any = Config
+    for i, part in enumerate(dotted.split(".")):
+        fields = getattr(model, "model_fields", None)
+        if fields is None:
+            return f"{'.'.join(dotted.split('.')[:i])} holds a value, not a section"
+        if part not in fields:
+            where = ".".join(dotted.split(".")[:i]) or "params"
+            return f"unknown params key; known keys of {where}: {', '.join(fields)}"
+        model = fields[part].annotation
+    return None
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read and validate a study file; any problem is one UserError line naming the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: study file not found; studies live in studies/<name>.yaml")
+    if not NAME.match(path.stem):
+        raise UserError(f"{path}: the study name {path.stem!r} may hold only letters, digits, '_', '.' and '-'")
+    try:
+        raw = read_yaml(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise UserError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: must be a mapping (base:, grid:, stages:, engine:), got {type(raw).__name__}")
+    try:
+        spec = StudySpec(**raw)
+    except ValidationError as exc:
+        raise UserError(f"{path}: {_one_line(exc, StudySpec)}") from None
+    for key in spec.grid:
+        problem = params_key_error(key)
+        if problem:
+            raise UserError(f"{path}: grid.{key}: {problem}")
+    return spec
+
+
+# --------------------------------------------------------------------------------------------------- the cells
+def expand(grid: dict[str, list]) -> list[dict[str, Any]]:
+    """The cells of a grid: one {dotted key: value} per combination, the first key varying slowest."""
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def _slug(value) -> str:
+    """A value as a few safe characters for a folder and git ref name: [5, 6, 7] -> 5.6.7."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return re.sub(r"[^A-Za-z0-9_-]+", ".", text).strip(".") or "x"
+
+
+def cell_id(values: dict[str, Any], params: dict) -> str:
+    """A readable, stable id: the grid values (sorted by key) and a hash of the cell's whole params, so that the same
+    params give the same id in every run and any other params another id."""
+    slug = "_".join(f"{k.rsplit('.', 1)[-1]}-{_slug(v)}" for k, v in sorted(values.items()))[:48].strip("_.-")
+    digest = params_hash(params)[:8]
+    return f"{slug}-{digest}" if slug else digest
+
+
+def grid_columns(cells: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per cell id, one column per grid key (named by the dotted key). A key whose values are all scalars
+    of one type keeps them; any other (lists, mappings, mixed types) is written as JSON text, e.g. "[1, 2]"."""
+    keys = list(dict.fromkeys(k for values in cells.values() for k in values))
+    out = pd.DataFrame(index=pd.Index(list(cells), name="cell"))
+    for key in keys:
+        values = [cells[c].get(key) for c in cells]
+        kinds = {type(v) for v in values if v is not None}
+        plain = len(kinds) <= 1 and not kinds & {list, dict}
+        out[key] = values if plain else [json.dumps(v) for v in values]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- the tables
+def table_paths(tables_dir: str | Path) -> dict[str, Path]:
+    return {name: Path(tables_dir) / f"{name}.parquet" for name in TABLES}
+
+
+def stack_tables(frames: dict[str, pd.DataFrame], grid: pd.DataFrame) -> pd.DataFrame:
+    """One table from the cells' tables of one kind ({cell id: frame}): columns cell, the grid columns, then the
+    table's own; rows in the order of ``frames``."""
+    parts = []
+    for cell, frame in frames.items():
+        clash = set(grid.columns) & set(frame.columns)
+        if clash:
+            raise ValueError(f"grid keys {sorted(clash)} clash with table columns")
+        head = pd.DataFrame({"cell": cell, **{k: [grid.at[cell, k]] * len(frame) for k in grid.columns}},
+                            index=frame.index)
+        parts.append(pd.concat([head, frame], axis=1))
+    if not parts:
+        return pd.DataFrame(columns=["cell", *grid.columns])
+    return pd.concat(parts, ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------------------- the evidence
+def protocol_inputs(tables_dir: str | Path, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(scores, forgetting, replay) read from a run's tables exactly as the report stage reads them."""
+    paths, energy = table_paths(tables_dir), cfg.select_replay.score
+    scores = read_table(paths["scores"], columns=["sample_id", "label", energy, *cfg.report.nuisance])
+    forgetting = read_table(paths["forgetting"], columns=["sample_id", "seed", "t", "error_a", "error"])
+    replay = read_table(paths["replay_forgetting"], columns=["sample_id", "seed", "strategy", "budget", "t",
+                                                             "replayed", "error_a", "error"])
+    return scores.set_index("sample_id"), add_measures(forgetting), add_measures(replay)
+
+
+def evidence(scores: pd.DataFrame, forgetting: pd.DataFrame, replay: pd.DataFrame, cfg: Config,
+             seeds: list[int]) -> Evidence:
+    """The evidence protocol with the run's report settings: the call of stages/report.py."""
+    p = cfg.report
+    return run_protocol(scores, forgetting, replay, seeds=seeds, energy=cfg.select_replay.score, nuisance=p.nuisance,
+                        deciles=p.deciles, top_frac=p.top_frac, n_boot=p.bootstrap, seed=p.seed, level=p.level,
+                        aggregate_t=p.aggregate_t)
+
+
+def pool_seed_blocks(runs: dict[str, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]) -> tuple:
+    """Cells that differ only in their seeds, as one run: the shared scores table (identical in every cell, since
+    it does not depend on the seeds; else a ValueError), and the forgetting and replay rows of every seed, each
+    seed's rows from the first cell that has it. Returns (scores, forgetting, replay, seeds)."""
+    (first, (scores, _, _)), *rest = runs.items()
+    for cell, (other, _, _) in rest:
+        if not other.sort_index().equals(scores.sort_index()):
+            raise ValueError(f"cells {first} and {cell} have different scores tables; they are not seed blocks")
+    forgetting, replay, seeds = [], [], []
+    for _, f, r in runs.values():
+        new = sorted(set(f["seed"]) - set(seeds))
+        seeds += new
+        forgetting.append(f[f["seed"].isin(new)])
+        replay.append(r[r["seed"].isin(new)])
+    return scores, pd.concat(forgetting, ignore_index=True), pd.concat(replay, ignore_index=True), sorted(seeds)
+
+
+def seed_blocks(params: dict[str, dict]) -> list[list[str]]:
+    """Groups (of two or more cell ids) whose params are equal but for ``seeds``."""
+    groups: dict[str, list[str]] = {}
+    for cell, p in params.items():
+        groups.setdefault(params_hash({k: v for k, v in p.items() if k != "seeds"}), []).append(cell)
+    return [cells for cells in groups.values() if len(cells) > 1]
+
+
+def verdict_rows(ev: Evidence, unit: str, seeds: list[int]) -> list[dict]:
+    """One row per claim and forgetting measure: the combined verdict, the measure's verdict, effect, interval."""
+    rows = []
+    for claim in CLAIMS:
+        c = ev.verdicts[claim]
+        for m in MEASURES:
+            rows.append({"unit": unit, "seeds": json.dumps(seeds), "claim": claim, "verdict": c["verdict"],
+                         "measure": m, "measure_verdict": c[m]["verdict"], "effect": float(c[m]["effect"]),
+                         "lo": float(c[m]["lo"]), "hi": float(c[m]["hi"]), "statement": c["statement"]})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------- the report
+VERDICT_COLOUR = {"holds": "tab:green", "fails": "tab:red", "inconclusive": "tab:gray"}
+EFFECT_LABEL = {"claim1": "energy's Spearman minus the best baseline's", "claim2": "forgetting: random minus top-energy"}
+
+
+def _ci(effect: float, lo: float, hi: float) -> str:
+    return f"{effect:+.3f} [{lo:+.3f}, {hi:+.3f}]" if pd.notna(lo) and pd.notna(hi) else f"{effect:+.3f} [no interval]"
+
+
+def _unit_table(verdicts: pd.DataFrame, grid: pd.DataFrame | None) -> list[str]:
+    keys = list(grid.columns) if grid is not None else []
+    head = ["cell" if grid is not None else "cells", "seeds", *keys]
+    for claim in ("claim 1", "claim 2"):
+        head += [claim, f"{claim} absolute", f"{claim} relative"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for unit, rows in verdicts.groupby("unit", sort=False):
+        cells = [unit.removeprefix("pooled:").replace("+", ", "), rows["seeds"].iloc[0],
+                 *(str(grid.at[unit, k]) for k in keys)]
+        for claim in CLAIMS:
+            r = rows[rows["claim"] == claim].set_index("measure")
+            cells += [f"**{r['verdict'].iloc[0]}**", *(_ci(r.at[m, "effect"], r.at[m, "lo"], r.at[m, "hi"])
+                                                      for m in MEASURES)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def study_markdown(name: str, description: str | None, head: str, grid: pd.DataFrame, cells: pd.DataFrame,
+                   verdicts: pd.DataFrame) -> str:
+    """The study report: verdicts and effects (with their intervals) per cell, pooled over seed blocks and per grid
+    value, then the missing cells with their logs. cells: one row per cell (status, attempts, log, exp)."""
+    done = cells[cells["status"] == "completed"]
+    missing = cells[cells["status"] != "completed"]
+    per_cell = verdicts[~verdicts["unit"].str.startswith("pooled:")] if len(verdicts) else verdicts
+    pooled = verdicts[verdicts["unit"].str.startswith("pooled:")] if len(verdicts) else verdicts
+    lines = [f"# Study {name}", ""] + ([description, ""] if description else []) + [
+        f"{len(cells)} cells ({' x '.join(f'{grid[k].nunique()} values of {k}' for k in grid.columns) or 'no grid'}): "
+        f"{len(done)} completed, {len(missing)} missing. Every cell started from commit {head[:10]}; each completed "
+        "cell is a DVC experiment (`dvc exp show` in the repository lists it). Effects are claim 1's Spearman minus "
+        "the best baseline's and claim 2's forgetting under random minus top-energy replay, with their intervals "
+        "(stages/report.py's protocol and settings; docs/pipeline.md).", "", "## Verdicts per cell", ""]
+    lines += _unit_table(per_cell, grid) if len(per_cell) else ["No cell produced the tables the protocol needs."]
+    if len(pooled):
+        lines += ["", "## Pooled over seed blocks", "", "Cells that differ only in `seeds`, as one run over all their "
+                  "seeds (their scores tables are identical):", ""] + _unit_table(pooled, None)
+    lines += ["", "## Verdicts per grid value", ""]
+    if len(per_cell) and len(grid.columns):
+        lines += ["| grid key | value | cells | claim 1 holds / fails / inconclusive | claim 2 holds / fails / "
+                  "inconclusive |", "|---|---|---|---|---|"]
+        combined = per_cell.drop_duplicates(["unit", "claim"]).pivot(index="unit", columns="claim", values="verdict")
+        for key in grid.columns:
+            for value, units in grid.loc[[u for u in grid.index if u in combined.index]].groupby(
+                    key, sort=False).groups.items():
+                counts = [" / ".join(str((combined.loc[units, c] == v).sum()) for v in VERDICT_COLOUR)
+                          for c in CLAIMS]
+                lines.append(f"| {key} | {value} | {len(units)} | {counts[0]} | {counts[1]} |")
+    else:
+        lines.append("No grid, or no completed cell.")
+    lines += ["", "## Missing cells", ""]
+    if len(missing):
+        lines += ["| cell | params | status | attempts | error | log |", "|---|---|---|---|---|---|"]
+        for r in missing.itertuples():
+            params = ", ".join(f"{k}={grid.at[r.cell, k]}" for k in grid.columns)
+            error = str(r.error).replace("|", "\\|")
+            lines.append(f"| {r.cell} | {params} | {r.status} | {r.attempts} | {error} | `{r.log}` |")
+    else:
+        lines.append("None: every cell completed.")
+    lines += ["", "## Figure", "", "![effects per cell](plots/effects.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_effects(verdicts: pd.DataFrame, path: str | Path) -> Path:
+    """Forest plot: per claim (rows) and forgetting measure (columns), every cell's and pooled run's effect with
+    its interval, coloured by that measure's verdict."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    units = list(dict.fromkeys(verdicts["unit"]))
+    fig, axes = plt.subplots(len(CLAIMS), len(MEASURES), figsize=(10, 1.2 + 0.32 * len(units) * len(CLAIMS)),
+                             squeeze=False)
+    for i, claim in enumerate(CLAIMS):
+        for j, m in enumerate(MEASURES):
+            ax = axes[i, j]
+            rows = verdicts[(verdicts["claim"] == claim) & (verdicts["measure"] == m)].set_index("unit").loc[units]
+            y = range(len(units))
+            colours = [VERDICT_COLOUR[v] for v in rows["measure_verdict"]]
+            err = [(rows["effect"] - rows["lo"]).fillna(0), (rows["hi"] - rows["effect"]).fillna(0)]
+            ax.errorbar(rows["effect"], y, xerr=err, fmt="none", ecolor=colours)
+            ax.scatter(rows["effect"], y, c=colours, s=20, zorder=3)
+            ax.axvline(0, color="k", lw=0.6)
+            ax.set_yticks(list(y), [u if len(u) < 40 else u[:37] + "..." for u in units], fontsize=7)
+            ax.set_title(f"{claim}, {m} forgetting", fontsize=9)
+            ax.set_xlabel(EFFECT_LABEL[claim], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

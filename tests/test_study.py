@@ -1,0 +1,326 @@
+"""Studies (flows/study.py, hopfield_replay.study): the study file's checks, its cells, the stacked tables and the
+pooled evidence; then a real study end to end: a tiny project, three cells (two good, one whose prepare stage
+rejects its value) on a 2-worker local Dask cluster through Prefect, each a `dvc repro` in its own git worktree,
+run twice."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from hopfield_replay.config import validate_config
+from hopfield_replay.errors import UserError
+from hopfield_replay.study import (cell_id, evidence, expand, grid_columns, load_study, pool_seed_blocks,
+                                   seed_blocks, stack_tables, verdict_rows)
+from tests.conftest import ROOT, TINY_PARAMS, make_project, run, write_params
+
+GOOD, SHORT, BAD = [5, 6, 7, 8, 9], [5, 6, 7, 8], [5, 6, 7, 8, 42]  # prepare.task_b; class 42 has no samples
+
+
+def write_study(path, **study):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ the study file
+@pytest.mark.parametrize("study, key", [
+    ({"grdi": {}}, "grdi: unknown key; known: description, base, grid, stages, engine"),
+    ({"engine": {"workers": 0}}, "engine.workers: Input should be greater than or equal to 1"),
+    ({"engine": {"runner": "spark"}}, "engine.runner: Input should be 'dask' or 'ray'"),
+    ({"engine": {"gpus": [0, 1]}}, "engine.gpus_per_cell: must be >= 1 when gpus lists GPUs"),
+    ({"grid": {"seeds": 3}}, "grid.seeds: Input should be a valid list"),
+    ({"grid": {"seeds": []}}, "grid.seeds: the list of values is empty"),
+    ({"grid": {"select_replay.budgets": [[50], [50]]}}, "grid.select_replay.budgets: [[50], [50]] lists a value twice"),
+    ({"grid": {"select_replay.budgetz": [[50]]}}, "grid.select_replay.budgetz: unknown params key; known keys of "
+                                                  "select_replay: arms, budgets"),
+    ({"grid": {"train_a.lr.x": [1]}}, "grid.train_a.lr.x: train_a.lr holds a value, not a section"),
+    ({"stages": []}, "stages: an empty list runs nothing"),
+])
+def test_a_bad_study_file_is_one_line_naming_the_key(tmp_path, study, key):
+    path = write_study(tmp_path / "bad.yaml", **study)
+    with pytest.raises(UserError) as err:
+        load_study(path)
+    assert str(err.value).startswith(f"{path}: {key}"), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_the_command_line_prints_one_error_line_and_exits_2(tmp_path, capsys):
+    from flows.study import main
+
+    assert main([str(write_study(tmp_path / "bad.yaml", engine={"retries": "once"})), "--list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "engine.retries" in err
+    # a cell whose params the config rejects: the file, the cell and the dotted field, before anything runs
+    path = write_study(tmp_path / "lr.yaml", base=str(TINY_PARAMS), grid={"train_a.lr": [0.001, -1.0]})
+    assert main([str(path), "--list"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and '{"train_a.lr": -1.0}' in err and "train_a.lr: Input should be greater" in err
+    path = write_study(tmp_path / "st.yaml", stages=["reprot"])
+    assert main([str(path), "--list"]) == 2
+    assert "stages: unknown stage 'reprot'" in capsys.readouterr().err
+
+
+def test_ray_without_prefect_ray_names_the_extra(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the shipped studies name their base relative to the repository's root
+    try:
+        import prefect_ray  # noqa: F401
+        pytest.skip("prefect-ray is installed")
+    except ImportError:
+        pass
+    from flows.study import main
+
+    assert main([str(ROOT / "studies" / "tiny.yaml"), "--engine", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install -e .[ray]" in err
+
+
+def test_an_existing_dask_cluster_must_offer_the_gpus_cells_need():
+    from distributed import LocalCluster
+
+    from flows.study import check_dask_cluster
+    from hopfield_replay.study import EngineSpec
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cpu:
+        check_dask_cluster(EngineSpec(address=cpu.scheduler_address))  # CPU cells: any worker will do
+        with pytest.raises(UserError, match=r"engine.gpus_per_cell: no worker of .* offers GPU=1; start workers "
+                                            r"with --resources GPU=1"):
+            check_dask_cluster(EngineSpec(address=cpu.scheduler_address, gpus_per_cell=1))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
+                      resources={"GPU": 1}) as gpu:
+        check_dask_cluster(EngineSpec(address=gpu.scheduler_address, gpus_per_cell=1))
+
+
+def test_a_cell_stops_what_an_interrupted_study_left_in_its_worktree(tmp_path):
+    import os
+    import time
+
+    from flows.study import stop_leftovers
+
+    # an orphan leading its own process group (as `dvc repro` is) and a live child of this process, both in tmp_path
+    pid = int(subprocess.run(["bash", "-c", "setsid sleep 300 > /dev/null 2>&1 & echo $!"], cwd=tmp_path,
+                             capture_output=True, text=True).stdout)
+    live = subprocess.Popen(["sleep", "300"], cwd=tmp_path, start_new_session=True)
+    try:
+        time.sleep(0.2)
+        if int(open(f"/proc/{pid}/stat").read().split()[3]) != 1:
+            pytest.skip("orphans are re-parented to a subreaper here, not to init")
+        assert stop_leftovers(tmp_path) == 1
+        time.sleep(0.2)
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+        assert live.poll() is None  # a process whose parent lives is not a leftover
+    finally:
+        live.kill()
+        subprocess.run(["kill", "-9", str(pid)], capture_output=True)
+
+
+def test_the_shipped_studies_expand_into_valid_cells(capsys, monkeypatch):
+    from flows.study import main
+
+    monkeypatch.chdir(ROOT)
+    assert main([str(ROOT / "studies" / "tiny.yaml"), "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line.split("\t")[1]) for line in lines] == [{"seeds": [1, 2]}, {"seeds": [3, 4]}]
+    assert main([str(ROOT / "studies" / "ddpm-mnist-seeds.yaml"), "--list"]) == 0
+    ids = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
+    assert len(ids) == len(set(ids)) == 8
+
+
+# ------------------------------------------------------------------------------------------------------ the cells
+def test_cells_are_the_cartesian_product_with_stable_ids(tiny_params):
+    cells = expand({"seeds": [[1, 2], [3, 4]], "select_replay.budgets": [[10], [20], [30]]})
+    assert len(cells) == 6 and cells[0] == {"seeds": [1, 2], "select_replay.budgets": [10]}
+    assert cells[1] == {"seeds": [1, 2], "select_replay.budgets": [20]}  # the first key varies slowest
+    assert expand({}) == [{}]
+    params = validate_config(tiny_params).model_dump(mode="json")
+    ids = {cell_id(c, {**params, "seeds": c["seeds"]}) for c in cells}
+    assert len(ids) == 6
+    a = cell_id({"seeds": [1, 2]}, params)
+    assert a == cell_id({"seeds": [1, 2]}, dict(params)) and a.startswith("seeds-1.2-")  # readable and stable
+    assert cell_id({"seeds": [1, 2]}, {**params, "device": "cuda"}) != a  # any other params: another id
+
+
+def test_stacked_tables_carry_the_cell_and_its_grid_values():
+    grid = grid_columns({"a": {"seeds": [1, 2], "train_a.lr": 0.1}, "b": {"seeds": [3], "train_a.lr": 0.2}})
+    assert grid.loc["a", "seeds"] == "[1, 2]" and grid["train_a.lr"].dtype == float  # lists as JSON, scalars kept
+    frames = {"a": pd.DataFrame({"sample_id": [1, 2], "x": [0.5, 0.6]}), "b": pd.DataFrame({"sample_id": [1], "x": [0.7]})}
+    stacked = stack_tables(frames, grid)
+    assert list(stacked.columns) == ["cell", "seeds", "train_a.lr", "sample_id", "x"]
+    assert stacked["cell"].tolist() == ["a", "a", "b"] and stacked["train_a.lr"].tolist() == [0.1, 0.1, 0.2]
+    assert stacked["x"].tolist() == [0.5, 0.6, 0.7]
+    assert list(stack_tables({}, grid).columns) == ["cell", "seeds", "train_a.lr"]
+
+
+def _run_tables(seeds, n=120, ts=(100, 500)):
+    """One synthetic run (as tests/test_protocol.py): top-energy replay protects its buffer in every seed."""
+    rng = np.random.default_rng(0)
+    ids = np.arange(n)
+    mass = rng.random(n)
+    scores = pd.DataFrame({"label": rng.integers(0, 3, n), "energy_a": mass + 0.3 * rng.normal(size=n),
+                           "pixel_mass": mass, "recon_error_a": 1 + 0.1 * rng.random(n)}, index=pd.Index(ids, name="sample_id"))
+    high = set(scores["energy_a"].nlargest(12).index)
+    rows = []
+    for s in seeds:
+        noise = np.random.default_rng(s)
+        for t in ts:
+            error_a = scores["recon_error_a"].to_numpy() * t / 100
+            base = error_a * np.exp(0.5 + 0.05 * noise.normal(size=n))
+            for arm, budget in (("none", 0), ("random", 12), ("energy_high", 12)):
+                picked = set(noise.choice(ids, 12, replace=False)) if arm == "random" else high if arm != "none" else set()
+                protect = np.where(np.isin(ids, list(picked)), 0.5 if arm == "energy_high" else 0.95, 1.0)
+                rows.append(pd.DataFrame({"sample_id": ids, "seed": s, "t": t, "strategy": arm, "budget": budget,
+                                          "replayed": np.isin(ids, list(picked)), "error_a": error_a,
+                                          "error": error_a + (base - error_a) * protect}))
+    replay = pd.concat(rows, ignore_index=True)
+    replay["absolute"] = replay["error"] - replay["error_a"]
+    replay["relative"] = np.log(replay["error"] / replay["error_a"])
+    return scores, replay[replay.strategy == "none"], replay
+
+
+def test_seed_blocks_pool_into_one_run_with_an_interval_over_all_seeds(tiny_params):
+    params = {"a": {"seeds": [1], "x": 1}, "b": {"seeds": [2], "x": 1}, "c": {"seeds": [3], "x": 1},
+              "d": {"seeds": [1], "x": 2}}
+    assert seed_blocks(params) == [["a", "b", "c"]]
+    runs = {c: _run_tables([s]) for c, s in (("a", 1), ("b", 2), ("c", 3))}
+    scores, forgetting, replay, seeds = pool_seed_blocks(runs)
+    assert seeds == [1, 2, 3] and sorted(forgetting["seed"].unique()) == [1, 2, 3]
+    cfg = validate_config({**tiny_params, "report": {**tiny_params["report"], "nuisance": ["pixel_mass"]}})
+    one = verdict_rows(evidence(*runs["a"], cfg, [1]), "a", [1])
+    pooled = verdict_rows(evidence(scores, forgetting, replay, cfg, seeds), "pooled:a+b+c", seeds)
+    claim2 = [r for r in pooled if r["claim"] == "claim2" and r["measure"] == "absolute"][0]
+    assert np.isnan([r for r in one if r["claim"] == "claim2"][0]["lo"])
+    assert claim2["lo"] > 0 and claim2["verdict"] == "holds"  # one seed has no interval; three give one above 0
+    other = _run_tables([4])
+    with pytest.raises(ValueError, match="different scores tables"):
+        pool_seed_blocks({"a": runs["a"], "x": (other[0] * 2, *other[1:])})
+
+
+# --------------------------------------------------------------------------------------------------- end to end
+def run_study(study, project, *extra):
+    cmd = [sys.executable, "-m", "flows.study", str(study), "--repo-root", str(project), *extra]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+
+
+def exp_show(project) -> dict:
+    """{experiment name: (prepare.task_b, verdicts metrics)} from `dvc exp show --json` in the main project."""
+    out = run(["dvc", "exp", "show", "--json"], project).stdout
+    rows = json.loads(out[out.index("["):])
+    exps = {}
+    for row in rows:
+        for exp in row.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                params = data["params"]["params.yaml"]["data"]
+                metrics = data["metrics"]["data/metrics/verdicts.json"]["data"]
+                exps[rev["name"]] = (params["prepare"]["task_b"], metrics)
+    return exps
+
+
+def snapshot(root, project, proc):
+    cells = pd.read_parquet(root / "results" / "cells.parquet").set_index("cell")
+    logs = {c: (root / "logs" / f"{c}.log").read_text() for c in cells.index}
+    return {"proc": proc, "cells": cells, "logs": logs, "exps": exp_show(project),
+            "report": (root / "report" / "report.md").read_text(),
+            "tables": {t: pd.read_parquet(root / "results" / f"{t}.parquet")
+                       for t in ("scores", "forgetting", "replay_forgetting", "verdicts")}}
+
+
+@pytest.fixture(scope="module")
+def study_runs(tmp_path_factory, tiny_params):
+    """The study run twice: first on a fresh project; then with one good cell's worktree deleted, at most one cell
+    at a time."""
+    tmp = tmp_path_factory.mktemp("study")
+    project = make_project(tmp / "project", tiny_params)
+    base = write_params(tmp / "base.yaml", {"seeds": [1], "select_replay": {"arms": ["energy_high", "random"]}})
+    study = write_study(tmp / "studies" / "e2e.yaml", description="two good cells and one that fails",
+                        base=str(base), grid={"prepare.task_b": [GOOD, SHORT, BAD]}, stages=["report"],
+                        engine={"workers": 2, "retries": 1})
+    root = project / ".studies" / "e2e"
+    first = snapshot(root, project, run_study(study, project))
+    short = first["cells"].index[first["cells"]["prepare.task_b"] == json.dumps(SHORT)][0]
+    shutil.rmtree(first["cells"].at[short, "workspace"])  # lost (or on another machine): rebuilt from the cache
+    second = snapshot(root, project, run_study(study, project, "--max-parallel", "1"))
+    return {"project": project, "root": root, "first": first, "second": second, "short": short}
+
+
+def cell_of(cells, value):
+    return cells.index[cells["prepare.task_b"] == json.dumps(value)][0]
+
+
+@pytest.mark.slow
+def test_every_good_cell_is_a_dvc_experiment_and_the_bad_one_is_reported(study_runs):
+    first, project = study_runs["first"], study_runs["project"]
+    proc, cells = first["proc"], first["cells"]
+    assert proc.returncode == 1, proc.stderr[-3000:]  # a cell failed: the study finished and says so
+    good, short, bad = (cell_of(cells, v) for v in (GOOD, SHORT, BAD))
+    assert f"missing: {bad}" in proc.stdout and "classes [42] have no samples" in proc.stdout
+    assert cells.loc[[good, short], "status"].tolist() == ["completed", "completed"]
+    assert cells.at[bad, "status"] == "failed" and cells.at[bad, "attempts"] == 2  # retried once
+    assert first["logs"][bad].count("=== attempt ") == 2 and first["logs"][bad].count("error: prepare.task_b") == 2
+    # the two good cells ran side by side, each the whole chain up to report in its own worktree
+    (s1, f1), (s2, f2) = cells.loc[[good, short], ["started", "finished"]].to_numpy()
+    assert max(s1, s2) < min(f1, f2)
+    for cell in (good, short):
+        assert "report" in json.loads(cells.at[cell, "ran"]) and cells.at[cell, "experiment"] == "saved"
+        ws = cells.at[cell, "workspace"]
+        assert run(["dvc", "cache", "dir"], ws).stdout.strip() == str(project / ".dvc" / "cache")  # one cache
+    exps = first["exps"]
+    assert set(exps) == {f"e2e-{good}", f"e2e-{short}"}
+    assert exps[f"e2e-{good}"][0] == GOOD and exps[f"e2e-{short}"][0] == SHORT
+    assert exps[f"e2e-{good}"][1]["claim1"]["verdict"] in ("holds", "fails", "inconclusive")
+    assert run(["git", "status", "--porcelain"], project).stdout == ""  # worktrees and results stay out of git
+
+
+@pytest.mark.slow
+def test_the_study_table_and_report(study_runs):
+    first = study_runs["first"]
+    cells, tables = first["cells"], first["tables"]
+    good, short, bad = (cell_of(cells, v) for v in (GOOD, SHORT, BAD))
+    scores = tables["scores"]
+    assert list(scores.columns[:2]) == ["cell", "prepare.task_b"] and "energy_a" in scores
+    assert scores.groupby("cell").size().to_dict() == {good: 200, short: 200}  # task A: 5 classes x 40
+    assert set(scores.loc[scores.cell == short, "prepare.task_b"]) == {json.dumps(SHORT)}
+    assert tables["forgetting"].groupby("cell").size().to_dict() == {good: 400, short: 400}  # 1 seed x 2 t
+    assert tables["replay_forgetting"].groupby("cell").size().to_dict() == {good: 1200, short: 1200}  # 3 arms
+    verdicts = tables["verdicts"]
+    assert set(verdicts.unit) == {good, short} and len(verdicts) == 2 * 2 * 2  # cells x claims x measures
+    # the protocol as the report stage applies it: the same verdicts and effects as each cell's own metrics
+    for cell in (good, short):
+        own = json.loads((study_runs["root"] / cell / "data" / "metrics" / "verdicts.json").read_text())
+        for claim in ("claim1", "claim2"):
+            rows = verdicts[(verdicts.unit == cell) & (verdicts.claim == claim)].set_index("measure")
+            assert rows["verdict"].iloc[0] == own[claim]["verdict"]
+            assert rows.at["relative", "effect"] == pytest.approx(own[claim]["relative"], abs=1e-4)
+    report = first["report"]
+    assert report.index("## Verdicts per cell") < report.index("## Verdicts per grid value") < report.index(
+        "## Missing cells")
+    missing = report.split("## Missing cells")[1]
+    assert bad in missing and str(study_runs["root"] / "logs" / f"{bad}.log") in missing and good not in missing
+    assert (study_runs["root"] / "report" / "plots" / "effects.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_a_rerun_recomputes_nothing_and_respects_the_concurrency_limit(study_runs):
+    second, short = study_runs["second"], study_runs["short"]
+    cells = second["cells"]
+    good, bad = cell_of(cells, GOOD), cell_of(cells, BAD)
+    assert second["proc"].returncode == 1
+    for cell in (good, short):
+        assert cells.at[cell, "status"] == "completed" and json.loads(cells.at[cell, "ran"]) == []
+        assert "Running stage" not in second["logs"][cell]
+        assert cells.at[cell, "experiment"] == "kept"  # the experiment from the first run stands
+    assert cells.at[good, "workspace_state"] == "reused" and cells.at[short, "workspace_state"] == "created"
+    assert cells.at[short, "restored"] == 11  # the new worktree got every stage from the shared run-cache
+    assert "is cached - skipping run" in second["logs"][short]
+    assert cells.at[bad, "status"] == "failed" and cells.at[bad, "attempts"] == 2
+    (s1, f1), (s2, f2) = cells.loc[[good, short], ["started", "finished"]].to_numpy()
+    assert min(f1, f2) <= max(s1, s2)  # --max-parallel 1: one cell at a time
+    assert second["exps"] == study_runs["first"]["exps"]
+    assert second["tables"]["verdicts"].equals(study_runs["first"]["tables"]["verdicts"])
