@@ -17,6 +17,7 @@ import yaml
 from hopfield_replay.config import MHNClosedFormParams, ParamsError, validate_config
 from hopfield_replay.energy import hopfield_energy
 from hopfield_replay.mhn import closed_form, dynamics, geometry, run_closed_form
+from tests.conftest import TINY_PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -277,8 +278,8 @@ def test_params_validation():
 
 # ---------------------------------------------------------------------------------------------- the stage
 def run_stage(module, params: dict, tmp_path: Path, *extra):
-    pfile = tmp_path / "params.yaml"
-    pfile.write_text(yaml.safe_dump(params))
+    pfile = tmp_path / "params.yaml"  # a complete params file (a missing section is an error): the tiny config
+    pfile.write_text(yaml.safe_dump({**yaml.safe_load(TINY_PARAMS.read_text()), **params}))
     env = dict(os.environ, MPLCONFIGDIR=str(tmp_path / "mpl"), HOPFIELD_REPLAY_LOG="INFO")
     return subprocess.run([sys.executable, "-m", module, "--params", str(pfile), *extra], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)

@@ -16,6 +16,7 @@ import yaml
 import hopfield_replay.mhn.trained as mt
 from hopfield_replay.config import MHNTrainedParams, ParamsError, validate_config
 from hopfield_replay.mhn.trained import nll, replay_buffer, run_seed, train_memories
+from tests.conftest import TINY_PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(seeds=[0], steps_a=60, steps_b=40, memories=24, bootstrap=50)
@@ -141,8 +142,8 @@ def test_trained_params_validation():
 
 
 def run_stage(module, params, tmp_path, *extra):
-    pfile = tmp_path / "params.yaml"
-    pfile.write_text(yaml.safe_dump(params))
+    pfile = tmp_path / "params.yaml"  # a complete params file (a missing section is an error): the tiny config
+    pfile.write_text(yaml.safe_dump({**yaml.safe_load(TINY_PARAMS.read_text()), **params}))
     env = dict(os.environ, MPLCONFIGDIR=str(tmp_path / "mpl"))
     return subprocess.run([sys.executable, "-m", module, "--params", str(pfile), *extra], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
