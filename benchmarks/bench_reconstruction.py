@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import Report, build, rotated, sync  # noqa: E402
-from hopfield_replay.devices import autocast, describe, machine_description  # noqa: E402
+from bench_train import Report, add_run_options, build, rotated, start_report, sync  # noqa: E402
+from hopfield_replay.devices import autocast  # noqa: E402
 from hopfield_replay.reconstruction import default_batch_size, reconstruction_error  # noqa: E402
 
 
@@ -103,17 +103,11 @@ def main(argv=None) -> None:
     ap.add_argument("--images", type=int, default=None)
     ap.add_argument("--timesteps", type=int, default=None, help="size of the timestep grid")
     ap.add_argument("--batch-size", type=int, default=None, help="pairs a forward (default: default_batch_size)")
-    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (best of)")
-    ap.add_argument("--out", default=None, help="also append every figure line to this file")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_run_options(ap)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     args.repeats = args.repeats or (1 if args.smoke else 3)
     device = torch.device(args.device)
-    report = Report(args.out)
-    report(machine_description(device))
-    report(f"device: {describe(device)}")
+    report = start_report(args, device)
     sizes = ["smoke"] if args.smoke else ["small"] + (["big"] if args.big else [])
     for size in sizes:
         bench_size(size, args, device, report)

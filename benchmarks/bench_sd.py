@@ -33,8 +33,8 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import Report, rotated, sync  # noqa: E402
-from hopfield_replay.devices import autocast, describe, machine_description  # noqa: E402
+from bench_train import add_run_options, rotated, start_report, sync  # noqa: E402
+from hopfield_replay.devices import autocast  # noqa: E402
 from hopfield_replay.models import DenoisingModel, TrainConfig, train_denoiser  # noqa: E402
 
 # runwayml/stable-diffusion-v1-5: unet/config.json, vae/config.json, scheduler/scheduler_config.json
@@ -204,19 +204,13 @@ def main(argv=None) -> None:
     ap.add_argument("--smoke", action="store_true", help="a tiny config, 1 step, 1 round: checks the script runs")
     ap.add_argument("--config", choices=sorted(CONFIGS), default=None, help="default: sd15 on CUDA, else scaled")
     ap.add_argument("--steps", type=int, default=None, help="training steps a round")
-    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (best of)")
-    ap.add_argument("--out", default=None, help="also append every figure line to this file")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_run_options(ap)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     args.repeats = args.repeats or (1 if args.smoke else 2 if args.quick else 3)
     name = args.config or ("smoke" if args.smoke else "sd15" if device.type == "cuda" or not args.quick else "scaled")
     unet_over, vae_over, sizes, encode_batch = CONFIGS[name]
-    report = Report(args.out)
-    report(machine_description(device))
-    report(f"device: {describe(device)}")
+    report = start_report(args, device)
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**{**SD15_UNET, **unet_over}).to(device)
     vae = AutoencoderKL(**{**SD15_VAE, **vae_over})

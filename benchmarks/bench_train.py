@@ -218,6 +218,23 @@ def bench_size(size: str, args, device: torch.device, report: Report) -> None:
         report(f"[{size}] (the GPU goals do not apply on the CPU)")
 
 
+def add_run_options(ap: argparse.ArgumentParser) -> None:
+    """The options every benchmark of this folder shares."""
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (best of)")
+    ap.add_argument("--out", default=None, help="also append every figure line to this file")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+
+
+def start_report(args, device: torch.device) -> "Report":
+    """Set the CPU threads, then open the report with the machine and the device."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = Report(args.out)
+    report(machine_description(device))
+    report(f"device: {describe(device)}")
+    return report
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -227,17 +244,11 @@ def main(argv=None) -> None:
     ap.add_argument("--compile", action="store_true", help="also ours and plain with torch.compile")
     ap.add_argument("--steps", type=int, default=None, help="steps a round")
     ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (best of)")
-    ap.add_argument("--out", default=None, help="also append every figure line to this file")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_run_options(ap)
     args = ap.parse_args(argv)
     args.repeats = args.repeats or (1 if args.smoke else 3)
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    report = Report(args.out)
-    report(machine_description(device))
-    report(f"device: {describe(device)}")
+    report = start_report(args, device)
     sizes = ["smoke"] if args.smoke else ["small"] + (["big"] if args.big else [])
     for size in sizes:
         bench_size(size, args, device, report)

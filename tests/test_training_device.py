@@ -14,6 +14,7 @@ import torch
 from hopfield_replay.models import CheckpointPolicy, PixelDDPM, TrainConfig, train_denoiser
 from hopfield_replay.models.training import Checkpoint, sampling_generator
 from tests.conftest import ROOT
+from tests.test_checkpoints import StopAfterSave, Stopped
 from tests.test_diffusion import TINY, _weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -132,20 +133,6 @@ def test_the_progress_bar_shows_the_mean_of_the_last_50_losses(capsys):
 
 # -- checkpoints with losses pending --------------------------------------------------------------------------
 
-
-class Stopped(Exception):
-    pass
-
-
-class StopAfterSave(Checkpoint):
-    def __init__(self, *args, stop_at: int):
-        super().__init__(*args)
-        self.stop_at = stop_at
-
-    def save(self, state):
-        super().save(state)
-        if state["step"] == self.stop_at:
-            raise Stopped
 
 
 def _resume_is_bitwise(tmp_path, device: torch.device, stop_at: int) -> None:
