@@ -35,7 +35,7 @@ from pathlib import Path
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # Dask's INFO lines (here and in workers) are noise
 
 from flows.pipeline import ROOT, dvc_env, dvc_stages  # noqa: E402 - also sets the offline Prefect/DVC env
-from flows.stage_output import run_streamed  # noqa: E402
+from flows.stage_output import run_streamed, stop_group  # noqa: E402
 from hopfield_replay.config import read_yaml, validate_config  # noqa: E402
 from hopfield_replay.errors import UserError  # noqa: E402
 from hopfield_replay.study import StudySpec, cell_id, expand, load_study, validate_engine  # noqa: E402
@@ -327,12 +327,7 @@ def prefect_api(engine):
                 APILogHandler().flush()  # the last log lines (a crash too) go out before the server does
     finally:
         os.environ.pop("PREFECT_API_URL", None)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, 15)
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, 9)
+        stop_group(server)
 
 
 def _healthy(httpx, url: str) -> bool:
