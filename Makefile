@@ -13,6 +13,10 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export PREFECT_HOME := $(CURDIR)/.prefect
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/site_cache
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+# Byte code in .cache/pycache, even where PYTHONDONTWRITEBYTECODE is set: without a cache every stage, DVC and
+# Prefect process compiles torch, diffusers and transformers again (~10 s of CPU each; uv installs no .pyc files).
+unexport PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX := $(CURDIR)/.cache/pycache
 
 .PHONY: install run test test-fast repro serve server bench clean-env
 

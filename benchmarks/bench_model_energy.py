@@ -1,15 +1,20 @@
-"""Benchmark of the model-based energy (per-sample denoising loss over a timestep grid).
+"""Benchmark of the model-based energy (per-sample denoising loss over a timestep grid) and of the fixed noise.
 
     .venv/bin/python benchmarks/bench_model_energy.py           # 256 CIFAR-sized images x 10 timesteps
     .venv/bin/python benchmarks/bench_model_energy.py --quick   # 32 images x 4 timesteps
 
-Compares, in one process and interleaved (best of ``--repeats``), images x timesteps per second of
-- the straightforward loop: for each timestep, for each batch of samples, draw the noise sample by sample
-  (the former ``fixed_noise``: one SeedSequence and one new torch.Generator per sample) and run one forward;
+The cost of the fixed noise per (sample, t): the former CPU method (kept here as the baseline: numpy's
+SeedSequence([seed, sample_id, t]) hashed for a segment at once, one torch.Generator re-seeded per sample, then
+copied to the device) against ``fixed_noise`` (counter-based Philox4x32-10 in torch ops) on the CPU and, when
+present, on CUDA. The two give different values by design (the noise changed with issue 9).
+
+Then, in one process and interleaved (best of ``--repeats``), images x timesteps per second of
+- the straightforward loop: for each timestep, for each batch of samples, the former CPU noise copied to the
+  device and one forward;
 - ``denoising_energy`` as it is: (sample, timestep) pairs laid end to end into full forwards of
-  ``default_batch_size`` pairs, noise seeds hashed for a whole segment at once, one reused generator;
-- ``denoising_energy`` at other batch sizes (the device's best chunk size).
-Also: the cost of ``fixed_noise`` per (sample, t), old and new, and that both give identical noise and energies.
+  ``default_batch_size`` pairs, the noise made on the device;
+- ``denoising_energy`` at other batch sizes (the device's best chunk size), with their largest energy difference
+  from the default batch (same noise: only rounding).
 The model is a pixel-space DDPM UNet with random weights (throughput does not depend on training).
 """
 
@@ -27,23 +32,81 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 from hopfield_replay.devices import autocast, machine_description  # noqa: E402
 from hopfield_replay.models import DDPMConfig, PixelDDPM  # noqa: E402
-from hopfield_replay.reconstruction import default_batch_size, denoising_energy, fixed_noise  # noqa: E402
+from hopfield_replay.noise import fixed_noise  # noqa: E402
+from hopfield_replay.reconstruction import default_batch_size, denoising_energy  # noqa: E402
 
+
+
+# The former fixed_noise (reconstruction.py before issue 9): numpy's SeedSequence hash vectorised over samples.
+_INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_MIX_MULT_L, _MIX_MULT_R, _XSHIFT, _POOL_SIZE = 0xCA01F9DD, 0x4973F715, 16, 4
+
+
+def _seed_sequence_states(entropy: np.ndarray) -> np.ndarray:
+    """``SeedSequence(list(row)).generate_state(2, np.uint32)`` for every row of ``entropy`` (uint32, K x 3)."""
+    k, n_words = entropy.shape
+    with np.errstate(over="ignore"):
+        hash_const = np.full(k, _INIT_A, dtype=np.uint32)
+
+        def hashmix(value):
+            nonlocal hash_const
+            value = value ^ hash_const
+            hash_const = hash_const * np.uint32(_MULT_A)
+            value = value * hash_const
+            return value ^ (value >> np.uint32(_XSHIFT))
+
+        def mix(x, y):
+            result = np.uint32(_MIX_MULT_L) * x - np.uint32(_MIX_MULT_R) * y
+            return result ^ (result >> np.uint32(_XSHIFT))
+
+        zero = np.zeros(k, dtype=np.uint32)
+        pool = [hashmix(entropy[:, i] if i < n_words else zero) for i in range(_POOL_SIZE)]
+        for i_src in range(_POOL_SIZE):
+            for i_dst in range(_POOL_SIZE):
+                if i_src != i_dst:
+                    pool[i_dst] = mix(pool[i_dst], hashmix(pool[i_src]))
+        out = np.empty((k, 2), dtype=np.uint32)
+        hash_b = np.uint32(_INIT_B)
+        for i_dst in range(2):
+            value = pool[i_dst % _POOL_SIZE] ^ hash_b
+            hash_b = hash_b * np.uint32(_MULT_B)
+            value = value * hash_b
+            out[:, i_dst] = value ^ (value >> np.uint32(_XSHIFT))
+    return out
 
 
 def old_fixed_noise(sample_ids, t: int, shape, seed: int) -> torch.Tensor:
-    """The former implementation (the reference the new one must equal)."""
-    out = torch.empty((len(sample_ids), *shape))
-    for i, sid in enumerate(np.asarray(sample_ids, dtype=np.int64).tolist()):
-        state = np.random.SeedSequence([int(seed), int(sid), int(t)]).generate_state(2, dtype=np.uint32)
-        g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-        out[i] = torch.randn(shape, generator=g)
+    """The former CPU noise: torch.randn from a CPU generator seeded with SeedSequence([seed, sample_id, t])."""
+    ids = np.asarray(sample_ids, dtype=np.int64).reshape(-1)
+    entropy = np.empty((ids.size, 3), dtype=np.uint32)
+    entropy[:, 0], entropy[:, 1], entropy[:, 2] = seed, ids, t
+    state = _seed_sequence_states(entropy).astype(np.uint64)
+    out = torch.empty((ids.size, *shape))
+    g = torch.Generator()
+    for i, s in enumerate(((state[:, 0] << np.uint64(32)) | state[:, 1]).tolist()):
+        g.manual_seed(s)
+        torch.randn(shape, generator=g, out=out[i])
     return out
+
+
+def time_noise(draw, device: torch.device, rounds: int = 3) -> float:
+    """Best seconds of ``draw()`` over ``rounds`` (after a warm-up), synchronised on CUDA."""
+    draw()
+    best = math.inf
+    for _ in range(rounds):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        draw()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 @torch.no_grad()
 def per_timestep_loop(model, x0, ids, timesteps, seed, batch_size, device) -> torch.Tensor:
-    """The straightforward loop: one timestep at a time, batches of samples, noise drawn sample by sample."""
+    """The straightforward loop: one timestep at a time, batches of samples, the former CPU noise copied over."""
     model.to(device).eval()
     alphas = model.alphas_cumprod(device)
     shape = tuple(x0.shape[1:])
@@ -89,21 +152,24 @@ def main(argv=None) -> None:
     print(f"DDPM UNet {sum(p.numel() for p in model.unet.parameters()) / 1e6:.2f}M params, images {shape}, "
           f"{n} images x {n_t} timesteps = {pairs} pairs, default batch {default_bs}")
 
-    # fixed_noise: identical values, cost per (sample, t)
+    # the fixed noise: cost per (sample, t), the former CPU method (copied to the device) against fixed_noise
     probe = np.arange(0, min(n, 256))
-    assert torch.equal(old_fixed_noise(probe, 123, shape, 7), fixed_noise(probe, 123, shape, 7)), "noise changed"
-    best_old = best_new = math.inf
-    for _ in range(3):
-        t0 = time.perf_counter()
-        old_fixed_noise(probe, 123, shape, 7)
-        t1 = time.perf_counter()
-        fixed_noise(probe, 123, shape, 7)
-        t2 = time.perf_counter()
-        best_old, best_new = min(best_old, t1 - t0), min(best_new, t2 - t1)
-    print(f"fixed_noise per (sample, t): old {best_old / len(probe) * 1e6:.1f} us, new {best_new / len(probe) * 1e6:.1f} us"
-          f" ({best_old / best_new:.2f}x); identical values: True")
+    state = np.random.SeedSequence([7, int(probe[-1]), 123]).generate_state(2, dtype=np.uint32)
+    g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    assert torch.equal(old_fixed_noise(probe, 123, shape, 7)[-1], torch.randn(shape, generator=g)), "baseline"
+    cost = {"old (CPU SeedSequence + generator)": time_noise(
+        lambda: old_fixed_noise(probe, 123, shape, 7).to(device), device)}
+    cost["new fixed_noise on the CPU"] = time_noise(lambda: fixed_noise(probe, 123, shape, 7), torch.device("cpu"))
+    if torch.cuda.is_available():
+        cuda = torch.device("cuda")
+        cost["new fixed_noise on CUDA"] = time_noise(lambda: fixed_noise(probe, 123, shape, 7, device=cuda), cuda)
+    old_cost = next(iter(cost.values()))
+    print(f"fixed noise per (sample, t), {len(probe)} samples of {shape}:")
+    for k, seconds in cost.items():
+        print(f"  {k:<40}{seconds / len(probe) * 1e6:9.1f} us   ratio old / this = {old_cost / seconds:.2f}x")
 
-    variants = {"per-timestep loop (old noise)": lambda: per_timestep_loop(model, x0, ids, timesteps, 0, default_bs, device),
+    variants = {"per-timestep loop (old CPU noise)": lambda: per_timestep_loop(model, x0, ids, timesteps, 0,
+                                                                               default_bs, device),
                 f"denoising_energy (default, {default_bs})": lambda: denoising_energy(
                     model, x0, ids, timesteps, seed=0, device=device, progress=False)}
     for bs in args.batch_sizes:
@@ -121,12 +187,12 @@ def main(argv=None) -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             best[k] = min(best[k], time.perf_counter() - t0)
-    base_key = next(iter(variants))
+    base_key, same_noise_key = list(variants)[:2]
     base = best[base_key]
-    print(f"{'variant':<36}{'time':>9}{'pairs/s':>10}{'speed-up':>10}{'max |dE| vs loop':>18}")
+    print(f"{'variant':<36}{'time':>9}{'pairs/s':>10}{'speed-up':>10}{'max |dE| vs default':>21}")
     for k in variants:
-        diff = float((outs[k] - outs[base_key]).abs().max())
-        print(f"{k:<36}{best[k]:8.2f}s{pairs / best[k]:10.1f}{base / best[k]:9.2f}x{diff:18.2e}")
+        diff = "(other noise)" if k == base_key else f"{float((outs[k] - outs[same_noise_key]).abs().max()):.2e}"
+        print(f"{k:<36}{best[k]:8.2f}s{pairs / best[k]:10.1f}{base / best[k]:9.2f}x{diff:>21}")
 
 
 if __name__ == "__main__":

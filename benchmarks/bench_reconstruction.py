@@ -5,8 +5,9 @@
 
 Compares, in one process, interleaved round by round in rotating order (best of ``--repeats``), (sample,
 timestep) pairs per second of
-- ``ours``: ``reconstruction_error`` as it is: the fixed noise of every (seed, sample_id, t) drawn on the CPU,
-  pairs of all timesteps laid end to end into forwards of ``default_batch_size`` pairs, bf16 autocast on CUDA;
+- ``ours``: ``reconstruction_error`` as it is: the fixed noise of every (seed, sample_id, t) made on the device
+  (noise.fixed_noise, Philox4x32-10 in torch ops), pairs of all timesteps laid end to end into forwards of
+  ``default_batch_size`` pairs, bf16 autocast on CUDA;
 - ``plain``: the loop one would write first: the images moved to the device once, for each timestep and batch
   fresh noise drawn on the device, one no-grad forward, the errors kept on the device until the end;
 with the same forward batch, on the CPU-default UNet (block_out_channels (32, 64, 64), 16x16x1) and, with

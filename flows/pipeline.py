@@ -9,6 +9,10 @@ DVC's git hints dropped; bars stay live in a terminal's `dvc repro`). DVC's lock
 (no Prefect result caching on top); a task is retried only for transient failures (another DVC process holding the
 repo lock), and killed after its timeout.
 
+With ``--per-device N`` (N > 1), the independent items of a foreach / matrix stage (train_b per seed, retrain per
+arm) run N at a time per device (flows/concurrent_stages.py: each item's command, then `dvc commit` of it); the
+default, 1, runs every stage through `dvc repro`.
+
 Ctrl-C (SIGINT) or SIGTERM stops the running stage (its whole process group: DVC and the stage), marks the flow
 run Crashed, stops the ephemeral Prefect server and exits with 128 + the signal number. Finished stages stay in
 DVC's lock; a training stage resumes from its checkpoint on the next run.
@@ -44,17 +48,10 @@ import yaml  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.exceptions import TerminationSignal  # noqa: E402
 
-from flows.stage_output import run_streamed  # noqa: E402
+from flows.concurrent_stages import group_items, run_group  # noqa: E402
+from flows.stage_output import StageFailed, run_streamed, stop_all  # noqa: E402
 
-TRANSIENT_MARKERS = ("Unable to acquire lock", "is busy", "Lock acquisition", "database is locked")
 DEFAULT_TIMEOUT_S = 4 * 3600
-
-
-class StageFailed(RuntimeError):
-    def __init__(self, stage: str, returncode: int, tail: list[str]):
-        self.stage, self.returncode, self.tail = stage, returncode, tail
-        self.transient = any(m in line for line in tail for m in TRANSIENT_MARKERS)
-        super().__init__(f"stage {stage!r} failed (exit {returncode}):\n" + "\n".join(tail[-15:]))
 
 
 def dvc_stages(repo_root: str | Path) -> list[str]:
@@ -127,8 +124,9 @@ def summarize(repo_root: str | Path) -> str:
 
 @flow(name="hopfield-replay-pipeline")
 def pipeline(repo_root: str = str(ROOT), stages: list[str] | None = None,
-             timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
-    """Run the DVC stages (all of dvc.yaml by default) in order; return {stage: 'ran' | 'up to date'}."""
+             timeout_s: float = DEFAULT_TIMEOUT_S, per_device: int = 1) -> dict:
+    """Run the DVC stages (all of dvc.yaml by default) in order; return {stage: 'ran' | 'up to date'}. With
+    ``per_device`` > 1, the items of a foreach / matrix stage run that many at a time per device."""
     log = get_run_logger()
     names = stages or dvc_stages(repo_root)
     if stages is None and not pipeline_status(repo_root):
@@ -137,7 +135,10 @@ def pipeline(repo_root: str = str(ROOT), stages: list[str] | None = None,
     else:
         results = {}
         for name in names:
-            results[name] = dvc_stage.with_options(timeout_seconds=timeout_s)(name, repo_root, timeout_s)
+            if per_device > 1 and group_items(repo_root, name):
+                results[name] = run_group(name, repo_root, dvc_env(), per_device, timeout_s)
+            else:
+                results[name] = dvc_stage.with_options(timeout_seconds=timeout_s)(name, repo_root, timeout_s)
         if all(v == "up to date" for v in results.values()):
             log.info("The pipeline is up to date: nothing to run.")
     log.info("Summary:\n" + summarize(repo_root))
@@ -166,9 +167,11 @@ def start_ephemeral_server() -> None:
 
 
 def _interrupt(signum, frame):
-    """SIGINT or SIGTERM: raise in the main thread (where the stage's output is read), once."""
+    """SIGINT or SIGTERM: stop every running stage (items side by side run in threads), then raise in the main
+    thread, once."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stop_all()
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise TerminationSignal(signal=signum)
@@ -181,12 +184,18 @@ def main(argv=None) -> int:
                          "(default: this checkout)")
     ap.add_argument("--stages", nargs="*", help="stage names from dvc.yaml (default: all, in order)")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="per-stage timeout in seconds")
+    ap.add_argument("--per-device", type=int, default=1, metavar="N",
+                    help="run the items of a foreach / matrix stage (train_b, retrain) N at a time per GPU, or N "
+                         "at a time on the CPU (default 1: every stage through `dvc repro`, one at a time)")
     args = ap.parse_args(argv)
+    if args.per_device < 1:
+        ap.error(f"--per-device {args.per_device}: must be >= 1")
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         start_ephemeral_server()
-        results = pipeline(repo_root=args.repo_root, stages=args.stages or None, timeout_s=args.timeout)
+        results = pipeline(repo_root=args.repo_root, stages=args.stages or None, timeout_s=args.timeout,
+                           per_device=args.per_device)
     except StageFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

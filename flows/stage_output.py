@@ -30,6 +30,15 @@ GIT_HINTS = {
 }
 # DVC 3.x (dvc/commands/repro.py): after every `dvc repro` that ran a stage.
 PUSH_HINT = "Use `dvc push` to send your updates to remote storage."
+# Failures worth a retry: another DVC process held the repository lock.
+TRANSIENT_MARKERS = ("Unable to acquire lock", "is busy", "Lock acquisition", "database is locked")
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, stage: str, returncode: int, tail: list[str]):
+        self.stage, self.returncode, self.tail = stage, returncode, tail
+        self.transient = any(m in line for line in tail for m in TRANSIENT_MARKERS)
+        super().__init__(f"stage {stage!r} failed (exit {returncode}):\n" + "\n".join(tail[-15:]))
 
 
 class StageOutput:
@@ -78,6 +87,19 @@ class StageOutput:
         out.append(line)
 
 
+# The process groups run_streamed has running now (several when stages run side by side, in threads).
+_LIVE: set[subprocess.Popen] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def stop_all(grace_s: float = 10.0) -> None:
+    """Stop every process group that run_streamed has running, from any thread (for SIGINT / SIGTERM)."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for proc in live:
+        stop_group(proc, grace_s)
+
+
 def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     """Stop ``proc`` and every process it started (its process group: DVC and the stage under it): SIGTERM, then
     SIGKILL after ``grace_s``."""
@@ -103,6 +125,8 @@ def run_streamed(cmd: list[str], cwd: Path, env: dict, timeout_s: float,
     code, the logged lines)."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
+    with _LIVE_LOCK:
+        _LIVE.add(proc)
     timed_out = threading.Event()
 
     def _kill():
@@ -130,6 +154,8 @@ def run_streamed(cmd: list[str], cwd: Path, env: dict, timeout_s: float,
         timer.cancel()
         if proc.poll() is None:
             stop_group(proc)
+        with _LIVE_LOCK:
+            _LIVE.discard(proc)
     if timed_out.is_set():
         lines.append(f"killed after the {timeout_s:.0f} s timeout")
     return code, lines

@@ -30,6 +30,14 @@ os.environ.update({
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.3",
 })
+# Byte code: with PYTHONDONTWRITEBYTECODE set and a venv installed without .pyc files (uv's default), every stage,
+# DVC, Prefect and Dask process would compile torch, diffusers and transformers from source again: ~10 s of CPU per
+# process start, hundreds of starts. Cache it in the session's scratch folder instead; the source trees stay free of
+# __pycache__ (a dvc.yaml dep such as src/hopfield_replay/models is a whole folder).
+if sys.dont_write_bytecode or os.environ.get("PYTHONDONTWRITEBYTECODE"):
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ.setdefault("PYTHONPYCACHEPREFIX", str(_SCRATCH / "pycache"))
+    sys.pycache_prefix, sys.dont_write_bytecode = os.environ["PYTHONPYCACHEPREFIX"], False
 # dvc.yaml's `python` and the `dvc` command must be this environment's.
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
 

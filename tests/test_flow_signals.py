@@ -35,6 +35,24 @@ def _marked(marker: str) -> list[int]:
     return pids
 
 
+def _running(marker: str, module: bytes) -> bool:
+    """Whether a process of the flow runs ``python -m <module>``."""
+    for pid in _marked(marker):
+        try:
+            if module in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _wait_for(predicate, timeout: float) -> None:
+    """Poll ``predicate`` every 0.2 s until it holds or ``timeout`` seconds pass (the caller asserts it)."""
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_the_stage_the_flow_and_the_server(tmp_path, sig):
     params = yaml.safe_load(TINY_PARAMS.read_text())
@@ -63,7 +81,7 @@ def _stop_and_check(flow, sig, marker, home, project):
         if "Running stage 'train_a'" in line or time.monotonic() > deadline:
             break
     assert any("Running stage 'train_a'" in line for line in seen), "".join(seen[-30:])
-    time.sleep(3)  # train_a is training now
+    _wait_for(lambda: _running(marker, b"stages.train_a"), 60)  # train_a's own process is up
     assert len(_marked(marker)) >= 4  # the flow, the Prefect server, dvc, the stage
     if sig == signal.SIGINT:
         os.killpg(flow.pid, sig)  # Ctrl-C: the terminal signals the job's whole process group
@@ -72,7 +90,7 @@ def _stop_and_check(flow, sig, marker, home, project):
     rest, _ = flow.communicate(timeout=120)
     assert flow.returncode == 128 + sig, rest[-3000:]
     assert f"stopped by {sig.name}" in rest
-    time.sleep(2)
+    _wait_for(lambda: _marked(marker) == [], 10)  # a killed process may take a moment to be reaped
     assert _marked(marker) == [], "processes outlived the flow"
 
     with sqlite3.connect(home / "prefect.db") as db:

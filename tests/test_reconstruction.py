@@ -1,4 +1,5 @@
-"""Fixed per-(sample, t) noise, reconstruction error, denoising energy and forgetting, on hand-computable models."""
+"""Reconstruction error, denoising energy and forgetting on hand-computable models, with the fixed per-(sample, t)
+noise (its own tests: tests/test_noise.py)."""
 
 from __future__ import annotations
 
@@ -8,29 +9,13 @@ import torch
 from diffusers import DDPMScheduler
 
 from hopfield_replay.models import DDPMConfig, DenoisingModel, PixelDDPM
-from hopfield_replay.reconstruction import (
-    _noise_seeds,
-    default_batch_size,
-    denoising_energy,
-    error_table,
-    fixed_noise,
-    reconstruction_error,
-)
+from hopfield_replay.noise import fixed_noise
+from hopfield_replay.reconstruction import default_batch_size, denoising_energy, error_table, reconstruction_error
 
 SHAPE = (1, 4, 4)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def reference_noise(sample_ids, t, shape, seed):
-    """The definition: torch.randn from a generator seeded by numpy's SeedSequence([seed, sample_id, t])."""
-    out = []
-    for sid in sample_ids:
-        state = np.random.SeedSequence([int(seed), int(sid), int(t)]).generate_state(2, dtype=np.uint32)
-        g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-        out.append(torch.randn(shape, generator=g))
-    return torch.stack(out)
 
 
 class ScaledModel(DenoisingModel):
@@ -53,40 +38,13 @@ def closed_form(k, x0, ids, timesteps, seed, model):
     eps_err = torch.empty_like(recon)
     for j, t in enumerate(timesteps):
         a = abar[t]
-        eps = reference_noise(ids, t, tuple(x0.shape[1:]), seed).double()
+        eps = fixed_noise(ids, t, tuple(x0.shape[1:]), seed).double()
         x_t = a.sqrt() * x0.double() + (1 - a).sqrt() * eps
         pred = k * x_t
         x0_hat = (x_t - (1 - a).sqrt() * pred) / a.sqrt()
         recon[:, j] = ((x0_hat - x0.double()) ** 2).flatten(1).mean(1)
         eps_err[:, j] = ((pred - eps) ** 2).flatten(1).mean(1)
     return recon, eps_err
-
-
-def test_noise_seeds_equal_numpy_seed_sequence():
-    rng = np.random.default_rng(0)
-    ids = np.concatenate([np.arange(50), rng.integers(0, 2**32, 50), [2**40, 2**33 + 7]])  # last two: numpy path
-    for seed, t in [(0, 0), (3, 999), (2**32 - 1, 17)]:
-        want = [int(s[0]) << 32 | int(s[1]) for s in
-                (np.random.SeedSequence([seed, int(i), t]).generate_state(2, dtype=np.uint32) for i in ids)]
-        assert _noise_seeds(ids, t, seed) == want
-
-
-def test_fixed_noise_is_a_function_of_seed_sample_and_t_only():
-    ids = [7, 3, 120, 0, 55]
-    full = fixed_noise(ids, 250, SHAPE, seed=11)
-    assert torch.equal(full, reference_noise(ids, 250, SHAPE, 11))
-    # order and batch composition do not matter
-    perm = [4, 2, 0, 3, 1]
-    assert torch.equal(fixed_noise([ids[i] for i in perm], 250, SHAPE, seed=11), full[perm])
-    for i, sid in enumerate(ids):
-        assert torch.equal(fixed_noise([sid], 250, SHAPE, seed=11)[0], full[i])
-    # it does depend on each of the three
-    assert not torch.equal(fixed_noise(ids, 251, SHAPE, seed=11), full)
-    assert not torch.equal(fixed_noise(ids, 250, SHAPE, seed=12), full)
-    assert not torch.equal(fixed_noise([8, 3, 120, 0, 55], 250, SHAPE, seed=11)[0], full[0])
-    # into a given buffer, unchanged
-    buf = torch.full((5, *SHAPE), float("nan"))
-    assert fixed_noise(ids, 250, SHAPE, seed=11, out=buf) is buf and torch.equal(buf, full)
 
 
 @pytest.mark.parametrize("k", [0.0, 0.5])
@@ -101,7 +59,7 @@ def test_errors_match_the_closed_form(k):
     np.testing.assert_allclose(energy.double().numpy(), want_eps.mean(1).numpy(), rtol=2e-5)
     if k == 0.0:  # zeros: x0_hat = x_t / sqrt(abar), recon = (1 - abar) / abar * mean(eps^2)
         abar = model.scheduler.alphas_cumprod.double()
-        eps2 = torch.stack([(reference_noise(ids, t, SHAPE, 3).double() ** 2).flatten(1).mean(1) for t in ts], 1)
+        eps2 = torch.stack([(fixed_noise(ids, t, SHAPE, 3).double() ** 2).flatten(1).mean(1) for t in ts], 1)
         np.testing.assert_allclose(recon.double().numpy(), ((1 - abar[ts]) / abar[ts] * eps2).numpy(), rtol=2e-5)
 
 

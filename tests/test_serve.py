@@ -42,7 +42,7 @@ def _wait(predicate, timeout: float, what: str, procs=()):
                 return result
         except OSError:
             pass
-        time.sleep(1)
+        time.sleep(0.25)
     raise AssertionError(f"timed out waiting for {what}")
 
 

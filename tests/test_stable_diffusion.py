@@ -133,6 +133,19 @@ def test_predict_noise_uses_the_label_prompts(model):
         model.predict_noise(z, t, torch.tensor([0, 1, 2, 10]))
 
 
+def test_labels_without_a_prompt_are_refused_before_training_or_measuring(model):
+    """On a GPU the per-forward check is skipped (it would sync every step): the training loop and the
+    measurements check every label once, up front, on any device."""
+    z = model.encode(images(4))
+    before = [p.detach().clone() for p in model.trainable_parameters()]
+    with pytest.raises(UserError, match="label 10 has no prompt"):
+        train_denoiser(model, z, TrainConfig(steps=2, batch_size=2), labels=torch.tensor([0, 1, 2, 10]),
+                       progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.trainable_parameters()))  # no step was taken
+    with pytest.raises(UserError, match="label -1 has no prompt"):
+        reconstruction_error(model, z, [0, 1, 2, 3], [100], labels=torch.tensor([0, -1, 2, 3]), progress=False)
+
+
 def test_empty_prompt_ignores_labels(tiny):
     m = LatentDiffusion.from_pipeline(str(tiny), prompt="empty")
     z = m.encode(images(2))
@@ -302,7 +315,7 @@ def test_from_params(tiny):
 
 
 def test_pixel_space_reconstruction_decodes_both_sides(model):
-    from hopfield_replay.reconstruction import fixed_noise
+    from hopfield_replay.noise import fixed_noise
 
     z = model.encode(images(3))
     ids, t = [4, 9, 2], 300

@@ -124,6 +124,22 @@ class TrainParams(Section):
     lr: Annotated[float, Field(gt=0)] = 2e-4
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     grad_clip: Annotated[float, Field(ge=0)] = 1.0
+    lr_schedule: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
+    lr_warmup_steps: NonNegInt = 0
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
+    grad_accumulation: PosInt = 1
+
+    @model_validator(mode="after")
+    def _rules(self):
+        if self.lr_warmup_steps >= self.steps:
+            raise _field_error("lr_warmup_steps", f"{self.lr_warmup_steps} is not below steps={self.steps}")
+        if self.lr_warmup_steps and self.lr_schedule == "constant":
+            raise _field_error("lr_schedule", "'constant' has no warmup; use constant_with_warmup (or "
+                               "lr_warmup_steps: 0)")
+        if self.batch_size % self.grad_accumulation:
+            raise _field_error("grad_accumulation", f"{self.grad_accumulation} does not divide batch_size="
+                               f"{self.batch_size}; use a divisor of it")
+        return self
 
 
 class TrainAParams(TrainParams):
@@ -141,7 +157,7 @@ class ScoresParams(Section):
     snr_energies: bool = True
     knn_k: Annotated[list[PosInt], Field(min_length=1)] = [1, 10]
     model_timesteps: Annotated[list[Timestep], Field(min_length=1)] = [50, 150, 250, 350, 450, 550, 650, 750, 850, 950]
-    noise_seed: NonNegInt = 0
+    noise_seed: Annotated[int, Field(ge=0, lt=2**64)] = 0
     batch_size: PosInt | None = None
 
     @field_validator("beta_multiples", "knn_k")
@@ -158,7 +174,7 @@ class ScoresParams(Section):
 
 class ForgettingParams(Section):
     timesteps: Annotated[list[Timestep], Field(min_length=1)] = [100, 250, 500, 750]
-    noise_seed: NonNegInt = 0
+    noise_seed: Annotated[int, Field(ge=0, lt=2**64)] = 0
     batch_size: PosInt | None = None
     space: Literal["model", "pixel"] = "model"
 

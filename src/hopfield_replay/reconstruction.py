@@ -7,11 +7,12 @@ For a clean sample x0 (model space), timestep t and its own fixed noise eps = ep
     recon(t) = mean_pixels (x0_hat - x0)^2
     denoising energy = mean_t mean_pixels (eps_theta(x_t, t) - eps)^2           (over a fixed grid of t)
 
-The noise depends only on (seed, sample_id, t), never on batch composition or device, so results do not change
-with batch size and the same sample sees the same noise under every model (task-A, task-B, every replay arm).
-(sample, t) pairs are batched together into large no-grad forwards (bf16 autocast on CUDA): the pairs of all
-timesteps are laid end to end, so a forward is always full (``default_batch_size`` per device), and the noise of
-each forward is drawn per timestep segment with the seeds hashed for all its samples at once.
+The noise (``noise.fixed_noise``, counter-based Philox4x32-10) depends only on (seed, sample_id, t), never on
+batch composition, so results do not change with batch size and the same sample sees the same noise under every
+model (task-A, task-B, every replay arm). (sample, t) pairs are batched together into large no-grad forwards (bf16
+autocast on CUDA): the pairs of all timesteps are laid end to end, so a forward is always full
+(``default_batch_size`` per device), and the noise of each forward is made on the model's device, one call per
+timestep segment, with no host work per sample and no copy.
 """
 
 from __future__ import annotations
@@ -24,82 +25,7 @@ from tqdm.auto import tqdm
 from .devices import autocast
 from .forgetting import add_measures
 from .models.base import DenoisingModel
-
-
-# numpy's SeedSequence hash (numpy/random/bit_generator.pyx), vectorised over samples; pool of 4 uint32 words.
-_INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
-_MIX_MULT_L, _MIX_MULT_R, _XSHIFT, _POOL_SIZE = 0xCA01F9DD, 0x4973F715, 16, 4
-
-
-def _seed_sequence_states(entropy: np.ndarray) -> np.ndarray:
-    """``SeedSequence(list(row)).generate_state(2, np.uint32)`` for every row of ``entropy`` (uint32, K x 3), at once.
-
-    Equal bit for bit to numpy's (tested); every entry must be < 2**32 (one uint32 word each).
-    """
-    k, n_words = entropy.shape
-    with np.errstate(over="ignore"):
-        hash_const = np.full(k, _INIT_A, dtype=np.uint32)
-
-        def hashmix(value):
-            nonlocal hash_const
-            value = value ^ hash_const
-            hash_const = hash_const * np.uint32(_MULT_A)
-            value = value * hash_const
-            return value ^ (value >> np.uint32(_XSHIFT))
-
-        def mix(x, y):
-            result = np.uint32(_MIX_MULT_L) * x - np.uint32(_MIX_MULT_R) * y
-            return result ^ (result >> np.uint32(_XSHIFT))
-
-        zero = np.zeros(k, dtype=np.uint32)
-        pool = [hashmix(entropy[:, i] if i < n_words else zero) for i in range(_POOL_SIZE)]
-        for i_src in range(_POOL_SIZE):
-            for i_dst in range(_POOL_SIZE):
-                if i_src != i_dst:
-                    pool[i_dst] = mix(pool[i_dst], hashmix(pool[i_src]))
-        for i_src in range(_POOL_SIZE, n_words):  # entropy longer than the pool (not reached with 3 words)
-            for i_dst in range(_POOL_SIZE):
-                pool[i_dst] = mix(pool[i_dst], hashmix(entropy[:, i_src]))
-        out = np.empty((k, 2), dtype=np.uint32)
-        hash_b = np.uint32(_INIT_B)
-        for i_dst in range(2):
-            value = pool[i_dst % _POOL_SIZE] ^ hash_b
-            hash_b = hash_b * np.uint32(_MULT_B)
-            value = value * hash_b
-            out[:, i_dst] = value ^ (value >> np.uint32(_XSHIFT))
-    return out
-
-
-def _noise_seeds(sample_ids, t: int, seed: int) -> list[int]:
-    """The 64-bit torch seed of every (seed, sample_id, t): from numpy's SeedSequence([seed, sample_id, t])."""
-    ids = np.asarray(sample_ids, dtype=np.int64).reshape(-1)
-    values = (int(seed), int(t))
-    if ids.size and (ids.min() >= 0 and ids.max() < 2**32) and all(0 <= v < 2**32 for v in values):
-        entropy = np.empty((ids.size, 3), dtype=np.uint32)
-        entropy[:, 0], entropy[:, 1], entropy[:, 2] = values[0], ids, values[1]
-        state = _seed_sequence_states(entropy).astype(np.uint64)
-    else:  # multi-word or negative entries: numpy itself (which rejects negatives)
-        state = np.array([np.random.SeedSequence([int(seed), int(sid), int(t)]).generate_state(2, dtype=np.uint32)
-                          for sid in ids.tolist()], dtype=np.uint64).reshape(-1, 2)
-    return ((state[:, 0] << np.uint64(32)) | state[:, 1]).tolist()
-
-
-def fixed_noise(sample_ids, t: int, shape: tuple[int, ...], seed: int, *, out: torch.Tensor | None = None
-                ) -> torch.Tensor:
-    """Standard normal noise of ``shape`` per sample, a pure function of (seed, sample_id, t), on the CPU.
-
-    Sample k's noise is torch.randn(shape) from a CPU generator seeded with SeedSequence([seed, sample_id, t]),
-    so it does not depend on batch composition, order or device. The seeds are hashed for all samples at once
-    and one generator is re-seeded per sample, writing straight into ``out`` (len(sample_ids), *shape) if given.
-    """
-    seeds = _noise_seeds(sample_ids, t, seed)
-    if out is None:
-        out = torch.empty((len(seeds), *shape))
-    g = torch.Generator()
-    for i, s in enumerate(seeds):
-        g.manual_seed(s)
-        torch.randn(shape, generator=g, out=out[i])
-    return out
+from .noise import fixed_noise
 
 
 def default_batch_size(device: torch.device, item_numel: int) -> int:
@@ -133,6 +59,7 @@ def _per_pair_errors(
         raise ValueError(f"space={space!r}: use 'model' or 'pixel'")
     device = device or model.device
     model.to(device).eval()
+    model.check_labels(labels)
     n = x0.shape[0]
     if len(sample_ids) != n:
         raise ValueError(f"{len(sample_ids)} sample_ids for {n} samples")
@@ -154,11 +81,11 @@ def _per_pair_errors(
         stop = min(start + bs, total)
         pairs = torch.arange(start, stop)
         rows, tcol = pairs % n, pairs // n
-        noise = torch.empty((stop - start, *shape))
+        noise = torch.empty((stop - start, *shape), device=device)
         for j in range(start // n, (stop - 1) // n + 1):  # one noise call per timestep present in this forward
             lo, hi = max(start, j * n), min(stop, (j + 1) * n)
-            fixed_noise(ids[lo - j * n : hi - j * n], t_values[j], shape, seed, out=noise[lo - start : hi - start])
-        noise = noise.to(device)
+            fixed_noise(ids[lo - j * n : hi - j * n], t_values[j], shape, seed, device=device,
+                        out=noise[lo - start : hi - start])
         t_val = t_table[tcol].to(device)
         clean = x0[rows].to(device, torch.float32)
         x_t = model.scheduler.add_noise(clean, noise, t_val)

@@ -5,7 +5,9 @@
     sd.py            LatentDiffusion (family sd: Stable Diffusion, in VAE latent space)
     sd_settings.py   SDSettings, LoraSettings: everything of an SD model but its weights
     sd_pipeline.py   finding, checking, loading and saving the parts of an SD pipeline
-    training.py      TrainConfig, train_denoiser (replay mixing), train_and_save
+    training.py      TrainConfig, train_denoiser (replay mixing, LR schedule, EMA, accumulation, Accelerate data
+                     parallel), train_and_save
+    checkpoints.py   CheckpointPolicy, Checkpoint, run_key: saving and resuming a training run
     build.py         build_model: the untrained model of the ``model`` params
 
 ``LatentDiffusion`` is imported on first use (it pulls in transformers and peft).

@@ -45,6 +45,10 @@ class DenoisingModel:
         """Model space -> pixels in [-1, 1] (identity for pixel-space models)."""
         return x
 
+    def check_labels(self, labels: torch.Tensor | None) -> None:
+        """Raise a UserError for labels the model cannot condition on; called once per run on all labels (not per
+        forward, where it would cost a device sync). Unconditional models accept any."""
+
     def trainable_parameters(self):
         return [p for p in self.unet.parameters() if p.requires_grad]
 

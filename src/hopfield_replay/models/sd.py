@@ -160,11 +160,18 @@ class LatentDiffusion(DenoisingModel):
         labels = labels.to(device).long().view(-1)
         if labels.numel() != batch:
             raise ValueError(f"{labels.numel()} labels for a batch of {batch}")
-        n = len(self.prompts)
-        bad = (labels < 0) | (labels >= n)
-        if bad.any():  # one device sync per forward
-            raise UserError(f"label {int(labels[bad][0])} has no prompt: class_names has {n} names (index = label)")
+        if labels.device.type == "cpu":  # on a GPU the check would sync every forward: the training loop and the
+            self.check_labels(labels)    # measurements check all their labels once, up front (check_labels)
         return emb[labels]
+
+    def check_labels(self, labels: torch.Tensor | None) -> None:
+        n = len(self.prompts)
+        if labels is None or not n:
+            return
+        labels = labels.long().view(-1)
+        bad = (labels < 0) | (labels >= n)
+        if bad.any():
+            raise UserError(f"label {int(labels[bad][0])} has no prompt: class_names has {n} names (index = label)")
 
     # -- the DenoisingModel interface ---------------------------------------------------------------------------
     def predict_noise(self, x_t, t, labels=None):

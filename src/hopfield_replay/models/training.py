@@ -1,29 +1,30 @@
-"""The one training loop every family shares (AdamW on the epsilon loss, replay mixed into each batch), its
-checkpoints, and ``train_and_save``, the training run of train_a, train_b and every replay arm.
+"""The one training loop every family shares (AdamW on the epsilon loss, replay mixed into each batch) and
+``train_and_save``, the training run of train_a, train_b and every replay arm.
 
     x_t = scheduler.add_noise(x0, eps, t) = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,    t ~ U{0..T-1}, eps ~ N(0, I)
-    loss = mean |eps_theta(x_t, t, y) - eps|^2
+    loss = mean over the batch of |eps_theta(x_t, t, y) - eps|^2
+    theta <- AdamW(theta, clip(grad loss), lr_k),   lr_k = lr * schedule(k)   (diffusers.optimization.get_scheduler)
+    ema   <- d_k ema + (1 - d_k) theta,             d_k = min(ema_decay, (1 + k) / (10 + k))   (diffusers EMAModel)
 
 Batch indices, timesteps and noise come from one generator seeded with ``config.seed``: on the CPU a CPU generator
 (drawn in the order indices, replay indices, timesteps, noise: the same draws as every earlier version, so CPU
 runs are bitwise reproducible and unchanged), on CUDA a generator on the GPU, so a step needs no host work (the
 same seed gives the same run on the same device). Each step's loss stays on the device and is read into a Python
 float every ``log_every`` steps, before a checkpoint and at the end: no host sync per step. On CUDA, AdamW is the
-fused kernel; ``torch.compile`` and channels-last are opt-in keywords.
+fused kernel; ``torch.compile`` and channels-last are opt-in keywords; bf16 autocast is ``devices.autocast``.
 
-A checkpoint holds everything the loop's next step depends on (trainable weights, AdamW state, the sampling
-generator and its device, the global RNG, the losses so far, the step), so a run resumed from it takes the same
-steps as one that never stopped: on the CPU, bitwise the same model. It is keyed by a hash of everything the run
-depends on (config, device, inputs, initial weights, versions), so a checkpoint is never used for another run.
+Accelerate runs the processes: under ``accelerate launch --num_processes N`` the UNet is wrapped for data parallel
+(DDP) and every process draws the whole batch from the same seeded generator and trains on its own contiguous
+1/N of it, so the update is the one-process update of the full batch (up to the order of the gradient sum).
+``grad_accumulation`` splits each process's share into that many micro-batches (loss / K each, gradients
+synchronised once per step): again the same update, in less memory. With ``ema_decay`` the saved model holds the
+EMA weights. Checkpoints: ``checkpoints.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
-import os
-import re
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,7 +32,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ..devices import autocast
+from ..errors import UserError
 from .base import DenoisingModel
+from .checkpoints import (Checkpoint, CheckpointPolicy, restore_training_state, run_key, trainable_weights,
+                          training_state)
+
+__all__ = ["Checkpoint", "CheckpointPolicy", "TrainConfig", "run_key", "sampling_generator", "train_and_save",
+           "train_denoiser"]
+
+LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 
 
 @dataclass
@@ -43,97 +52,21 @@ class TrainConfig:
     seed: int = 0
     replay_fraction: float = 0.25
     grad_clip: float = 1.0
+    lr_schedule: str = "constant"     # a diffusers.optimization schedule name (LR_SCHEDULES)
+    lr_warmup_steps: int = 0
+    ema_decay: float | None = None    # None: no EMA; else the saved weights are the EMA of the trained ones
+    grad_accumulation: int = 1        # micro-batches per optimiser step (per process)
 
 
-@dataclass(frozen=True)
-class CheckpointPolicy:
-    """Where and how often a training run saves its checkpoint (params ``execution``): after every ``every_steps``
-    steps (when set) and whenever ``every_minutes`` have passed since the last save."""
+def _accelerator():
+    """The process's Accelerator: data parallel under ``accelerate launch``, a thin no-op otherwise. Precision is
+    ours (``devices.autocast``, shared with the measurements), so Accelerate's own mixed precision stays "no"
+    (its state is per process and fixed at first use, and one process here may train on the CPU and on CUDA).
+    Without CUDA, processes started by ``accelerate launch --multi_gpu`` (or torchrun) train data parallel on the
+    CPU over gloo."""
+    from accelerate import Accelerator
 
-    directory: Path
-    every_minutes: float = 10.0
-    every_steps: int | None = None
-
-    @classmethod
-    def from_params(cls, execution) -> "CheckpointPolicy":
-        return cls(Path(execution.checkpoint_dir), execution.checkpoint_every_minutes,
-                   execution.checkpoint_every_steps)
-
-
-def run_key(*parts) -> str:
-    """A hash of everything a training run depends on: tensors by their bytes, anything else by its JSON."""
-    from .. import __version__
-
-    h = hashlib.blake2b(digest_size=12)
-    for part in (*parts, __version__, torch.__version__):
-        if isinstance(part, torch.Tensor):
-            t = part.detach().cpu().contiguous()
-            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        else:
-            h.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
-class Checkpoint:
-    """The checkpoint file of one training run: ``<directory>/<desc>-<key>.pt``, written atomically (a temporary
-    sibling renamed over it) and read with ``torch.load(weights_only=True)`` (tensors and plain data only)."""
-
-    def __init__(self, policy: CheckpointPolicy, desc: str, key: str):
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", desc).strip("_")
-        self.policy, self.path = policy, policy.directory / f"{slug}-{key}.pt"
-        self._saved_at, self._step_saved = time.monotonic(), 0
-
-    def load(self) -> dict | None:
-        if not self.path.is_file():
-            return None
-        try:
-            return torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is only lost time: start over
-            print(f"checkpoint {self.path} is unreadable ({type(exc).__name__}); starting from step 0")
-            return None
-
-    def due(self, step: int) -> bool:
-        every = self.policy.every_steps
-        return bool((every and step - self._step_saved >= every)
-                    or time.monotonic() - self._saved_at >= 60 * self.policy.every_minutes)
-
-    def save(self, state: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
-        self._saved_at, self._step_saved = time.monotonic(), state["step"]
-
-    def remove(self) -> None:
-        for path in self.path.parent.glob(f"*{self.path.name}*"):
-            path.unlink(missing_ok=True)
-
-
-def _trainable(model: DenoisingModel) -> dict[str, torch.Tensor]:
-    return {name: p for name, p in model.unet.named_parameters() if p.requires_grad}
-
-
-def _state(model, opt, gen, losses, step: int, device: torch.device) -> dict:
-    state = {"step": step, "losses": list(losses), "generator": gen.get_state(), "generator_device": gen.device.type,
-             "torch_rng": torch.get_rng_state(),
-             "weights": {k: v.detach().cpu().clone() for k, v in _trainable(model).items()},
-             "optimizer": opt.state_dict()}
-    if device.type == "cuda":
-        state["cuda_rng"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _restore(state: dict, model, opt, gen, device: torch.device) -> tuple[int, list[float]]:
-    with torch.no_grad():
-        for name, p in _trainable(model).items():
-            p.copy_(state["weights"][name])
-    opt.load_state_dict(state["optimizer"])
-    gen.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    if "cuda_rng" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda_rng"], device)
-    return int(state["step"]), list(state["losses"])
+    return Accelerator(mixed_precision="no", device_placement=False, cpu=not torch.cuda.is_available())
 
 
 def sampling_generator(device: torch.device, seed: int) -> torch.Generator:
@@ -145,10 +78,11 @@ def sampling_generator(device: torch.device, seed: int) -> torch.Generator:
 
 class _Losses:
     """The per-step losses: each step's loss is kept as a (device) tensor and read into Python floats, all at once,
-    every ``every`` steps (then the progress bar shows their mean), before a checkpoint and at the end."""
+    every ``every`` steps (then the progress bar shows their mean), before a checkpoint and at the end. Under data
+    parallel, ``reduce`` averages the processes' losses (a collective: every process reads at the same steps)."""
 
-    def __init__(self, done: list[float], every: int, bar):
-        self.values, self.pending, self.every, self.bar = list(done), [], every, bar
+    def __init__(self, done: list[float], every: int, bar, reduce=None):
+        self.values, self.pending, self.every, self.bar, self.reduce = list(done), [], every, bar, reduce
 
     def add(self, loss: torch.Tensor) -> None:
         self.pending.append(loss.detach())
@@ -158,9 +92,38 @@ class _Losses:
 
     def read(self) -> list[float]:
         if self.pending:
-            self.values.extend(torch.stack(self.pending).tolist())  # float32 -> float, exactly float(loss)
+            stacked = torch.stack(self.pending)
+            if self.reduce is not None:
+                stacked = self.reduce(stacked)
+            self.values.extend(stacked.tolist())  # float32 -> float, exactly float(loss)
             self.pending.clear()
         return self.values
+
+
+def check_batch_split(config: TrainConfig, processes: int) -> int:
+    """The micro-batch size: batch_size / (processes x grad_accumulation), which must divide exactly."""
+    parts = processes * config.grad_accumulation
+    if config.batch_size % parts:
+        raise UserError(f"batch_size {config.batch_size} does not split into {processes} process(es) x "
+                         f"grad_accumulation {config.grad_accumulation}; use a batch_size divisible by {parts}")
+    return config.batch_size // parts
+
+
+def _lr_schedule(opt, config: TrainConfig):
+    from diffusers.optimization import get_scheduler
+
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule={config.lr_schedule!r}: use one of {LR_SCHEDULES}")
+    return get_scheduler(config.lr_schedule, opt, num_warmup_steps=config.lr_warmup_steps,
+                         num_training_steps=config.steps)
+
+
+def _ema(params, config: TrainConfig, device: torch.device):
+    if config.ema_decay is None:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(params, decay=config.ema_decay, foreach=device.type == "cuda")
 
 
 def train_denoiser(
@@ -185,13 +148,21 @@ def train_denoiser(
     x0 and replay_x0 are in model space. With ``checkpoint``, resume from it when it exists and save it when due.
     ``log_every``: steps between reads of the losses to the host (and progress-bar updates). ``compile_unet``:
     run the noise prediction through ``torch.compile``; ``channels_last``: UNet weights and inputs in channels-last
-    memory format during training (both off by default; they change the arithmetic, not the method).
-    Returns the per-step losses.
+    memory format during training (both off by default; they change the arithmetic, not the method). Under
+    ``accelerate launch`` the model trains on the process's device (``accelerator.device``), data parallel.
+    Returns the per-step losses (of the whole batch, averaged over processes).
     """
     if x0.shape[0] == 0:
         raise ValueError("training set is empty")
     if log_every < 1:
         raise ValueError(f"log_every={log_every}: must be >= 1")
+    accelerator = _accelerator()
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    micro = check_batch_split(config, processes)
+    if processes > 1:
+        device = accelerator.device
+    model.check_labels(labels)
+    model.check_labels(replay_labels)
     has_replay = replay_x0 is not None and replay_x0.shape[0] > 0
     n_replay = int(round(config.replay_fraction * config.batch_size)) if has_replay else 0
     n_new = config.batch_size - n_replay
@@ -204,6 +175,11 @@ def train_denoiser(
     params = model.trainable_parameters()
     fused = {"fused": True} if device.type == "cuda" else {}
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
+    lr_schedule = _lr_schedule(opt, config)
+    ema = _ema(params, config, device)
+    unet = model.unet
+    if processes > 1:
+        model.unet = accelerator.prepare_model(unet)  # DDP: gradients averaged over processes in backward
     predict = torch.compile(model.predict_noise) if compile_unet else model.predict_noise
     num_t = model.scheduler.config.num_train_timesteps
     x0 = x0.to(device)
@@ -218,11 +194,13 @@ def train_denoiser(
         print(f"checkpoint {checkpoint.path} drew its batches on another device; starting from step 0")
         state = None
     if state is not None:
-        start, done = _restore(state, model, opt, gen, device)
-        print(f"{desc}: resumed from step {start} of {config.steps} ({checkpoint.path})")
-    bar = tqdm(range(start, config.steps), desc=desc, disable=not progress, mininterval=2.0, smoothing=1.0,
-               initial=start, total=config.steps)
-    losses = _Losses(done, log_every, bar)
+        start, done = restore_training_state(state, model, opt, gen, device, lr_schedule=lr_schedule, ema=ema)
+        if accelerator.is_main_process:
+            print(f"{desc}: resumed from step {start} of {config.steps} ({checkpoint.path})")
+    bar = tqdm(range(start, config.steps), desc=desc, disable=not (progress and accelerator.is_main_process),
+               mininterval=2.0, smoothing=1.0, initial=start, total=config.steps)
+    losses = _Losses(done, log_every, bar, reduce=(lambda v: accelerator.reduce(v, "mean")) if processes > 1 else None)
+    mine = rank * micro * config.grad_accumulation  # this process's share of the batch starts here
     try:
         for step in bar:
             idx = torch.randint(0, x0.shape[0], (n_new,), generator=gen, device=draw_on).to(device)
@@ -238,22 +216,50 @@ def train_denoiser(
             x_t = model.scheduler.add_noise(batch, noise, t)
             if channels_last and x_t.ndim == 4:
                 x_t = x_t.contiguous(memory_format=torch.channels_last)
-            with autocast(device):
-                pred = predict(x_t, t, y)
-            loss = torch.nn.functional.mse_loss(pred.float(), noise)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            step_loss = None
+            for k in range(config.grad_accumulation):
+                part = slice(mine + k * micro, mine + (k + 1) * micro)
+                last = k == config.grad_accumulation - 1
+                with contextlib.nullcontext() if last or processes == 1 else accelerator.no_sync(model.unet):
+                    with autocast(device):
+                        pred = predict(x_t[part], t[part], y[part] if y is not None else None)
+                    loss = torch.nn.functional.mse_loss(pred.float(), noise[part])
+                    if config.grad_accumulation > 1:
+                        loss = loss / config.grad_accumulation
+                    accelerator.backward(loss)
+                step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
             if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                accelerator.clip_grad_norm_(params, config.grad_clip)
             opt.step()
-            losses.add(loss)
-            if checkpoint is not None and step + 1 < config.steps and checkpoint.due(step + 1):
-                checkpoint.save(_state(model, opt, gen, losses.read(), step + 1, device))
+            lr_schedule.step()
+            if ema is not None:
+                ema.step(params)
+            losses.add(step_loss)
+            if checkpoint is not None and step + 1 < config.steps and _save_now(accelerator, checkpoint, step + 1):
+                state = training_state(model, opt, gen, losses.read(), step + 1, device, lr_schedule=lr_schedule,
+                                       ema=ema)
+                if accelerator.is_main_process:
+                    checkpoint.save(state)
     finally:
+        model.unet = unet
         if channels_last:
             model.unet.to(memory_format=torch.contiguous_format)
+    if ema is not None:
+        ema.copy_to(params)
     model.eval()
     return losses.read()
+
+
+def _save_now(accelerator, checkpoint: Checkpoint, step: int) -> bool:
+    """Whether to save a checkpoint now: the main process's clock decides, and every process follows it (the
+    losses are read collectively before a save)."""
+    due = checkpoint.due(step) if accelerator.is_main_process else False
+    if accelerator.num_processes == 1:
+        return due
+    from accelerate.utils import broadcast
+
+    return bool(broadcast(torch.tensor([int(due)], device=accelerator.device), from_process=0).item())
 
 
 def train_and_save(model: DenoisingModel, x0: torch.Tensor, labels: torch.Tensor | None, config: TrainConfig,
@@ -261,29 +267,36 @@ def train_and_save(model: DenoisingModel, x0: torch.Tensor, labels: torch.Tensor
                    replay_labels: torch.Tensor | None = None, extra: dict | None = None,
                    checkpoints: CheckpointPolicy | None = None, compile_unet: bool = False,
                    channels_last: bool = False) -> list[float]:
-    """Train (``train_denoiser``), then write the model (``save_pretrained``) and ``train_log.json`` (config,
-    device, losses, ``extra``) to the folder ``out``, atomically. With ``checkpoints``, the run saves and resumes
-    its checkpoint, and removes it once the model is written. Returns the per-step losses."""
+    """Train (``train_denoiser``), then write the model (``save_pretrained``: the EMA weights when ``ema_decay`` is
+    set) and ``train_log.json`` (config, device, losses, ``extra``) to the folder ``out``, atomically; under data
+    parallel only the main process writes. With ``checkpoints``, the run saves and resumes its checkpoint, and
+    removes it once the model is written. Returns the per-step losses."""
     from ..tables import atomic_path
 
+    procs = _accelerator().state
+    processes = procs.num_processes
     checkpoint = None
     if checkpoints is not None:
-        weights = sorted(_trainable(model).items())
+        weights = sorted(trainable_weights(model).items())
         speed = {"compile_unet": compile_unet, "channels_last": channels_last}
-        speed_key = [speed] if any(speed.values()) else []  # the defaults keep the keys of earlier checkpoints
+        speed_key = [speed] if any(speed.values()) else []
+        parallel_key = [{"processes": processes}] if processes > 1 else []
         key = run_key(asdict(config), str(device), model.family, x0, labels, replay_x0, replay_labels,
-                      [name for name, _ in weights], *(w for _, w in weights), *speed_key)
+                      [name for name, _ in weights], *(w for _, w in weights), *speed_key, *parallel_key)
         checkpoint = Checkpoint(checkpoints, desc, key)
     losses = train_denoiser(model, x0, config, labels=labels, replay_x0=replay_x0, replay_labels=replay_labels,
                             device=device, desc=desc, checkpoint=checkpoint, compile_unet=compile_unet,
                             channels_last=channels_last)
     final = sum(losses[-50:]) / len(losses[-50:])
-    with atomic_path(out, is_dir=True) as tmp:
-        model.save_pretrained(tmp)
-        log = {"config": asdict(config), "device": str(device), "n_train": int(x0.shape[0]), "final_loss": final,
-               "losses": losses, **(extra or {})}
-        (Path(tmp) / "train_log.json").write_text(json.dumps(log) + "\n")
-    if checkpoint is not None:
-        checkpoint.remove()
-    print(f"{desc}: {config.steps} steps on {device}, final loss {final:.4f} -> {out}")
+    if procs.is_main_process:
+        with atomic_path(out, is_dir=True) as tmp:
+            model.save_pretrained(tmp)
+            log = {"config": asdict(config), "device": str(model.device), "n_train": int(x0.shape[0]),
+                   "final_loss": final, "losses": losses, **({"processes": processes} if processes > 1 else {}),
+                   **(extra or {})}
+            (Path(tmp) / "train_log.json").write_text(json.dumps(log) + "\n")
+        if checkpoint is not None:
+            checkpoint.remove()
+        print(f"{desc}: {config.steps} steps on {device}, final loss {final:.4f} -> {out}")
+    procs.wait_for_everyone()
     return losses

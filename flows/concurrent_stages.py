@@ -1,0 +1,115 @@
+"""Independent items of one DVC stage (a ``foreach`` / ``matrix`` stage: train_b per seed, retrain per arm, budget
+and seed) side by side, a fixed number per device, with DVC still the owner of every output.
+
+DVC runs one ``dvc repro`` per workspace at a time (its repository lock), so the items cannot be run by parallel
+``dvc repro`` calls. Instead, for the items ``dvc status`` reports as changed, the flow runs each item's own
+command (the ``cmd`` DVC resolves for it) in a process group of its own, at most ``per_device`` per GPU (each
+pinned with ``CUDA_VISIBLE_DEVICES``) or ``per_device`` on the CPU (the cores split between them through
+``OMP_NUM_THREADS``), and as each one finishes, ``dvc commit --force <item>`` records it: DVC hashes its
+dependencies and outputs, caches the outputs and writes its entry in dvc.lock, exactly as ``dvc repro`` would.
+The commits run one at a time (DVC's lock again). Items write their outputs atomically, so a stopped item leaves
+nothing for DVC to record, and it runs again next time. Not used: DVC's run-cache (an item whose inputs match a
+past run is rerun rather than restored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shlex
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from flows.stage_output import StageFailed, run_streamed
+
+_COMMIT_LOCK = threading.Lock()  # `dvc commit` takes DVC's repository lock: one at a time
+_SLOTS: queue.Queue[dict] = queue.Queue()  # environment overrides of the free slots of the running group
+
+
+def group_items(repo_root: str | Path, stage: str) -> dict[str, str]:
+    """{item name: its resolved command} of a foreach / matrix stage ({} for a plain stage)."""
+    from dvc.repo import Repo
+
+    dvc_yaml = Path(repo_root).resolve() / "dvc.yaml"
+    with Repo(str(dvc_yaml.parent)) as repo:
+        stages = repo.stage.collect(f"{dvc_yaml}:{stage}")  # a relative target would be read from the cwd
+    return {s.name: s.cmd for s in stages if "@" in s.name}
+
+
+def changed_items(repo_root: str | Path, names: list[str], env: dict) -> list[str]:
+    """The items among ``names`` that `dvc status` reports as changed (to run), in the given order."""
+    out = subprocess.run(["dvc", "status", "--json", *names], cwd=repo_root, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"dvc status failed: {out.stderr.strip()[-500:]}")
+    text = out.stdout.strip()
+    status = json.loads(text[text.index("{"):]) if "{" in text else {}
+    return [name for name in names if name in status]
+
+
+def device_slots(per_device: int) -> list[dict]:
+    """Environment overrides of each slot: ``per_device`` slots per visible GPU (``CUDA_VISIBLE_DEVICES``), or
+    ``per_device`` CPU slots sharing the cores (``OMP_NUM_THREADS``, unless the user set it)."""
+    import torch
+
+    if torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = [g.strip() for g in visible.split(",")] if visible else [str(i) for i in range(torch.cuda.device_count())]
+        return [{"CUDA_VISIBLE_DEVICES": gpu} for _ in range(per_device) for gpu in gpus]
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // per_device))
+    return [{"OMP_NUM_THREADS": threads} for _ in range(per_device)]
+
+
+@task(name="dvc-stage-item", cache_policy=None, persist_result=False, task_run_name="{item}")
+def stage_item(item: str, cmd: str, repo_root: str, env: dict, timeout_s: float) -> str:
+    """Run one item's command on a free slot, then `dvc commit` it; returns 'ran'."""
+    log = get_run_logger()
+    slot = _SLOTS.get()
+    try:
+        log.info(f"Running stage '{item}' ({', '.join(f'{k}={v}' for k, v in slot.items())}):")
+        log.info(f"> {cmd}")
+        started = time.monotonic()
+        code, lines = run_streamed(shlex.split(cmd), Path(repo_root), {**env, **slot}, timeout_s, log.info)
+        log.info(f"Stage '{item}' ended (exit {code}) after {time.monotonic() - started:.1f} s.")
+    finally:
+        _SLOTS.put(slot)
+    if code != 0:
+        raise StageFailed(item, code, lines)
+    with _COMMIT_LOCK:
+        code, commit_lines = run_streamed(["dvc", "commit", "--force", item], Path(repo_root), env, timeout_s,
+                                          log.info)
+    if code != 0:
+        raise StageFailed(item, code, lines + commit_lines)
+    return "ran"
+
+
+def run_group(stage: str, repo_root: str, env: dict, per_device: int, timeout_s: float) -> str:
+    """Every changed item of ``stage`` side by side on the slots (``device_slots``); 'ran' or 'up to date'.
+    Waits for every item; then raises the first failure (the items that finished are recorded)."""
+    log = get_run_logger()
+    items = group_items(repo_root, stage)
+    todo = changed_items(repo_root, list(items), env)
+    if not todo:
+        log.info(f"Stage '{stage}': all {len(items)} items up to date.")
+        return "up to date"
+    slots = device_slots(per_device)
+    while not _SLOTS.empty():
+        _SLOTS.get_nowait()
+    for slot in slots:
+        _SLOTS.put(slot)
+    log.info(f"Stage '{stage}': {len(todo)} of {len(items)} items to run, {len(slots)} at a time.")
+    futures = [stage_item.with_options(timeout_seconds=timeout_s).submit(item, items[item], repo_root, env, timeout_s)
+               for item in todo]
+    errors = []
+    for future in futures:
+        try:
+            future.result()
+        except Exception as exc:  # noqa: BLE001 - collected; the first is raised once all are done
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+    return "ran"
