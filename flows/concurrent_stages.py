@@ -25,7 +25,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from flows.stage_output import StageFailed, run_streamed
+from flows.stage_output import StageFailed, run_streamed, stop_all
 
 _COMMIT_LOCK = threading.Lock()  # `dvc commit` takes DVC's repository lock: one at a time
 _SLOTS: queue.Queue[dict] = queue.Queue()  # environment overrides of the free slots of the running group
@@ -105,11 +105,15 @@ def run_group(stage: str, repo_root: str, env: dict, per_device: int, timeout_s:
     futures = [stage_item.with_options(timeout_seconds=timeout_s).submit(item, items[item], repo_root, env, timeout_s)
                for item in todo]
     errors = []
-    for future in futures:
-        try:
-            future.result()
-        except Exception as exc:  # noqa: BLE001 - collected; the first is raised once all are done
-            errors.append(exc)
+    try:
+        for future in futures:
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - collected; the first is raised once all are done
+                errors.append(exc)
+    except BaseException:  # Ctrl-C, or Prefect's SIGTERM handler (TerminationSignal), lands here in the main
+        stop_all()         # thread: stop every running item, so the worker threads end and the flow can exit
+        raise
     if errors:
         raise errors[0]
     return "ran"

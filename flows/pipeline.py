@@ -167,8 +167,8 @@ def start_ephemeral_server() -> None:
 
 
 def _interrupt(signum, frame):
-    """SIGINT or SIGTERM: stop every running stage (items side by side run in threads), then raise in the main
-    thread, once."""
+    """SIGINT or SIGTERM (outside the flow run: inside it, Prefect's own SIGTERM handler raises instead): stop every
+    running stage, then raise in the main thread, once."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stop_all()

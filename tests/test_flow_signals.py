@@ -99,3 +99,50 @@ def _stop_and_check(flow, sig, marker, home, project):
     # The stopped stage is not recorded, the finished ones are, and DVC's lock is free for the next run.
     assert "train_a" not in (project / "dvc.lock").read_text() and "encode" in (project / "dvc.lock").read_text()
     assert "Stage 'encode' didn't change" in run(["dvc", "repro", "--single-item", "encode"], project).stdout
+
+
+def test_sigterm_stops_every_item_running_side_by_side(tmp_path):
+    """`--per-device 2`: both train_b items train at once in their own process groups; SIGTERM stops both, marks
+    the run Crashed, leaves no process, and DVC records neither item (nothing was committed)."""
+    params = yaml.safe_load(TINY_PARAMS.read_text())
+    params["train_b"]["steps"] = 100_000  # runs until stopped
+    project = make_project(tmp_path / "project", params)
+    marker = f"HOPFIELD_REPLAY_SIGNAL_TEST={uuid.uuid4().hex}"
+    home = tmp_path / "prefect"
+    env = {**os.environ, "PREFECT_HOME": str(home), marker.split("=")[0]: marker.split("=")[1],
+           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("PREFECT_API_URL", None)
+    flow = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--repo-root", str(project), "--stages",
+                             "prepare", "encode", "train_a", "train_b", "--per-device", "2"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        seen = []
+        for line in flow.stdout:
+            seen.append(line)
+            if "Stage 'train_b': 2 of 2 items to run" in line:
+                break
+        assert any("2 of 2 items to run" in line for line in seen), "".join(seen[-30:])
+        both = lambda: sum(_running_pid(pid, b"stages.train_b") for pid in _marked(marker)) == 2  # noqa: E731
+        _wait_for(both, 120)
+        assert both(), "the two train_b items did not run side by side"
+        flow.send_signal(signal.SIGTERM)
+        rest, _ = flow.communicate(timeout=120)
+        assert flow.returncode == 128 + signal.SIGTERM, rest[-3000:]
+        assert "stopped by SIGTERM" in rest
+        _wait_for(lambda: _marked(marker) == [], 15)
+        assert _marked(marker) == [], "processes outlived the flow"
+        with sqlite3.connect(home / "prefect.db") as db:
+            assert db.execute("select state_type from flow_run").fetchall() == [("CRASHED",)]
+        lock = (project / "dvc.lock").read_text()
+        assert "train_a" in lock and "train_b" not in lock
+        assert not list((project / "data" / "models" / "task_b").glob("seed*"))  # nothing half-written
+    finally:
+        for pid in _marked(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _running_pid(pid: int, module: bytes) -> bool:
+    try:
+        return module in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
