@@ -47,12 +47,13 @@ server: install         ## a local Prefect server on 127.0.0.1:4200 (foreground)
 serve: install          ## serve the pipeline as a deployment with a cron schedule (needs `make server`)
 	PATH="$(CURDIR)/$(BIN):$$PATH" PREFECT_API_URL=http://127.0.0.1:4200/api $(BIN)/python -m flows.serve $(SERVE_ARGS)
 
-bench: install          ## energy, model-energy, training, reconstruction and SD benchmarks, quick sizes (figures and ratios)
+bench: install          ## energy, model-energy, training, reconstruction, SD and side-by-side benchmarks, quick sizes (figures and ratios)
 	$(BIN)/python benchmarks/bench_energy.py --quick
 	$(BIN)/python benchmarks/bench_model_energy.py --quick
 	$(BIN)/python benchmarks/bench_train.py --quick
 	$(BIN)/python benchmarks/bench_reconstruction.py --quick
 	$(BIN)/python benchmarks/bench_sd.py --quick
+	$(BIN)/python benchmarks/bench_side_by_side.py --quick --runs 2
 
 clean-env:
 	rm -rf $(VENV)

@@ -5,7 +5,9 @@ seeded device sampling and a bitwise resume; the benchmark scripts run and print
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import subprocess
 import sys
 
 import pytest
@@ -258,3 +260,15 @@ def test_the_benchmarks_run_and_print_their_ratios(name, ratios, tmp_path, capsy
     assert len(lines) == ratios, printed
     assert printed.splitlines()[0].startswith("CPU: ")
     assert out.read_text().splitlines() == printed.splitlines()  # every printed figure line is in the file
+
+
+def test_the_side_by_side_benchmark_runs_and_prints_its_ratio(tmp_path):
+    """It spawns its runs as processes, so it runs as a script here (as a user runs it)."""
+    out = tmp_path / "figures.txt"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_side_by_side.py"), "--smoke", "--device",
+                           "cpu", "--runs", "2", "--out", str(out)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("CPU: ") and re.fullmatch(r"ratio 2 side by side / alone = [0-9.]+x .*", lines[-1])
+    assert out.read_text().splitlines() == lines
