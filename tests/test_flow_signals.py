@@ -53,19 +53,26 @@ def _wait_for(predicate, timeout: float) -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_stops_the_stage_the_flow_and_the_server(tmp_path, sig):
+def _start_flow(tmp_path, endless: str, *args: str):
+    """The real flow on a tiny project whose ``endless`` training section runs until stopped, started as a
+    terminal's job, with a marker in the environment of every process it starts."""
     params = yaml.safe_load(TINY_PARAMS.read_text())
-    params["train_a"]["steps"] = 100_000  # runs until stopped
+    params[endless]["steps"] = 100_000
     project = make_project(tmp_path / "project", params)
     marker = f"HOPFIELD_REPLAY_SIGNAL_TEST={uuid.uuid4().hex}"
     home = tmp_path / "prefect"
     env = {**os.environ, "PREFECT_HOME": str(home), marker.split("=")[0]: marker.split("=")[1],
            "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("PREFECT_API_URL", None)
-    flow = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--repo-root", str(project), "--stages",
-                             "prepare", "encode", "train_a"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # as a terminal's job
+    flow = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--repo-root", str(project), *args], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    return flow, marker, home, project
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_stage_the_flow_and_the_server(tmp_path, sig):
+    flow, marker, home, project = _start_flow(tmp_path, "train_a", "--stages", "prepare", "encode", "train_a")
     try:
         _stop_and_check(flow, sig, marker, home, project)
     finally:
@@ -104,17 +111,8 @@ def _stop_and_check(flow, sig, marker, home, project):
 def test_sigterm_stops_every_item_running_side_by_side(tmp_path):
     """`--per-device 2`: both train_b items train at once in their own process groups; SIGTERM stops both, marks
     the run Crashed, leaves no process, and DVC records neither item (nothing was committed)."""
-    params = yaml.safe_load(TINY_PARAMS.read_text())
-    params["train_b"]["steps"] = 100_000  # runs until stopped
-    project = make_project(tmp_path / "project", params)
-    marker = f"HOPFIELD_REPLAY_SIGNAL_TEST={uuid.uuid4().hex}"
-    home = tmp_path / "prefect"
-    env = {**os.environ, "PREFECT_HOME": str(home), marker.split("=")[0]: marker.split("=")[1],
-           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    env.pop("PREFECT_API_URL", None)
-    flow = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--repo-root", str(project), "--stages",
-                             "prepare", "encode", "train_a", "train_b", "--per-device", "2"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    flow, marker, home, project = _start_flow(tmp_path, "train_b", "--stages", "prepare", "encode", "train_a",
+                                              "train_b", "--per-device", "2")
     try:
         seen = []
         for line in flow.stdout:

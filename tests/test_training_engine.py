@@ -19,27 +19,17 @@ from safetensors.torch import load_file
 
 from hopfield_replay.config import ParamsError, load_config
 from hopfield_replay.errors import UserError
-from hopfield_replay.models import (CheckpointPolicy, PixelDDPM, TrainConfig, build_model, load_model, train_and_save,
+from hopfield_replay.models import (CheckpointPolicy, TrainConfig, build_model, load_model, train_and_save,
                                    train_denoiser)
 from hopfield_replay.tables import tensor_meta
 from hopfield_replay.models.training import Checkpoint, check_batch_split
 from stages import encode, prepare
 from tests.conftest import ROOT, TINY_PARAMS
-from tests.test_checkpoints import StopAfterSave, Stopped
-from tests.test_diffusion import TINY, _weights
+from tests.test_checkpoints import StopAfterSave, Stopped, _data, _model
+from tests.test_diffusion import _weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIG = TrainConfig(steps=5, batch_size=8, lr=2e-3, seed=3, replay_fraction=0.25)
-
-
-def _data(n=40, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 5, (n,), generator=g)
-
-
-def _model():
-    torch.manual_seed(0)
-    return PixelDDPM.from_config(TINY)
 
 
 def _train(config, **kwargs):
