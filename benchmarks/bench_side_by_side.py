@@ -9,8 +9,9 @@ Each run is ``train_denoiser`` on the CPU-default UNet (block_out_channels (32, 
 pays its imports and CUDA start as a stage does; the timing starts after a warm-up step). It measures, in one run,
 training steps per second of
 - ``alone``: one run on the device (on the CPU with every core, as a stage runs under plain ``dvc repro``);
-- ``side by side``: ``--runs`` runs at once (on the CPU each with cores / runs threads, as ``--per-device`` sets
-  ``OMP_NUM_THREADS``), the steps of all runs over the wall time from the first start to the last end;
+- ``side by side``: ``--runs`` runs at once (on the CPU each with every core, as ``--per-device`` leaves the threads
+  as `dvc repro` has them: CPU results depend on the thread count; ``--split-threads`` gives each cores / runs
+  instead), the steps of all runs over the wall time from the first start to the last end;
 and prints their ratio. Goal (issue 9): six runs side by side at >= 3x the steps/s of one run alone (GPU).
 """
 
@@ -74,6 +75,7 @@ def main(argv=None) -> None:
     ap.add_argument("--big", action="store_true", help="the CIFAR-10 DDPM UNet (35.7M, 32x32x3) instead")
     ap.add_argument("--quick", action="store_true", help="fewer steps (20 on the CPU, 200 on CUDA)")
     ap.add_argument("--smoke", action="store_true", help="a tiny UNet, 2 steps: checks the script runs")
+    ap.add_argument("--split-threads", action="store_true", help="on the CPU, cores / runs threads for each run")
     add_run_options(ap)
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
@@ -85,7 +87,7 @@ def main(argv=None) -> None:
     report = start_report(args, torch.device(args.device))
     cores = os.cpu_count() or 1
     alone_threads = cores if not cuda else 1
-    each_threads = max(1, cores // args.runs) if not cuda else 1
+    each_threads = (max(1, cores // args.runs) if args.split_threads else cores) if not cuda else 1
     for rnd in range(args.repeats):
         alone = measure(1, args, alone_threads)
         report(f"[{args.size}, batch {args.batch_size}, {args.steps} steps] round {rnd + 1}: alone "

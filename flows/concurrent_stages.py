@@ -4,8 +4,8 @@ and seed) side by side, a fixed number per device, with DVC still the owner of e
 DVC runs one ``dvc repro`` per workspace at a time (its repository lock), so the items cannot be run by parallel
 ``dvc repro`` calls. Instead, for the items ``dvc status`` reports as changed, the flow runs each item's own
 command (the ``cmd`` DVC resolves for it) in a process group of its own, at most ``per_device`` per GPU (each
-pinned with ``CUDA_VISIBLE_DEVICES``) or ``per_device`` on the CPU (the cores split between them through
-``OMP_NUM_THREADS``), and as each one finishes, ``dvc commit --force <item>`` records it: DVC hashes its
+pinned with ``CUDA_VISIBLE_DEVICES``) or ``per_device`` on the CPU (with the threads `dvc repro` would use: CPU
+results depend on the thread count), and as each one finishes, ``dvc commit --force <item>`` records it: DVC hashes its
 dependencies and outputs, caches the outputs and writes its entry in dvc.lock, exactly as ``dvc repro`` would.
 The commits run one at a time (DVC's lock again). Items write their outputs atomically, so a stopped item leaves
 nothing for DVC to record, and it runs again next time. Not used: DVC's run-cache (an item whose inputs match a
@@ -53,15 +53,16 @@ def changed_items(repo_root: str | Path, names: list[str], env: dict) -> list[st
 
 def device_slots(per_device: int) -> list[dict]:
     """Environment overrides of each slot: ``per_device`` slots per visible GPU (``CUDA_VISIBLE_DEVICES``), or
-    ``per_device`` CPU slots sharing the cores (``OMP_NUM_THREADS``, unless the user set it)."""
+    ``per_device`` CPU slots that keep the environment as it is. (Not ``OMP_NUM_THREADS``: CPU training results
+    depend on the thread count in their last bits, so an item must use the threads `dvc repro` would, to give the
+    same bytes. On the CPU, side by side therefore shares the cores rather than splitting them.)"""
     import torch
 
     if torch.cuda.is_available():
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         gpus = [g.strip() for g in visible.split(",")] if visible else [str(i) for i in range(torch.cuda.device_count())]
         return [{"CUDA_VISIBLE_DEVICES": gpu} for _ in range(per_device) for gpu in gpus]
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // per_device))
-    return [{"OMP_NUM_THREADS": threads} for _ in range(per_device)]
+    return [{} for _ in range(per_device)]
 
 
 @task(name="dvc-stage-item", cache_policy=None, persist_result=False, task_run_name="{item}")
@@ -70,7 +71,8 @@ def stage_item(item: str, cmd: str, repo_root: str, env: dict, timeout_s: float)
     log = get_run_logger()
     slot = _SLOTS.get()
     try:
-        log.info(f"Running stage '{item}' ({', '.join(f'{k}={v}' for k, v in slot.items())}):")
+        log.info(f"Running stage '{item}'" + (f" ({', '.join(f'{k}={v}' for k, v in slot.items())})" if slot else "")
+                 + ":")
         log.info(f"> {cmd}")
         started = time.monotonic()
         code, lines = run_streamed(shlex.split(cmd), Path(repo_root), {**env, **slot}, timeout_s, log.info)
