@@ -99,6 +99,10 @@ def run_group(stage: str, repo_root: str, env: dict, per_device: int, timeout_s:
         log.info(f"Stage '{stage}': all {len(items)} items up to date.")
         return "up to date"
     slots = device_slots(per_device)
+    if not any("CUDA_VISIBLE_DEVICES" in slot for slot in slots):
+        log.warning("No GPU: the items share the CPU cores, each with the threads `dvc repro` would use (so the "
+                    "results are the same bytes); that oversubscribes the cores and is usually slower than one at a "
+                    "time (measured 0.30x for 2 on 2 cores: benchmarks/bench_side_by_side.py).")
     while not _SLOTS.empty():
         _SLOTS.get_nowait()
     for slot in slots:

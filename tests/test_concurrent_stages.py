@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from flows.concurrent_stages import device_slots, group_items
 from tests.conftest import run
@@ -37,6 +38,8 @@ def test_items_side_by_side_give_the_lock_of_dvc_repro(tiny_project, tmp_path):
     assert flow.returncode == 0, out[-4000:]
     assert "Stage 'train_b': 2 of 2 items to run, 2 at a time." in out
     assert "Stage 'retrain': 8 of 8 items to run, 2 at a time." in out
+    if not torch.cuda.is_available():
+        assert "No GPU: the items share the CPU cores" in out  # the warning: slower than one at a time there
     # side by side: two items run at once, never more
     running, most = set(), 0
     for item, what in re.findall(r"Task run '(retrain@[^']+)' - (Running stage|Stage '\S+' ended)", out):
