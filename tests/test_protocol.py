@@ -24,12 +24,25 @@ def _tables(n=200, seeds=(1, 2, 3), ts=(100, 500)):
         for t in ts:
             error_a = scores["recon_error_a"].to_numpy() * t / 100
             base = error_a * np.exp(0.5 * mass + 0.05 * rng.normal(size=n))  # forgetting driven by pixel mass
-            for arm, budget in (("none", 0), ("random", 20), ("energy_high", 20)):
-                picked = set(rng.choice(ids, 20, replace=False)) if arm == "random" else high if arm != "none" else set()
-                protect = np.where(np.isin(ids, list(picked)), 0.5 if arm == "energy_high" else 0.9, 1.0)
-                rows.append(pd.DataFrame({"sample_id": ids, "seed": s, "t": t, "strategy": arm, "budget": budget,
-                                          "replayed": np.isin(ids, list(picked)), "error_a": error_a,
-                                          "error": error_a + (base - error_a) * protect}))
+            rows += replay_rows(ids, s, t, error_a, base, high, rng, budget=20, protect_random=0.9)
+    return finish_replay(scores, rows)
+
+
+def replay_rows(ids, seed, t, error_a, base, high, rng, *, budget: int, protect_random: float) -> list:
+    """The rows of the arms none, random and energy_high for one (seed, t): a replayed sample keeps 50% (energy_high)
+    or ``protect_random`` (random) of its no-replay forgetting ``base - error_a``; ``rng`` draws the random buffer."""
+    rows = []
+    for arm, k in (("none", 0), ("random", budget), ("energy_high", budget)):
+        picked = set(rng.choice(ids, budget, replace=False)) if arm == "random" else high if arm != "none" else set()
+        protect = np.where(np.isin(ids, list(picked)), 0.5 if arm == "energy_high" else protect_random, 1.0)
+        rows.append(pd.DataFrame({"sample_id": ids, "seed": seed, "t": t, "strategy": arm, "budget": k,
+                                  "replayed": np.isin(ids, list(picked)), "error_a": error_a,
+                                  "error": error_a + (base - error_a) * protect}))
+    return rows
+
+
+def finish_replay(scores, rows) -> tuple:
+    """(scores, the no-replay forgetting rows, every row) with both forgetting measures."""
     replay = pd.concat(rows, ignore_index=True)
     replay["absolute"] = replay["error"] - replay["error_a"]
     replay["relative"] = np.log(replay["error"] / replay["error_a"])

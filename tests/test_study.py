@@ -20,6 +20,7 @@ from hopfield_replay.errors import UserError
 from hopfield_replay.study import (cell_id, evidence, expand, grid_columns, load_study, pool_seed_blocks,
                                    seed_blocks, stack_tables, verdict_rows)
 from tests.conftest import ROOT, TINY_PARAMS, make_project, run, write_params
+from tests.test_protocol import finish_replay, replay_rows
 
 GOOD, SHORT, BAD = [5, 6, 7, 8, 9], [5, 6, 7, 8], [5, 6, 7, 8, 42]  # prepare.task_b; class 42 has no samples
 
@@ -172,16 +173,8 @@ def _run_tables(seeds, n=120, ts=(100, 500)):
         for t in ts:
             error_a = scores["recon_error_a"].to_numpy() * t / 100
             base = error_a * np.exp(0.5 + 0.05 * noise.normal(size=n))
-            for arm, budget in (("none", 0), ("random", 12), ("energy_high", 12)):
-                picked = set(noise.choice(ids, 12, replace=False)) if arm == "random" else high if arm != "none" else set()
-                protect = np.where(np.isin(ids, list(picked)), 0.5 if arm == "energy_high" else 0.95, 1.0)
-                rows.append(pd.DataFrame({"sample_id": ids, "seed": s, "t": t, "strategy": arm, "budget": budget,
-                                          "replayed": np.isin(ids, list(picked)), "error_a": error_a,
-                                          "error": error_a + (base - error_a) * protect}))
-    replay = pd.concat(rows, ignore_index=True)
-    replay["absolute"] = replay["error"] - replay["error_a"]
-    replay["relative"] = np.log(replay["error"] / replay["error_a"])
-    return scores, replay[replay.strategy == "none"], replay
+            rows += replay_rows(ids, s, t, error_a, base, high, noise, budget=12, protect_random=0.95)
+    return finish_replay(scores, rows)
 
 
 def test_seed_blocks_pool_into_one_run_with_an_interval_over_all_seeds(tiny_params):
