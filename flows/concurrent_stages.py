@@ -8,8 +8,9 @@ pinned with ``CUDA_VISIBLE_DEVICES``) or ``per_device`` on the CPU (with the thr
 results depend on the thread count), and as each one finishes, ``dvc commit --force <item>`` records it: DVC hashes its
 dependencies and outputs, caches the outputs and writes its entry in dvc.lock, exactly as ``dvc repro`` would.
 The commits run one at a time (DVC's lock again). Items write their outputs atomically, so a stopped item leaves
-nothing for DVC to record, and it runs again next time. Not used: DVC's run-cache (an item whose inputs match a
-past run is rerun rather than restored).
+nothing for DVC to record, and it runs again next time. Before any item runs, DVC's run-cache is asked first, as
+``dvc repro`` does: a changed item whose inputs match a recorded run (its lock entry, or any earlier run in the
+run-cache) gets its outputs checked out of the cache and its lock entry written, and is not run.
 """
 
 from __future__ import annotations
@@ -49,6 +50,32 @@ def changed_items(repo_root: str | Path, names: list[str], env: dict) -> list[st
     text = out.stdout.strip()
     status = json.loads(text[text.index("{"):]) if "{" in text else {}
     return [name for name in names if name in status]
+
+
+def restore_cached_items(repo_root: str | Path, stage: str, names: list[str]) -> list[str]:
+    """The items among ``names`` that DVC's run-cache restores, as ``dvc repro`` would before running a stage
+    (``dvc.stage.run.run_stage``): each item's outputs are removed, then checked out of the cache when a recorded
+    run has its inputs; a restored item is saved, committed and written to dvc.lock. Returns the restored names
+    (the others are left to run, their outputs removed as a run removes them)."""
+    from dvc.repo import Repo
+    from dvc.stage.cache import RunCacheNotFoundError
+
+    dvc_yaml = Path(repo_root).resolve() / "dvc.yaml"
+    restored = []
+    with Repo(str(dvc_yaml.parent)) as repo, repo.lock:
+        for item in repo.stage.collect(f"{dvc_yaml}:{stage}"):
+            if item.name not in names:
+                continue
+            item.remove_outs(ignore_remove=False, force=False)
+            try:
+                repo.stage_cache.restore(item)
+            except RunCacheNotFoundError:
+                continue
+            item.save()
+            item.commit()
+            item.dump(update_pipeline=False)
+            restored.append(item.name)
+    return restored
 
 
 def device_slots(per_device: int) -> list[dict]:
@@ -98,6 +125,12 @@ def run_group(stage: str, repo_root: str, env: dict, per_device: int, timeout_s:
     if not todo:
         log.info(f"Stage '{stage}': all {len(items)} items up to date.")
         return "up to date"
+    restored = restore_cached_items(repo_root, stage, todo)
+    if restored:
+        log.info(f"Stage '{stage}': {len(restored)} items restored from DVC's run-cache: {', '.join(restored)}.")
+        todo = [item for item in todo if item not in restored]
+        if not todo:
+            return "up to date"  # as `dvc repro` reports a stage it restored: nothing ran
     slots = device_slots(per_device)
     if not any("CUDA_VISIBLE_DEVICES" in slot for slot in slots):
         log.warning("No GPU: the items share the CPU cores, each with the threads `dvc repro` would use (so the "

@@ -190,6 +190,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.per_device < 1:
         ap.error(f"--per-device {args.per_device}: must be >= 1")
+    if args.per_device > 1:  # an item pinned to one GPU cannot train as several data-parallel processes
+        params = yaml.safe_load((Path(args.repo_root) / "params.yaml").read_text()) or {}
+        processes = (params.get("train_b") or {}).get("processes", 1)
+        if processes != 1:
+            ap.error(f"--per-device {args.per_device} runs one GPU per item, but train_b.processes is {processes}: "
+                     "use --per-device 1 (data parallel) or train_b.processes: 1 (items side by side)")
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hopfield_replay.data_parallel import launcher
 from hopfield_replay.devices import resolve_device
 from hopfield_replay.errors import UserError
 from hopfield_replay.models import CheckpointPolicy, TrainConfig, load_model, train_and_save
@@ -14,7 +15,8 @@ from hopfield_replay.tables import check_output, load_task, read_table
 from stages.runner import stage
 
 
-@stage("x0", "samples", "model", "selection", "out", arm=str, budget=int, seed=int)
+@stage("x0", "samples", "model", "selection", "out", relaunch=launcher("train_b"), arm=str, budget=int,
+       seed=int)
 def main(cfg, args):
     check_output(args.out, is_dir=True)
     buffer = read_table(args.selection, columns=["sample_id", "strategy", "budget", "seed"])
@@ -25,11 +27,13 @@ def main(cfg, args):
     x_a, labels_a, ids_a = load_task(args.x0, args.samples, "A", family=model.family)
     x_b, labels_b, _ = load_task(args.x0, args.samples, "B", family=model.family)
     keep = torch.from_numpy(np.isin(ids_a, buffer["sample_id"].to_numpy()))
-    config = TrainConfig(**cfg.train_b.model_dump(), seed=args.seed, replay_fraction=cfg.retrain.replay_fraction)
+    config = TrainConfig(**cfg.train_b.loop_settings(), seed=args.seed,
+                         replay_fraction=cfg.retrain.replay_fraction)
     train_and_save(model, x_b, labels_b, config, resolve_device(cfg.device), args.out,
                    desc=f"retrain {args.arm}-{args.budget} seed {args.seed}", replay_x0=x_a[keep],
                    replay_labels=labels_a[keep], extra={"arm": args.arm, "budget": args.budget, "seed": args.seed},
-                   checkpoints=CheckpointPolicy.from_params(cfg.execution))
+                   checkpoints=CheckpointPolicy.from_params(cfg.execution), compile_unet=cfg.train_b.compile_unet,
+                   channels_last=cfg.train_b.channels_last)
 
 
 if __name__ == "__main__":

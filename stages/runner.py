@@ -6,6 +6,10 @@ required ``--params``. ``main(argv)`` then parses, loads and validates the whole
 bad ``report.*`` value fails before any training), and calls ``fn``. A ``UserError`` (bad params, data, paths,
 unreadable files) prints ``error: <what>`` on one line and exits 2; any other exception is a bug and shows its
 traceback.
+
+A training stage passes ``relaunch=data_parallel.launcher("train_a")``: with ``train_a.processes`` N > 1 the stage
+starts N copies of itself under torch's elastic launcher, each training on its share of every batch, so
+``dvc repro`` runs data parallel from the params alone (``hopfield_replay.data_parallel``).
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ from hopfield_replay.config import Config, load_config
 from hopfield_replay.errors import UserError
 
 
-def stage(*paths: str, **options: type) -> Callable:
-    """Decorate ``fn(cfg, args)``: ``--params``, one required ``--<path>`` per name and ``--<option>`` per keyword."""
+def stage(*paths: str, relaunch: Callable[[Config, list[str]], int | None] | None = None,
+          **options: type) -> Callable:
+    """Decorate ``fn(cfg, args)``: ``--params``, one required ``--<path>`` per name and ``--<option>`` per keyword.
+    ``relaunch(cfg, command)``: None to run ``fn`` here, or the exit code after running ``command`` (this stage's
+    ``[-m, module, *argv]``) some other way (training stages: as data-parallel processes)."""
 
     def decorate(fn: Callable[[Config, argparse.Namespace], None]) -> Callable[[list[str] | None], None]:
         module = sys.modules[fn.__module__]
@@ -38,7 +45,13 @@ def stage(*paths: str, **options: type) -> Callable:
             args = ap.parse_args(argv)
             logging.basicConfig(level=os.environ.get("HOPFIELD_REPLAY_LOG", "INFO"), format="%(message)s")
             try:
-                fn(load_config(args.params), args)
+                cfg = load_config(args.params)
+                if relaunch is not None:
+                    name = module.__spec__.name if module.__spec__ is not None else module.__name__
+                    code = relaunch(cfg, ["-m", name, *(sys.argv[1:] if argv is None else argv)])
+                    if code is not None:
+                        raise SystemExit(code)
+                fn(cfg, args)
             except UserError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 raise SystemExit(2) from None

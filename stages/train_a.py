@@ -8,21 +8,23 @@ UNet's initial weights too).
 
 from __future__ import annotations
 
+from hopfield_replay.data_parallel import launcher
 from hopfield_replay.devices import resolve_device
 from hopfield_replay.models import CheckpointPolicy, TrainConfig, build_model, train_and_save
 from hopfield_replay.tables import check_output, load_task, tensor_meta
 from stages.runner import stage
 
 
-@stage("x0", "samples", "out")
+@stage("x0", "samples", "out", relaunch=launcher("train_a"))
 def main(cfg, args):
     tp = cfg.train_a
     check_output(args.out, is_dir=True)
     x0, labels, _ = load_task(args.x0, args.samples, "A", family=cfg.model.family)
     model = build_model(cfg.model, x0.shape[1:], tensor_meta(args.x0), seed=tp.seed)
-    config = TrainConfig(**tp.model_dump(), replay_fraction=0.0)
+    config = TrainConfig(**tp.loop_settings(), replay_fraction=0.0)
     train_and_save(model, x0, labels, config, resolve_device(cfg.device), args.out, desc="train_a",
-                   checkpoints=CheckpointPolicy.from_params(cfg.execution))
+                   checkpoints=CheckpointPolicy.from_params(cfg.execution), compile_unet=tp.compile_unet,
+                   channels_last=tp.channels_last)
 
 
 if __name__ == "__main__":

@@ -6,20 +6,22 @@ that only the replayed samples differ.
 
 from __future__ import annotations
 
+from hopfield_replay.data_parallel import launcher
 from hopfield_replay.devices import resolve_device
 from hopfield_replay.models import CheckpointPolicy, TrainConfig, load_model, train_and_save
 from hopfield_replay.tables import check_output, load_task
 from stages.runner import stage
 
 
-@stage("x0", "samples", "model", "out", seed=int)
+@stage("x0", "samples", "model", "out", relaunch=launcher("train_b"), seed=int)
 def main(cfg, args):
     check_output(args.out, is_dir=True)
     model = load_model(args.model)
     x0, labels, _ = load_task(args.x0, args.samples, "B", family=model.family)
-    config = TrainConfig(**cfg.train_b.model_dump(), seed=args.seed, replay_fraction=0.0)
+    config = TrainConfig(**cfg.train_b.loop_settings(), seed=args.seed, replay_fraction=0.0)
     train_and_save(model, x0, labels, config, resolve_device(cfg.device), args.out, desc=f"train_b seed {args.seed}",
-                   checkpoints=CheckpointPolicy.from_params(cfg.execution))
+                   checkpoints=CheckpointPolicy.from_params(cfg.execution), compile_unet=cfg.train_b.compile_unet,
+                   channels_last=cfg.train_b.channels_last)
 
 
 if __name__ == "__main__":

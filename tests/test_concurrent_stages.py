@@ -11,33 +11,58 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from flows.concurrent_stages import device_slots, group_items
 from tests.conftest import run
 
 
+def _flow(project, *args) -> str:
+    env = dict(os.environ)  # the threads the fixture's `dvc repro` had: CPU training results depend on them
+    flow = subprocess.run([sys.executable, "-m", "flows.pipeline", "--repo-root", str(project), *args], cwd=project,
+                          env=env, capture_output=True, text=True, timeout=1200)
+    out = flow.stdout + flow.stderr
+    assert flow.returncode == 0, out[-4000:]
+    return out
+
+
+def _outputs(project):
+    models = project / "data" / "models"
+    return [*models.glob("task_b/seed*"), *models.glob("retrain/seed*/*-*")]  # not DVC's .gitignore files
+
+
+def _uncache_items(project) -> None:
+    """Take the train_b and retrain outputs out of DVC's cache (their folder manifests, and the run-cache), so
+    that DVC can restore none of them; every other output, and the file objects they may share, stays cached."""
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    for name, entry in lock["stages"].items():
+        if name.startswith(("train_b@", "retrain@")):
+            for out in entry["outs"]:
+                (project / ".dvc" / "cache" / "files" / "md5" / out["md5"][:2] / out["md5"][2:]).unlink()
+    shutil.rmtree(project / ".dvc" / "cache" / "runs")
+
+
 @pytest.mark.slow
 def test_items_side_by_side_give_the_lock_of_dvc_repro(tiny_project, tmp_path):
+    """Every train_b and retrain output deleted, and taken out of DVC's cache (nothing to restore): the items run
+    two at a time and DVC records exactly what `dvc repro` had. Then, as `dvc repro` would, the flow restores
+    items from DVC's run-cache instead of running them: outputs deleted again, and a param changed and back."""
     project = tmp_path / "project"
     shutil.copytree(tiny_project, project, symlinks=True)
     lock = (project / "dvc.lock").read_bytes()
-    models = project / "data" / "models"
-    outputs = [*models.glob("task_b/seed*"), *models.glob("retrain/seed*/*-*")]  # not DVC's .gitignore files
+    outputs = _outputs(project)
     assert len(outputs) == 2 + 8 and all(path.is_dir() for path in outputs)
     for path in outputs:
         shutil.rmtree(path)
+    _uncache_items(project)
     retrain = group_items(project, "retrain")
     assert len(retrain) == 8 and all(name.startswith("retrain@") for name in retrain)  # 2 seeds x 4 arms
     assert group_items(project, "train_a") == {}
 
-    env = dict(os.environ)  # the threads the fixture's `dvc repro` had: CPU training results depend on them
-    flow = subprocess.run([sys.executable, "-m", "flows.pipeline", "--repo-root", str(project), "--stages",
-                           "train_b", "retrain", "--per-device", "2"], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=1200)
-    out = flow.stdout + flow.stderr
-    assert flow.returncode == 0, out[-4000:]
+    out = _flow(project, "--stages", "train_b", "retrain", "--per-device", "2")
     assert "Stage 'train_b': 2 of 2 items to run, 2 at a time." in out
     assert "Stage 'retrain': 8 of 8 items to run, 2 at a time." in out
+    assert "run-cache" not in out  # nothing to restore from
     if not torch.cuda.is_available():
         assert "No GPU: the items share the CPU cores" in out  # the warning: slower than one at a time there
     # side by side: two items run at once, never more
@@ -52,6 +77,30 @@ def test_items_side_by_side_give_the_lock_of_dvc_repro(tiny_project, tmp_path):
     assert status == "{}", status
     assert run(["git", "status", "--porcelain"], project).stdout == ""
 
+    # outputs deleted again: every item is restored from DVC's cache, none runs
+    for path in _outputs(project):
+        shutil.rmtree(path)
+    out = _flow(project, "--stages", "train_b", "retrain", "--per-device", "2")
+    assert "Stage 'train_b': 2 items restored from DVC's run-cache" in out
+    assert "Stage 'retrain': 8 items restored from DVC's run-cache" in out
+    assert "Running stage" not in out and "pipeline: up to date, nothing ran" in out
+    assert (project / "dvc.lock").read_bytes() == lock
+    assert run(["git", "status", "--porcelain"], project).stdout == ""
+
+    # a param changed (train_b runs again) and changed back: the run-cache has the earlier runs
+    params = (project / "params.yaml").read_text()
+    changed = yaml.safe_load(params)
+    changed["train_b"]["steps"] = 3
+    (project / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+    out = _flow(project, "--stages", "train_b", "--per-device", "2")
+    assert "Stage 'train_b': 2 of 2 items to run, 2 at a time." in out
+    assert (project / "dvc.lock").read_bytes() != lock
+    (project / "params.yaml").write_text(params)
+    out = _flow(project, "--stages", "train_b", "--per-device", "2")
+    assert "Stage 'train_b': 2 items restored from DVC's run-cache" in out and "Running stage" not in out
+    assert (project / "dvc.lock").read_bytes() == lock
+    assert run(["git", "status", "--porcelain"], project).stdout == ""
+
 
 def test_slots_pin_a_gpu_or_keep_the_cpu_threads(monkeypatch):
     """On the CPU a slot changes nothing in the environment: an item must train with the threads `dvc repro`
@@ -62,3 +111,17 @@ def test_slots_pin_a_gpu_or_keep_the_cpu_threads(monkeypatch):
         assert len(slots) % 2 == 0
     else:
         assert slots == [{}, {}]
+
+
+def test_items_side_by_side_refuse_data_parallel_items(tmp_path, capsys):
+    """--per-device pins each item to one GPU: train_b items (every replay arm too) that ask for 2 data-parallel
+    processes are refused before anything runs (exit 2, naming both settings)."""
+    from flows.pipeline import main
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train_b": {"steps": 4, "processes": 2}}))
+    with pytest.raises(SystemExit) as info:
+        main(["--repo-root", str(tmp_path), "--per-device", "2"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("--per-device 2 runs one GPU per item, but train_b.processes is 2: use --per-device 1 "
+                        "(data parallel) or train_b.processes: 1 (items side by side)")

@@ -86,7 +86,7 @@ def test_ray_without_prefect_ray_names_the_extra(capsys, monkeypatch):
 def test_an_existing_dask_cluster_must_offer_the_gpus_cells_need():
     from distributed import LocalCluster
 
-    from flows.study import check_dask_cluster
+    from flows.study_engine import check_dask_cluster
     from hopfield_replay.study import EngineSpec
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cpu:

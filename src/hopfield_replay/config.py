@@ -128,6 +128,9 @@ class TrainParams(Section):
     lr_warmup_steps: NonNegInt = 0
     ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
     grad_accumulation: PosInt = 1
+    processes: PosInt = 1  # data parallel: the stage trains as this many processes (hopfield_replay.data_parallel)
+    compile_unet: bool = False  # torch.compile of the noise prediction (same method, other rounding)
+    channels_last: bool = False  # channels-last UNet weights and inputs while training (same method, other rounding)
 
     @model_validator(mode="after")
     def _rules(self):
@@ -139,7 +142,16 @@ class TrainParams(Section):
         if self.batch_size % self.grad_accumulation:
             raise _field_error("grad_accumulation", f"{self.grad_accumulation} does not divide batch_size="
                                f"{self.batch_size}; use a divisor of it")
+        if self.batch_size % (self.processes * self.grad_accumulation):
+            raise _field_error("processes", f"batch_size={self.batch_size} does not split into {self.processes} "
+                               f"processes x grad_accumulation {self.grad_accumulation}; use a batch_size "
+                               f"divisible by {self.processes * self.grad_accumulation}")
         return self
+
+
+    def loop_settings(self) -> dict:
+        """The settings of ``models.TrainConfig``: all but how the loop runs (processes, compilation, layout)."""
+        return self.model_dump(exclude={"processes", "compile_unet", "channels_last"})
 
 
 class TrainAParams(TrainParams):

@@ -275,10 +275,10 @@ def train_and_save(model: DenoisingModel, x0: torch.Tensor, labels: torch.Tensor
 
     procs = _accelerator().state
     processes = procs.num_processes
+    speed = {"compile_unet": compile_unet, "channels_last": channels_last}
     checkpoint = None
     if checkpoints is not None:
         weights = sorted(trainable_weights(model).items())
-        speed = {"compile_unet": compile_unet, "channels_last": channels_last}
         speed_key = [speed] if any(speed.values()) else []
         parallel_key = [{"processes": processes}] if processes > 1 else []
         key = run_key(asdict(config), str(device), model.family, x0, labels, replay_x0, replay_labels,
@@ -293,7 +293,7 @@ def train_and_save(model: DenoisingModel, x0: torch.Tensor, labels: torch.Tensor
             model.save_pretrained(tmp)
             log = {"config": asdict(config), "device": str(model.device), "n_train": int(x0.shape[0]),
                    "final_loss": final, "losses": losses, **({"processes": processes} if processes > 1 else {}),
-                   **(extra or {})}
+                   **{name: True for name, on in speed.items() if on}, **(extra or {})}
             (Path(tmp) / "train_log.json").write_text(json.dumps(log) + "\n")
         if checkpoint is not None:
             checkpoint.remove()
