@@ -1,16 +1,19 @@
 """Data parallel: N processes, each training on its contiguous 1/N of every batch, give the one-process update of
 the full batch (up to the order of the gradient sum). Started by `accelerate launch`, or by the stage itself when
 the params say `processes: N` (so `dvc repro` runs it and records N); bad input still ends in exit 2 with the
-copies' one-line errors and no output."""
+copies' one-line errors and no output, and SIGTERM stops every copy."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,6 +59,15 @@ def test_a_pinned_gpu_cannot_hold_several_processes(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(UserError, match=r"device cuda:1 pins one GPU but train_b.processes is 2"):
         run_data_parallel(2, "train_b.processes", "cuda:1", ["-m", "x"])
+
+
+def test_more_processes_than_gpus_is_refused(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UserError, match=r"train_a.processes is 4 but 2 GPU\(s\) are visible; set it to at most 2"):
+        run_data_parallel(4, "train_a.processes", "auto", ["-m", "x"])
 
 
 # -- the real stage, 2 CPU processes over gloo ----------------------------------------------------------------
@@ -133,6 +145,36 @@ def test_two_processes_give_the_one_process_update_however_launched(tmp_path):
     assert errors == {f"error: {tmp_path / 'missing.safetensors'}: tensor file does not exist; run the stage that "
                       f"writes it first (dvc repro)"}, bad.stderr[-3000:]
     assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
+
+    # SIGTERM to the stage (as the flow stops a stage): every copy stops, exit 143, no output
+    params = yaml.safe_load(path_two.read_text())
+    params["train_a"]["steps"] = 100000
+    write_params(path_two, params)
+    stopped = subprocess.Popen([sys.executable, *stage_two, str(tmp_path / "stopped")], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while len(_copies(tmp_path / "stopped")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(_copies(tmp_path / "stopped")) == 2  # the two copies run
+    time.sleep(5)  # into training
+    stopped.send_signal(signal.SIGTERM)
+    assert stopped.wait(timeout=120) == 128 + signal.SIGTERM, stopped.stdout.read()[-3000:]
+    time.sleep(1)
+    assert _copies(tmp_path / "stopped") == [] and not (tmp_path / "stopped").exists()
+
+
+def _copies(out) -> list[int]:
+    """The processes whose command line names the output ``out``, other than the launching stage."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            env = (proc / "environ").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if str(out).encode() in cmd and b"\0RANK=" in b"\0" + env:
+            found.append(int(proc.name))
+    return found
 
 
 @pytest.mark.slow
