@@ -18,7 +18,7 @@ export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 unexport PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX := $(CURDIR)/.cache/pycache
 
-.PHONY: install run test test-fast repro serve server bench clean-env
+.PHONY: install run test test-fast repro serve server bench gpu-kit clean-env
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ server: install         ## a local Prefect server on 127.0.0.1:4200 (foreground)
 
 serve: install          ## serve the pipeline as a deployment with a cron schedule (needs `make server`)
 	PATH="$(CURDIR)/$(BIN):$$PATH" PREFECT_API_URL=http://127.0.0.1:4200/api $(BIN)/python -m flows.serve $(SERVE_ARGS)
+
+gpu-kit: install        ## the wheels the lent GPU machine lacks, into .gpu-kit/ (needs PyPI; docs/gpu.md "On a GPU")
+	$(BIN)/python -m tools.gpu_kit .gpu-kit
 
 bench: install          ## energy, model-energy, training, reconstruction, SD and side-by-side benchmarks, quick sizes (figures and ratios)
 	$(BIN)/python benchmarks/bench_energy.py --quick

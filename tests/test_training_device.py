@@ -1,21 +1,16 @@
 """The training loop on its device: on the CPU bitwise the loop it replaced (same draws, losses and weights), losses
 read to the host only every ``log_every`` steps, checkpoints still bitwise with losses pending; on CUDA (``gpu``)
-seeded device sampling and a bitwise resume; the benchmark scripts run and print their ratios."""
+seeded device sampling and a bitwise resume. (The benchmark scripts run in tests/test_gpu_session.py.)"""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from hopfield_replay.models import CheckpointPolicy, PixelDDPM, TrainConfig, train_denoiser
 from hopfield_replay.models.training import Checkpoint, sampling_generator
-from tests.conftest import ROOT
 from tests.test_checkpoints import StopAfterSave, Stopped
 from tests.test_diffusion import TINY, _weights
 
@@ -235,40 +230,3 @@ def test_cuda_sampling_is_seeded_on_the_device():
 @pytest.mark.usefixtures("deterministic_cudnn")
 def test_a_resumed_cuda_run_is_bitwise_the_uninterrupted_run(tmp_path):
     _resume_is_bitwise(tmp_path, torch.device("cuda"), stop_at=7)
-
-
-# -- the benchmark scripts ----------------------------------------------------------------------------------
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return module
-
-
-@pytest.mark.parametrize("name, ratios", [("bench_train", 3), ("bench_reconstruction", 1), ("bench_sd", 3)])
-def test_the_benchmarks_run_and_print_their_ratios(name, ratios, tmp_path, capsys):
-    out = tmp_path / "figures.txt"
-    _script(name).main(["--quick", "--smoke", "--device", "cpu", "--out", str(out)])
-    printed = capsys.readouterr().out
-    lines = [line for line in printed.splitlines() if re.search(r"ratio .* = [0-9.]+x", line)]
-    assert len(lines) == ratios, printed
-    assert printed.splitlines()[0].startswith("CPU: ")
-    assert out.read_text().splitlines() == printed.splitlines()  # every printed figure line is in the file
-
-
-def test_the_side_by_side_benchmark_runs_and_prints_its_ratio(tmp_path):
-    """It spawns its runs as processes, so it runs as a script here (as a user runs it)."""
-    out = tmp_path / "figures.txt"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_side_by_side.py"), "--smoke", "--device",
-                           "cpu", "--runs", "2", "--out", str(out)], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.splitlines()
-    assert lines[0].startswith("CPU: ") and re.fullmatch(r"ratio 2 side by side / alone = [0-9.]+x .*", lines[-1])
-    assert out.read_text().splitlines() == lines
