@@ -38,7 +38,7 @@ from flows.pipeline import ROOT, dvc_env, dvc_stages  # noqa: E402 - also sets t
 from flows.stage_output import run_streamed  # noqa: E402
 from flows.study_engine import (cell_resources, check_dask_cluster, engine_runner, limit_concurrency,  # noqa: E402
                                 prefect_api)
-from hopfield_replay.config import read_yaml, validate_config  # noqa: E402
+from hopfield_replay.params_file import read_yaml, validate_config  # noqa: E402
 from hopfield_replay.errors import UserError  # noqa: E402
 from hopfield_replay.study import StudySpec, cell_id, expand, load_study, validate_engine  # noqa: E402
 from hopfield_replay.tables import atomic_path  # noqa: E402

@@ -21,7 +21,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from hopfield_replay.config import Config, load_config
+from hopfield_replay.config import Config
+from hopfield_replay.params_file import load_config
 from hopfield_replay.errors import UserError
 
 

@@ -20,7 +20,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from hopfield_replay.config import load_config
+from hopfield_replay.params_file import load_config
 from hopfield_replay.data_parallel import launched_world_size, run_data_parallel
 from hopfield_replay.errors import UserError
 from hopfield_replay.models import build_model

@@ -14,7 +14,8 @@ import torch
 import yaml
 
 import hopfield_replay.mhn.trained as mt
-from hopfield_replay.config import MHNTrainedParams, ParamsError, validate_config
+from hopfield_replay.config import MHNTrainedParams
+from hopfield_replay.params_file import ParamsError, validate_config
 from hopfield_replay.mhn.trained import nll, replay_buffer, run_seed, train_memories
 from tests.conftest import TINY_PARAMS
 

@@ -296,7 +296,7 @@ def test_every_edit_of_every_value_keeps_the_file_valid_and_commented():
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "profiles").glob("*.yaml")))
 def test_every_shipped_profile_gives_valid_params(name):
     """Each profile of profiles/, merged into the shipped params.yaml, passes the whole-file validation."""
-    from hopfield_replay.config import read_yaml, validate_config
+    from hopfield_replay.params_file import read_yaml, validate_config
 
     overrides = read_yaml((ROOT / "profiles" / name).read_text())
     overrides.pop("profile", None)

@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from hopfield_replay.config import ParamsError, validate_config
+from hopfield_replay.params_file import ParamsError, validate_config
 from hopfield_replay.data import CIFAR10_CLASSES
 from hopfield_replay.errors import UserError
 from hopfield_replay.models import FAMILY_FILE, LatentDiffusion, TrainConfig, load_model, train_denoiser

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from hopfield_replay.config import validate_config
+from hopfield_replay.params_file import validate_config
 from hopfield_replay.errors import UserError
 from hopfield_replay.study import (cell_id, evidence, expand, grid_columns, load_study, pool_seed_blocks,
                                    seed_blocks, stack_tables, verdict_rows)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from hopfield_replay.config import ParamsError, load_config
+from hopfield_replay.params_file import ParamsError, load_config
 from hopfield_replay.errors import UserError
 from hopfield_replay.models import CheckpointPolicy, TrainConfig, load_model, train_and_save, train_denoiser
 from hopfield_replay.models.training import Checkpoint, check_batch_split

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from hopfield_replay.config import load_raw, read_yaml, validate_config
+from hopfield_replay.params_file import load_raw, read_yaml, validate_config
 from hopfield_replay.errors import UserError
 from tools.params_yaml import deep_merge, float_text, render_merged
 

@@ -1,24 +1,28 @@
 """The parameters: one typed pydantic model per ``params.yaml`` section, and one place per rule.
 
-``load_config(path)`` reads the whole file and validates every section up front: unknown sections and keys,
-wrong types, non-finite numbers, bounds and cross-field rules. A bad value raises ``ParamsError`` with one line
-naming the dotted field and what is accepted, e.g. ``train_a.lr: Input should be a finite number, got inf``.
+Each section checks its own keys (unknown ones, types without silent coercion, non-finite numbers, bounds) and its
+cross-field rules; a broken rule raises ``RuleError`` naming the field. ``params_file.load_config`` reads the
+file, validates every section up front and turns the first problem into one line naming the dotted field.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from .errors import UserError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-class ParamsError(UserError):
-    """A bad parameter: the message names the field and what is accepted."""
+class RuleError(ValueError):
+    """A cross-field rule broken: names the field (relative to its section) for the one-line message."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def _field_error(field: str, message: str) -> RuleError:
+    return RuleError(field, message)
 
 
 class Section(BaseModel):
@@ -147,7 +151,6 @@ class TrainParams(Section):
                                f"processes x grad_accumulation {self.grad_accumulation}; use a batch_size "
                                f"divisible by {self.processes * self.grad_accumulation}")
         return self
-
 
     def loop_settings(self) -> dict:
         """The settings of ``models.TrainConfig``: all but how the loop runs (processes, compilation, layout)."""
@@ -399,96 +402,3 @@ class Config(Section):
 
 SECTIONS = tuple(name for name in Config.model_fields)
 OPTIONAL_SECTIONS = ("execution",)  # the only section a params file may leave out (it changes no result)
-
-
-class _FieldError(ValueError):
-    """A cross-field rule broken: names the field (relative to its section) for the one-line message."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-
-
-def _field_error(field: str, message: str) -> _FieldError:
-    return _FieldError(field, message)
-
-
-def _one_line(exc: ValidationError) -> tuple[str, str]:
-    err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in err["loc"]).replace(".[", "[")
-    cause = (err.get("ctx") or {}).get("error")
-    if isinstance(cause, _FieldError):
-        return f"{loc}.{cause.field}" if loc else cause.field, str(cause)
-    if err["type"] == "extra_forbidden":
-        parent = Config
-        for part in err["loc"][:-1]:
-            parent = parent.model_fields[part].annotation if isinstance(part, str) else parent
-        known = ", ".join(getattr(parent, "model_fields", {}))
-        what = "unknown section" if len(err["loc"]) == 1 else "unknown key"
-        return loc, f"{what}; known: {known}"
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] in ("value_error",):
-        return loc, msg
-    return loc, f"{msg}, got {err['input']!r}"
-
-
-def validate_config(raw: dict) -> Config:
-    """Validate a whole params mapping; the first problem raises ParamsError('<dotted.field>: <what>')."""
-    if not isinstance(raw, dict):
-        raise ParamsError(f"params must be a mapping of sections (prepare:, train_a:, ...), got {type(raw).__name__}")
-    try:
-        return Config(**raw)
-    except ValidationError as exc:
-        loc, msg = _one_line(exc)
-        raise ParamsError(f"{loc}: {msg}") from None
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, also reading YAML 1.2 floats with no dot (``1e-05``, as DVC's ``-S`` writes them)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def read_yaml(text: str):
-    """YAML text as the stages read params (PyYAML safe loading, plus YAML 1.2 floats such as 1e-05)."""
-    return yaml.load(text, Loader=_Loader)
-
-
-def load_raw(path: str | Path) -> dict:
-    """The params file as a plain mapping (not validated)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"{path}: params file not found; run from the project root or pass --params")
-    try:
-        raw = read_yaml(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ParamsError(f"{path}: not valid YAML{where}; fix the syntax") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: must be a mapping of sections (prepare:, train_a:, ...), got {type(raw).__name__}")
-    return raw
-
-
-def load_config(path: str | Path = "params.yaml") -> Config:
-    """Read and validate the whole params file. Every section that changes a result must be in the file: a missing
-    one is an error, not a silent default."""
-    try:
-        raw = load_raw(path)
-        config = validate_config(raw)
-        missing = [name for name in SECTIONS if name not in raw and name not in OPTIONAL_SECTIONS]
-        if missing:
-            raise ParamsError(f"{path}: {missing[0]}: section missing; copy it from the shipped params.yaml "
-                              f"(git show HEAD:params.yaml), or select a profile: python -m tools.profile")
-        return config
-    except ParamsError as exc:
-        if str(exc).startswith(str(path)):
-            raise
-        raise ParamsError(f"{path}: {exc}") from None

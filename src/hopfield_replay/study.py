@@ -20,9 +20,10 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import Config, read_yaml
+from .config import Config, RuleError
 from .errors import UserError
 from .forgetting import MEASURES, add_measures
+from .params_file import read_yaml, validation_line
 from .protocol import Evidence, run_protocol
 from .tables import params_hash, read_table
 
@@ -50,14 +51,14 @@ class EngineSpec(_Strict):
     @model_validator(mode="after")
     def _gpus(self):
         if len(set(self.gpus)) != len(self.gpus):
-            raise ValueError(f"gpus: {self.gpus} lists a GPU twice")
+            raise RuleError("gpus", f"{self.gpus} lists a GPU twice")
         if self.gpus and self.gpus_per_cell == 0:
-            raise ValueError("gpus_per_cell: must be >= 1 when gpus lists GPUs (one cell per gpus_per_cell GPUs)")
+            raise RuleError("gpus_per_cell", "must be >= 1 when gpus lists GPUs (one cell per gpus_per_cell GPUs)")
         if self.gpus and len(self.gpus) < self.gpus_per_cell:
-            raise ValueError(f"gpus_per_cell: {self.gpus_per_cell} is more than the {len(self.gpus)} GPUs listed")
+            raise RuleError("gpus_per_cell", f"{self.gpus_per_cell} is more than the {len(self.gpus)} GPUs listed")
         if self.gpus_per_cell and not self.gpus and not self.address and self.runner == "dask":
-            raise ValueError("gpus: list the local GPU ids (e.g. [0, 1, 2, 3]) or give address, a Dask scheduler "
-                             "whose workers offer the resource GPU")
+            raise RuleError("gpus", "list the local GPU ids (e.g. [0, 1, 2, 3]) or give address, a Dask scheduler "
+                            "whose workers offer the resource GPU")
         return self
 
 
@@ -75,10 +76,10 @@ class StudySpec(_Strict):
     def _grid(cls, grid):
         for key, values in grid.items():
             if not values:
-                raise ValueError(f"{key}: the list of values is empty; give at least one")
+                raise RuleError(key, "the list of values is empty; give at least one")
             texts = [json.dumps(v, sort_keys=True) for v in values]
             if len(set(texts)) != len(texts):
-                raise ValueError(f"{key}: {values} lists a value twice (two identical cells)")
+                raise RuleError(key, f"{values} lists a value twice (two identical cells)")
         return grid
 
     @field_validator("stages")
@@ -89,29 +90,12 @@ class StudySpec(_Strict):
         return stages
 
 
-def _one_line(exc: ValidationError, model: type[BaseModel]) -> str:
-    """The first problem as '<dotted key>: <what>'; validators name their key as '<key>: <what>'."""
-    err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        for part in err["loc"][:-1]:
-            model = model.model_fields[part].annotation
-        return f"{loc}: unknown key; known: {', '.join(model.model_fields)}"
-    if err["type"] != "value_error":
-        return f"{loc}: {msg}, got {err['input']!r}"
-    key, sep, rest = msg.partition(": ")
-    if sep and " " not in key:  # the validator named the key
-        loc, msg = f"{loc}.{key}" if loc else key, rest
-    return f"{loc}: {msg}"
-
-
 def validate_engine(raw: dict, where: str) -> EngineSpec:
     """Engine settings (the study file's, with command-line overrides) as one UserError line on a problem."""
     try:
         return EngineSpec(**raw)
     except ValidationError as exc:
-        raise UserError(f"{where}: {_one_line(exc, EngineSpec)}") from None
+        raise UserError(f"{where}: {validation_line(exc, EngineSpec)}") from None
 
 
 def params_key_error(dotted: str) -> str | None:
@@ -145,7 +129,7 @@ def load_study(path: str | Path) -> StudySpec:
     try:
         spec = StudySpec(**raw)
     except ValidationError as exc:
-        raise UserError(f"{path}: {_one_line(exc, StudySpec)}") from None
+        raise UserError(f"{path}: {validation_line(exc, StudySpec)}") from None
     for key in spec.grid:
         problem = params_key_error(key)
         if problem:
