@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hopfield_replay.errors import UserError
-
 from hopfield_replay.data import load_dataset, load_folder, load_mnist5k, read_idx, resize, split_tasks, to_model_range
 from hopfield_replay.errors import UserError
 

@@ -101,3 +101,12 @@ def test_a_failed_kit_download_is_one_line_and_leaves_no_folder(tmp_path):
     assert done.returncode == 2 and done.stdout == "", done.stderr[-2000:]
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("gpu_kit: ERROR: ") and "diffusers" in done.stderr
     assert list(tmp_path.iterdir()) == []  # neither the kit nor its temporary folder
+
+
+def test_the_default_steps_fit_one_ten_minute_call():
+    """The device tool cuts a call at 600 s: the default steps' limits, plus the kit's install, must fit in it."""
+    text = SCRIPT.read_text()
+    limits = dict(re.findall(r"^\s+[a-z-]+\) step ([a-z-]+) (\d+) ", text, re.M))
+    default = re.search(r"steps=\(([a-z -]+)\)", text).group(1).split()
+    assert set(default) < set(limits) and "train-big" not in default
+    assert sum(int(limits[s]) for s in default) <= 600 - 30  # 30 s left for installing the kit

@@ -16,7 +16,7 @@ import torch
 from hopfield_replay.energy import hopfield_energy
 from hopfield_replay.testing import build_tiny_sd_pipeline
 from hopfield_replay.tables import load_tensors, read_meta
-from tests.conftest import ROOT, make_project, run, write_params
+from tests.conftest import make_project, run, write_params
 
 RES = 16  # the tiny VAE downsamples by 2: latents (4, 8, 8)
 LATENT = (4, RES // 2, RES // 2)

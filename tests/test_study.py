@@ -5,6 +5,7 @@ run twice."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -71,11 +72,8 @@ def test_the_command_line_prints_one_error_line_and_exits_2(tmp_path, capsys):
 
 def test_ray_without_prefect_ray_names_the_extra(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)  # the shipped studies name their base relative to the repository's root
-    try:
-        import prefect_ray  # noqa: F401
+    if importlib.util.find_spec("prefect_ray"):
         pytest.skip("prefect-ray is installed")
-    except ImportError:
-        pass
     from flows.study import main
 
     assert main([str(ROOT / "studies" / "tiny.yaml"), "--engine", "ray"]) == 2
