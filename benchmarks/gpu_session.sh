@@ -5,17 +5,20 @@
 #
 #   make gpu-kit                                  # here, once (needs PyPI): the wheels the lent machine lacks
 #   bash benchmarks/gpu_session.sh                # there, with .gpu-kit carried: env tests recon sd side train
-#   bash benchmarks/gpu_session.sh train-big      # there, a second call if time is left: the 35.7M UNet too
+#   bash benchmarks/gpu_session.sh stage          # there, a second call if 2 min are left: the real prepare, encode
+#                                                 # and train_a stages, 300 steps of the DDPM study profile's model
+#   bash benchmarks/gpu_session.sh train-big      # there, if 3 min are left: training the 35.7M UNet too
 #   GPU_SESSION_DEVICE=cpu bash benchmarks/gpu_session.sh --smoke   # here: each benchmark's tiny size (the tests)
 #
 # Files under $OUT (default gpu-out): session.txt (everything printed, with each step's exit status and seconds),
-# env.txt, gpu_tests.txt and one bench_*.txt per benchmark (its figure lines). $PYTHON picks the interpreter.
+# env.txt, gpu_tests.txt, one bench_*.txt per benchmark (its figure lines), stage.txt. $PYTHON picks the
+# interpreter.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 PY=${PYTHON:-python3}
 DEVICE=${GPU_SESSION_DEVICE:-cuda}
-STEPS="env tests recon sd side train train-big"
+STEPS="env tests recon sd side train stage train-big"
 smoke=0
 steps=()
 for arg in "$@"; do
@@ -36,7 +39,11 @@ if [ -d .gpu-kit ]; then  # the kit from `make gpu-kit`: pure wheels, and pydant
 fi
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 
-if [ $smoke = 1 ]; then size=(--smoke); runs=2; compile=(); else size=(--quick); runs=6; compile=(--compile); fi
+if [ $smoke = 1 ]; then
+  size=(--smoke); runs=2; compile=(); profile=tests/tiny_params.yaml; stage_steps=2
+else
+  size=(--quick); runs=6; compile=(--compile); profile=profiles/ddpm-mnist-study.yaml; stage_steps=300
+fi
 
 ENV_PY='
 import platform, torch, diffusers, pydantic, hopfield_replay.models
@@ -46,6 +53,28 @@ if torch.cuda.is_available():
     gpu = f"{torch.cuda.device_count()} x {props.name} ({props.total_memory / 2**30:.0f} GiB)"
 print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), {gpu}")
 print(f"diffusers {diffusers.__version__}, pydantic {pydantic.__version__}")'
+
+stages() {  # the real prepare, encode and train_a stages, as dvc.yaml runs them, in a scratch folder
+  local work
+  work=$(mktemp -d) || return 1
+  "$PY" -c 'import sys, yaml
+from tools.params_yaml import deep_merge
+params, profile, work, steps, device = sys.argv[1:]
+merged = deep_merge(yaml.safe_load(open(params)), yaml.safe_load(open(profile)))
+merged.pop("profile", None)
+merged["device"], merged["train_a"]["steps"] = device, int(steps)
+merged["execution"] = {**merged.get("execution", {}), "checkpoint_dir": f"{work}/checkpoints"}
+yaml.safe_dump(merged, open(f"{work}/params.yaml", "w"))' params.yaml "$profile" "$work" "$stage_steps" "$DEVICE" &&
+  "$PY" -m stages.prepare --params "$work/params.yaml" --out-images "$work/images.safetensors" \
+    --out-samples "$work/samples.parquet" &&
+  "$PY" -m stages.encode --params "$work/params.yaml" --images "$work/images.safetensors" \
+    --out "$work/model_space.safetensors" &&
+  { time "$PY" -m stages.train_a --params "$work/params.yaml" --x0 "$work/model_space.safetensors" \
+    --samples "$work/samples.parquet" --out "$work/task_a"; }
+  local rc=$?
+  rm -rf "$work"
+  return $rc
+}
 
 step() {  # step NAME SECONDS FILE COMMAND...: run it under its limit; what it prints goes to session.txt (and FILE)
   local name=$1 limit=$2 file=$3 start=$SECONDS
@@ -67,7 +96,8 @@ for s in "${steps[@]}"; do
       --out "$OUT/bench_side_by_side.txt" ;;
     train) step train 205 "" "$PY" benchmarks/bench_train.py --device "$DEVICE" "${compile[@]}" "${size[@]}" \
       --out "$OUT/bench_train.txt" ;;
-    train-big) step train-big 240 "" "$PY" benchmarks/bench_train.py --device "$DEVICE" --big "${size[@]}" \
+    stage) export -f stages; export PY DEVICE profile stage_steps; step stage 90 stage.txt bash -c stages ;;
+    train-big) step train-big 150 "" "$PY" benchmarks/bench_train.py --device "$DEVICE" --big "${size[@]}" \
       --out "$OUT/bench_train_big.txt" ;;
   esac
 done

@@ -34,10 +34,10 @@ def _session(out: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_every_step_runs_and_writes_its_figures(tmp_path):
     out = tmp_path / "out"
-    done = _session(out, "--smoke")
+    done = _session(out, "--smoke", "env", "tests", "recon", "sd", "side", "train", "stage")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     session = (out / "session.txt").read_text()
-    for step in ("env", "tests", "recon", "sd", "side", "train"):
+    for step in ("env", "tests", "recon", "sd", "side", "train", "stage"):
         assert re.search(rf"^== {step}: exit 0 after \d+ s$", session, re.M), session[-3000:]
     assert "train-big" not in session  # only when asked for
     assert f"diffusers {diffusers.__version__}" in (out / "env.txt").read_text()
@@ -49,7 +49,9 @@ def test_every_step_runs_and_writes_its_figures(tmp_path):
         assert lines[0].startswith("CPU: "), lines  # the machine first
         assert sum(bool(re.search(r"ratio .* = [0-9.]+x", line)) for line in lines) == ratios, lines
         assert set(lines) <= printed  # every figure line was also printed
-    assert sorted(p.name for p in out.iterdir()) == sorted([*RATIOS, "env.txt", "gpu_tests.txt", "session.txt"])
+    assert re.search(r"^train_a: 2 steps on cpu, final loss [0-9.]+ -> ", (out / "stage.txt").read_text(), re.M)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*RATIOS, "env.txt", "gpu_tests.txt", "session.txt",
+                                                            "stage.txt"])
 
 
 def test_an_unknown_step_is_one_line_and_writes_nothing(tmp_path):
@@ -68,15 +70,18 @@ def _distribution(module: str, installed: dict) -> str | None:
 
 
 def test_the_kit_carries_what_the_session_imports_and_the_machine_lacks():
-    """Static: every third-party import in the code the session runs (the library, the stages the tests import, the
-    benchmarks, the gpu tests and what they import), and every requirement of a kit wheel, is on the lent machine
+    """Static: every third-party import in the code the session runs (the library, the stages, the benchmarks, the
+    params merge, the gpu tests and what they import), and every requirement of a kit wheel, is on the lent machine
     or in the kit. Control: without the kit, diffusers and pydantic would be missing."""
     files = [*(ROOT / "src").rglob("*.py"), *(ROOT / "stages").glob("*.py"), *(ROOT / "benchmarks").glob("*.py"),
              *(ROOT / "tests" / f"{name}.py" for name in ("conftest", "test_training_device", "test_noise",
                                                           "test_energy", "test_checkpoints", "test_diffusion"))]
+    trees = [ast.walk(ast.parse(path.read_text())) for path in files]  # every import, lazy ones too
+    # tools/params_yaml: the session uses deep_merge only; ruamel (for keeping comments) is imported lazily elsewhere
+    trees.append(ast.parse((ROOT / "tools" / "params_yaml.py").read_text()).body)
     imported = set()
-    for path in files:
-        for node in ast.walk(ast.parse(path.read_text())):
+    for tree in trees:
+        for node in tree:
             if isinstance(node, ast.Import):
                 imported |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
@@ -108,5 +113,5 @@ def test_the_default_steps_fit_one_ten_minute_call():
     text = SCRIPT.read_text()
     limits = dict(re.findall(r"^\s+[a-z-]+\) step ([a-z-]+) (\d+) ", text, re.M))
     default = re.search(r"steps=\(([a-z -]+)\)", text).group(1).split()
-    assert set(default) < set(limits) and "train-big" not in default
+    assert set(default) < set(limits) and not {"stage", "train-big"} & set(default)
     assert sum(int(limits[s]) for s in default) <= 600 - 30  # 30 s left for installing the kit
