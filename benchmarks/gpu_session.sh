@@ -11,8 +11,8 @@
 #   GPU_SESSION_DEVICE=cpu bash benchmarks/gpu_session.sh --smoke   # here: each benchmark's tiny size (the tests)
 #
 # Files under $OUT (default gpu-out): session.txt (everything printed, with each step's exit status and seconds),
-# env.txt, gpu_tests.txt, one bench_*.txt per benchmark (its figure lines), stage.txt. $PYTHON picks the
-# interpreter.
+# env.txt, gpu_tests.txt, one bench_*.txt per benchmark (its figure lines), stage.txt. A failed step does not stop
+# the others; the script then exits 1 and names it last. $PYTHON picks the interpreter.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -81,8 +81,12 @@ step() {  # step NAME SECONDS FILE COMMAND...: run it under its limit; what it p
   shift 3
   echo "== $name (at most $limit s): $*" | tee -a "$OUT/session.txt"
   timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$OUT/session.txt" ${file:+"$OUT/$file"}
-  echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s" | tee -a "$OUT/session.txt"
+  local rc=${PIPESTATUS[0]}
+  echo "== $name: exit $rc after $((SECONDS - start)) s" | tee -a "$OUT/session.txt"
+  [ "$rc" = 0 ] || failed+=("$name")
 }
+
+failed=()
 
 for s in "${steps[@]}"; do
   case $s in
@@ -101,3 +105,7 @@ for s in "${steps[@]}"; do
       --out "$OUT/bench_train_big.txt" ;;
   esac
 done
+if [ ${#failed[@]} -gt 0 ]; then  # every step ran; say which failed (a timeout is exit 124)
+  echo "== failed: ${failed[*]}" | tee -a "$OUT/session.txt"
+  exit 1
+fi

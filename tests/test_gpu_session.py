@@ -24,9 +24,9 @@ OURS = {"hopfield_replay", "stages", "flows", "tools", "tests"}
 RATIOS = {"bench_reconstruction.txt": 1, "bench_sd.txt": 3, "bench_side_by_side.txt": 1, "bench_train.txt": 3}
 
 
-def _session(out: Path, *args: str) -> subprocess.CompletedProcess:
+def _session(out: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "GPU_SESSION_DEVICE": "cpu",
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=900)
 
@@ -52,6 +52,17 @@ def test_every_step_runs_and_writes_its_figures(tmp_path):
     assert re.search(r"^train_a: 2 steps on cpu, final loss [0-9.]+ -> ", (out / "stage.txt").read_text(), re.M)
     assert sorted(p.name for p in out.iterdir()) == sorted([*RATIOS, "env.txt", "gpu_tests.txt", "session.txt",
                                                             "stage.txt"])
+
+
+def test_a_failed_step_leaves_the_others_running_and_the_session_fails(tmp_path):
+    """A benchmark asked for CUDA on a machine without it fails; the next step still runs; exit 1 names the step."""
+    out = tmp_path / "out"
+    done = _session(out, "recon", "env", env={"GPU_SESSION_DEVICE": "cuda", "CUDA_VISIBLE_DEVICES": ""})
+    session = (out / "session.txt").read_text()
+    assert done.returncode == 1, session[-3000:]
+    assert re.search(r"^== recon: exit [1-9]\d* after", session, re.M)
+    assert re.search(r"^== env: exit 0 after", session, re.M) and (out / "env.txt").exists()
+    assert session.splitlines()[-1] == "== failed: recon"
 
 
 def test_an_unknown_step_is_one_line_and_writes_nothing(tmp_path):
