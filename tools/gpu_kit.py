@@ -34,9 +34,9 @@ DEVICE_HAS = frozenset({
 })
 
 
-def pins() -> list[str]:
-    """``name==version`` of every kit package, as installed in this environment."""
-    return [f"{name}=={metadata.version(name)}" for name in (*KIT, *COMPILED)]
+def pins(names: tuple[str, ...]) -> list[str]:
+    """``name==version`` of each package, as installed in this environment."""
+    return [f"{name}=={metadata.version(name)}" for name in names]
 
 
 class DownloadError(Exception):
@@ -57,12 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dest", nargs="?", default=".gpu-kit", help="the kit folder (default .gpu-kit)")
     dest = Path(ap.parse_args(argv).dest)
-    specs = pins()
+    pure, compiled = pins(KIT), pins(COMPILED)
+    specs = pure + compiled
     with tempfile.TemporaryDirectory(prefix=".gpu-kit-", dir=dest.absolute().parent) as tmp:
         try:
-            download(specs[:len(KIT)], Path(tmp), PYTHONS[0])
+            download(pure, Path(tmp), PYTHONS[0])
             for python in PYTHONS:
-                download(specs[len(KIT):], Path(tmp) / f"cp{python.replace('.', '')}", python)
+                download(compiled, Path(tmp) / f"cp{python.replace('.', '')}", python)
         except DownloadError as exc:
             print(f"gpu_kit: {exc}; making the kit needs PyPI (or a PIP_INDEX_URL that has these wheels)",
                   file=sys.stderr)

@@ -21,10 +21,6 @@ class RuleError(ValueError):
         self.field = field
 
 
-def _field_error(field: str, message: str) -> RuleError:
-    return RuleError(field, message)
-
-
 class Section(BaseModel):
     """A params section: unknown keys, wrong types (no silent coercion) and NaN/inf are errors."""
 
@@ -60,11 +56,11 @@ class PrepareParams(Section):
     def _rules(self):
         overlap = sorted(set(self.task_a) & set(self.task_b))
         if overlap:
-            raise _field_error("task_b", f"classes {overlap} are also in task_a; the two tasks must not overlap")
+            raise RuleError("task_b", f"classes {overlap} are also in task_a; the two tasks must not overlap")
         if self.dataset == "folder" and not self.root:
-            raise _field_error("root", "dataset 'folder' needs root: the path of a local data folder")
+            raise RuleError("root", "dataset 'folder' needs root: the path of a local data folder")
         if self.resolution % 4:
-            raise _field_error("resolution", f"{self.resolution} must be a multiple of 4 (the UNet halves it twice)")
+            raise RuleError("resolution", f"{self.resolution} must be a multiple of 4 (the UNet halves it twice)")
         return self
 
 
@@ -94,10 +90,10 @@ class SDParams(Section):
     @model_validator(mode="after")
     def _rules(self):
         if self.prompt == "class" and "{class}" not in self.prompt_template:
-            raise _field_error("prompt_template", f"{self.prompt_template!r} has no {{class}} placeholder; class "
+            raise RuleError("prompt_template", f"{self.prompt_template!r} has no {{class}} placeholder; class "
                                f"prompts need one (for example {SD_DEFAULT_TEMPLATE!r}) or use prompt: empty")
         if self.revision is not None and self.pretrained is None:
-            raise _field_error("revision", "set without pretrained; give pretrained: a hub id or local folder")
+            raise RuleError("revision", "set without pretrained; give pretrained: a hub id or local folder")
         return self
 
 
@@ -113,9 +109,9 @@ class ModelParams(Section):
     def _rules(self):
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
         if bad:
-            raise _field_error("block_out_channels", f"{bad} not divisible by norm_num_groups={self.norm_num_groups}")
+            raise RuleError("block_out_channels", f"{bad} not divisible by norm_num_groups={self.norm_num_groups}")
         if self.family == "sd" and not self.sd.pretrained:
-            raise _field_error("sd.pretrained", "family 'sd' needs pretrained: a local diffusers Stable Diffusion "
+            raise RuleError("sd.pretrained", "family 'sd' needs pretrained: a local diffusers Stable Diffusion "
                                "folder (model_index.json) or a hub id with revision")
         return self
 
@@ -139,15 +135,15 @@ class TrainParams(Section):
     @model_validator(mode="after")
     def _rules(self):
         if self.lr_warmup_steps >= self.steps:
-            raise _field_error("lr_warmup_steps", f"{self.lr_warmup_steps} is not below steps={self.steps}")
+            raise RuleError("lr_warmup_steps", f"{self.lr_warmup_steps} is not below steps={self.steps}")
         if self.lr_warmup_steps and self.lr_schedule == "constant":
-            raise _field_error("lr_schedule", "'constant' has no warmup; use constant_with_warmup (or "
+            raise RuleError("lr_schedule", "'constant' has no warmup; use constant_with_warmup (or "
                                "lr_warmup_steps: 0)")
         if self.batch_size % self.grad_accumulation:
-            raise _field_error("grad_accumulation", f"{self.grad_accumulation} does not divide batch_size="
+            raise RuleError("grad_accumulation", f"{self.grad_accumulation} does not divide batch_size="
                                f"{self.batch_size}; use a divisor of it")
         if self.batch_size % (self.processes * self.grad_accumulation):
-            raise _field_error("processes", f"batch_size={self.batch_size} does not split into {self.processes} "
+            raise RuleError("processes", f"batch_size={self.batch_size} does not split into {self.processes} "
                                f"processes x grad_accumulation {self.grad_accumulation}; use a batch_size "
                                f"divisible by {self.processes * self.grad_accumulation}")
         return self
@@ -183,7 +179,7 @@ class ScoresParams(Section):
     @model_validator(mode="after")
     def _rules(self):
         if self.beta_rule == "fixed" and self.beta is None:
-            raise _field_error("beta", "beta_rule 'fixed' needs beta: a number > 0")
+            raise RuleError("beta", "beta_rule 'fixed' needs beta: a number > 0")
         return self
 
 
@@ -284,11 +280,11 @@ class MHNClosedFormParams(Section):
     def _rules(self):
         if self.geometry == "paper":
             if self.c >= 1.0:
-                raise _field_error("c", f"must be < 1 (c = 1 makes all cluster patterns identical), got {self.c}")
+                raise RuleError("c", f"must be < 1 (c = 1 makes all cluster patterns identical), got {self.c}")
             if self.d < self.n + 2:
-                raise _field_error("d", f"the paper geometry needs d >= n + 2 = {self.n + 2}, got {self.d}")
+                raise RuleError("d", f"the paper geometry needs d >= n + 2 = {self.n + 2}, got {self.d}")
         elif sum(self.cluster_sizes) + self.n_outliers < 2:
-            raise _field_error("cluster_sizes", "need at least 2 memories in all")
+            raise RuleError("cluster_sizes", "need at least 2 memories in all")
         return self
 
 
@@ -326,12 +322,12 @@ class MHNTrainedParams(Section):
     def _rules(self):
         n_a = sum(self.task_a_clusters) + self.task_a_outliers
         if self.replay_budget >= n_a:
-            raise _field_error("replay_budget", f"must be < the {n_a} task-A samples, got {self.replay_budget}")
+            raise RuleError("replay_budget", f"must be < the {n_a} task-A samples, got {self.replay_budget}")
         if self.memories > n_a:
-            raise _field_error("memories", f"at most the {n_a} task-A samples (they initialise the memories), "
+            raise RuleError("memories", f"at most the {n_a} task-A samples (they initialise the memories), "
                                f"got {self.memories}")
         if self.deciles > n_a:
-            raise _field_error("deciles", f"at most the {n_a} task-A samples, got {self.deciles}")
+            raise RuleError("deciles", f"at most the {n_a} task-A samples, got {self.deciles}")
         return self
 
 

@@ -69,17 +69,22 @@ def read_yaml(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
+def read_yaml_file(path: Path, error: type[UserError] = UserError):
+    """A YAML file read as the stages read params; malformed YAML raises ``error`` naming the file and the line."""
+    try:
+        return read_yaml(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise error(f"{path}: not valid YAML{where}; fix the syntax") from None
+
+
 def load_raw(path: str | Path) -> dict:
     """The params file as a plain mapping (not validated)."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found; run from the project root or pass --params")
-    try:
-        raw = read_yaml(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ParamsError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    raw = read_yaml_file(path, ParamsError)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

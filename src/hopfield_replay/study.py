@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .config import Config, RuleError
 from .errors import UserError
 from .forgetting import MEASURES, add_measures
-from .params_file import read_yaml, validation_line
+from .params_file import read_yaml_file, validation_line
 from .protocol import Evidence, run_protocol
 from .tables import params_hash, read_table
 
@@ -119,11 +118,7 @@ def load_study(path: str | Path) -> StudySpec:
         raise UserError(f"{path}: study file not found; studies live in studies/<name>.yaml")
     if not NAME.match(path.stem):
         raise UserError(f"{path}: the study name {path.stem!r} may hold only letters, digits, '_', '.' and '-'")
-    try:
-        raw = read_yaml(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise UserError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}; fix the syntax") from None
+    raw = read_yaml_file(path)
     if not isinstance(raw, dict):
         raise UserError(f"{path}: must be a mapping (base:, grid:, stages:, engine:), got {type(raw).__name__}")
     try:
