@@ -32,10 +32,10 @@ def main(cfg, args):
     ev = run_protocol(scores, forgetting, replay, seeds=cfg.seeds, energy=energy, nuisance=p.nuisance,
                       deciles=p.deciles, top_frac=p.top_frac, n_boot=p.bootstrap, seed=p.seed, level=p.level,
                       aggregate_t=p.aggregate_t)
-    used_abs = ev.by_t["absolute"].loc[lambda d: d.used, "t"]
-    curves = decile_curves(replay[replay.t.isin(used_abs)], forgetting[forgetting.t.isin(used_abs)], ev.deciles)
-    used = ev.by_t["relative"].loc[lambda d: d.used, "t"]
-    per = per_sample(forgetting[forgetting.t.isin(used)], "relative").join(scores)
+    used = {m: ev.by_t[m].loc[lambda d: d.used, "t"] for m in MEASURES}
+    curves = pd.concat([decile_curves(replay[replay.t.isin(used[m])], forgetting[forgetting.t.isin(used[m])],
+                                      ev.deciles, m).assign(measure=m) for m in MEASURES], ignore_index=True)
+    per = per_sample(forgetting[forgetting.t.isin(used["relative"])], "relative").join(scores)
     order = scores[energy].sort_values()
     high, low = order.index[::-1][:p.grid], order.index[:p.grid]
     pixels, _, ids = load_task(args.images, args.samples, "A")
@@ -49,18 +49,21 @@ def main(cfg, args):
         for m in MEASURES:
             ev.predictors[m].to_csv(plots / f"predictors_{m}.csv")
             ev.arms[m].to_csv(plots / f"arms_{m}.csv", index=False)
+            ev.by_decile[m].to_csv(plots / f"forgetting_by_decile_{m}.csv", index=False)
         figures = {
             "predictors": plot_predictors(ev.predictors, plots / "predictors.png"),
             "arms_by_decile": plot_arms_by_decile(curves, plots / "arms_by_decile.png"),
             "scatter": plot_score_vs_forgetting(per, [energy, *p.nuisance], plots / "energy_vs_forgetting.png",
-                                                target="agg"),
+                                                target="agg", bins=p.deciles, level=p.level,
+                                                correlations=ev.predictors["relative"],
+                                                ylabel="relative forgetting (per-t standardised)"),
             "image_grid": plot_image_grid(pixels[rows.get_indexer(high)].numpy(), pixels[rows.get_indexer(low)].numpy(),
                                           plots / "energy_extremes.png", high_energy=order[high].to_numpy(),
                                           low_energy=order[low].to_numpy()),
         }
         figures = {k: str(v.relative_to(out)) for k, v in figures.items()}
         (out / "report.md").write_text(markdown_report(ev.verdicts, ev.predictors, ev.comparison, ev.by_t, ev.arms,
-                                                       figures, run))
+                                                       figures, run, ev.by_decile))
         write_json({"run": run, **ev.details()}, args.metrics_dir / "details.json")
         write_json(ev.headline(), args.metrics_dir / "verdicts.json")
     print("report: verdicts\n" + "\n".join(verdict_lines(ev.verdicts)) + f"\nreport: {args.out_dir / 'report.md'}")

@@ -7,8 +7,10 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
+import scipy.stats
 
-from hopfield_replay.protocol import decile_curves, run_protocol
+from hopfield_replay.protocol import binned_means, decile_curves, run_protocol
 
 
 def _tables(n=200, seeds=(1, 2, 3), ts=(100, 500)):
@@ -76,3 +78,39 @@ def test_decile_curves_have_one_row_per_arm_seed_and_decile():
     assert len(curves) == 3 * 2 * 5
     top = curves[curves.decile == 4].set_index(["strategy", "seed"])["forgetting"]
     assert (top.loc["energy_high"] < top.loc["none"]).all()  # the top decile is the energy_high buffer
+
+
+def test_binned_means_match_an_independent_fp64_computation():
+    """Equal-count bins of x by rank (ties by position), the mean of y in each with the Student-t interval:
+    checked against sorting by hand and scipy.stats.t.interval; y may come in another sample order."""
+    rng = np.random.default_rng(3)
+    ids = rng.permutation(1000) + 7
+    x = pd.Series(np.round(rng.normal(size=1000), 1), index=ids)  # rounded: many ties
+    y = pd.Series(x.to_numpy() ** 2 + rng.normal(size=1000), index=ids)
+    table = binned_means(x, y.sample(frac=1.0, random_state=1), 4, level=0.9)
+    order = np.lexsort((np.arange(1000), x.to_numpy()))  # by value, then by position
+    for k, rows in enumerate(np.array_split(order, 4)):
+        ys = y.to_numpy()[rows].astype(np.float64)
+        lo, hi = scipy.stats.t.interval(0.9, ys.size - 1, loc=ys.mean(), scale=ys.std(ddof=1) / np.sqrt(ys.size))
+        r = table.iloc[k]
+        assert r["bin"] == k and r["n"] == 250
+        assert r["x_lo"] == x.to_numpy()[rows].min() and r["x_hi"] == x.to_numpy()[rows].max()
+        np.testing.assert_allclose([r["mean"], r["lo"], r["hi"]], [ys.mean(), lo, hi], rtol=1e-12)
+    with pytest.raises(ValueError, match="one value for each sample"):
+        binned_means(x, y.iloc[1:], 4)
+
+
+def test_the_protocol_reports_forgetting_by_energy_decile():
+    """Forgetting here rises with pixel mass, which the energy copies: the decile means rise with the energy, the
+    deciles are the arms' (ev.deciles), and details() carries the table."""
+    scores, forgetting, replay = _tables()
+    ev = run_protocol(scores, forgetting, replay, seeds=[1, 2, 3], energy="energy_a", nuisance=["pixel_mass"],
+                      deciles=5, top_frac=0.1, n_boot=50, seed=0, level=0.95)
+    for m in ("absolute", "relative"):
+        table = ev.by_decile[m]
+        assert table["bin"].tolist() == [0, 1, 2, 3, 4] and table["n"].tolist() == [40] * 5
+        assert table["mean"].is_monotonic_increasing and table.iloc[-1]["lo"] > table.iloc[0]["hi"]
+        assert (table["x_hi"] <= table["x_lo"].shift(-1).fillna(np.inf)).all()
+        energy = scores["energy_a"]
+        assert [energy[ev.deciles == k].max() for k in range(5)] == table["x_hi"].tolist()
+        assert ev.details()[m]["forgetting_by_decile"][4]["n"] == 40

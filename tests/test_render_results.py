@@ -25,10 +25,12 @@ def test_committed_readme_matches_the_committed_metrics():
 
 
 def test_render_states_the_verdicts_and_the_numbers_it_is_given():
-    ci = {"effect": 0.123, "lo": -0.05, "hi": 0.3}
-    verdicts = {"claim1": {"verdict": "inconclusive", "absolute": ci, "relative": {**ci, "effect": -0.5, "lo": -0.7,
-                                                                                    "hi": -0.2}},
-                "claim2": {"verdict": "fails", "absolute": {"effect": None, "lo": None, "hi": None}, "relative": ci}}
+    ci = {"effect": 0.123, "lo": -0.05, "hi": 0.3, "verdict": "inconclusive"}
+    partial = {"partial": 0.2, "partial_lo": 0.1, "partial_hi": 0.25}
+    verdicts = {"claim1": {"verdict": "inconclusive", "absolute": {**ci, **partial},
+                           "relative": {**ci, **partial, "effect": -0.5, "lo": -0.7, "hi": -0.2, "verdict": "fails"}},
+                "claim2": {"verdict": "fails", "absolute": {"effect": None, "lo": None, "hi": None,
+                                                            "verdict": "inconclusive"}, "relative": ci}}
     pred = {"predictor": "energy_a", "spearman": 0.5, "spearman_lo": 0.4, "spearman_hi": 0.6, "partial": -0.1,
             "partial_lo": -0.2, "partial_hi": 0.0, "precision_at_10": 0.25, "covariates": "pixel_mass"}
     arm = {"strategy": "energy_high", "budget": 250, "subset": "overall", "effect": 0.01, "lo": -0.02, "hi": 0.04,
@@ -39,9 +41,11 @@ def test_render_states_the_verdicts_and_the_numbers_it_is_given():
                             "vs_best_baseline": [{"baseline": "-pixel_mass"}],
                             "arms": [{**arm, "reference": "none"}, {**arm, "reference": "random", "effect": -0.03}]}}
     text = render(details)
-    assert "| Task-A energy predicts forgetting beyond the baselines | **inconclusive** | +0.123 [-0.050, +0.300] | " \
-           "-0.500 [-0.700, -0.200] |" in text
-    assert "**fails** | n/a |" in text
+    assert ("| Task-A energy predicts forgetting beyond the baselines | **inconclusive** | inconclusive: "
+            "+0.123 [-0.050, +0.300]; partial +0.200 [+0.100, +0.250] | fails: -0.500 [-0.700, -0.200]; "
+            "partial +0.200 [+0.100, +0.250] |") in text
+    assert "**fails** | inconclusive: n/a | inconclusive: +0.123 [-0.050, +0.300] |" in text
+    assert "partial Spearman given pixel_mass;" in text
     assert "| pixel_mass (best baseline, reversed) | +0.700 [+0.400, +0.600]" in text
     assert "| energy_high | 250 | -0.030 [-0.020, +0.040] | +0.010 [-0.020, +0.040] | 1/2 |" in text
     readme = f"intro\n{BEGIN}\nold\n{END}\noutro\n"

@@ -36,17 +36,26 @@ def render(details: dict) -> str:
     lines += ["| claim | verdict | absolute forgetting | relative forgetting |", "|---|---|---|---|"]
     for key in ("claim1", "claim2"):
         v = verdicts[key]
-        cells = [_ci(v[m]["effect"], v[m]["lo"], v[m]["hi"]) for m in MEASURES]
+        cells = []
+        for m in MEASURES:
+            c = v[m]
+            cell = f"{c['verdict']}: {_ci(c['effect'], c['lo'], c['hi'])}"
+            if key == "claim1":
+                cell += f"; partial {_ci(c['partial'], c['partial_lo'], c['partial_hi'])}"
+            cells.append(cell)
         lines.append(f"| {names[key]} | **{v['verdict']}** | {cells[0]} | {cells[1]} |")
-    lines += ["", "Claim 1's effect is the energy's Spearman minus the best baseline's (counted in its better direction); claim 2's is forgetting under "
-              "random replay minus under top-energy replay (> 0: top-energy forgets less), paired by seed.", ""]
     rows = {r["predictor"]: r for r in details["relative"]["predictors"]}
     best_name = details["relative"]["vs_best_baseline"][0]["baseline"]  # "-name": best in the reverse direction
     best = best_name.removeprefix("-")
     shown = [p for p in dict.fromkeys(["energy_a", best, "pixel_mass", "recon_error_a", "knn10_dist", "energy_rise"])
              if p in rows]
-    lines += ["Predictors of relative forgetting (Spearman, and partial Spearman given "
-              f"{rows[shown[0]]['covariates'] or 'nothing'}):", "",
+    covariates = rows[shown[0]]["covariates"] or "nothing"
+    lines += ["", "Claim 1, per measure: the energy's Spearman minus the best baseline's (counted in its better "
+              f"direction), then the energy's partial Spearman given {covariates}; it holds when both intervals lie "
+              "above 0 and fails when either lies below 0. Claim 2: forgetting under random replay minus under "
+              "top-energy replay (> 0: top-energy forgets less), paired by seed. A claim holds (fails) when it holds "
+              "(fails) under both measures, and is inconclusive otherwise.", ""]
+    lines += [f"Predictors of relative forgetting (Spearman, and partial Spearman given {covariates}):", "",
               "| predictor | Spearman | partial | precision@10% |", "|---|---|---|---|"]
     for p in shown:
         r = rows[p]

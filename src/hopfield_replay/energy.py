@@ -74,6 +74,19 @@ def _as_matrix(x, name: str, device=None) -> torch.Tensor:
     return x
 
 
+def _query_memory_pair(queries, memories, exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both as (rows, d) matrices on the queries' device, checked to share d (and, for a leave-one-out
+    computation, to be the same rows)."""
+    q = _as_matrix(queries, "queries")
+    m = _as_matrix(memories, "memories", device=q.device)
+    if q.shape[1] != m.shape[1]:
+        raise ValueError(f"queries have dimension {q.shape[1]} but memories {m.shape[1]}")
+    if exclude_self and q.shape[0] != m.shape[0]:
+        raise ValueError(f"exclude_self=True needs queries == memories (got {q.shape[0]} queries, "
+                         f"{m.shape[0]} memories)")
+    return q, m
+
+
 def _compute_dtype(q: torch.Tensor, m: torch.Tensor) -> torch.dtype:
     """The matmul dtype: the inputs' common dtype; fp16/bf16 only on a GPU (fp32 on the CPU)."""
     compute = torch.promote_types(q.dtype, m.dtype)
@@ -208,13 +221,8 @@ def hopfield_energy(
     if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
         raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
     _check_chunks(query_chunk, memory_chunk)
-    q_all = _as_matrix(queries, "queries")
-    m_all = _as_matrix(memories, "memories", device=q_all.device)
-    if q_all.shape[1] != m_all.shape[1]:
-        raise ValueError(f"queries have dimension {q_all.shape[1]} but memories {m_all.shape[1]}")
+    q_all, m_all = _query_memory_pair(queries, memories, exclude_self)
     n, m_count = q_all.shape[0], m_all.shape[0]
-    if exclude_self and n != m_count:
-        raise ValueError(f"exclude_self=True needs queries == memories (got {n} queries, {m_count} memories)")
     acc = _accumulation_dtype(q_all, m_all)
     # Matmuls run in the inputs' common dtype (fp16/bf16 allowed on GPU); everything after them in ``acc``.
     compute = _compute_dtype(q_all, m_all)
@@ -311,13 +319,8 @@ def _knn_sqdist(queries, memories, k, *, exclude_self, query_chunk, memory_chunk
         raise TypeError(f"k must be an integer, got {k!r}") from None
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    q_all = _as_matrix(queries, "queries")
-    m_all = _as_matrix(memories, "memories", device=q_all.device)
-    if q_all.shape[1] != m_all.shape[1]:
-        raise ValueError(f"queries have dimension {q_all.shape[1]} but memories {m_all.shape[1]}")
+    q_all, m_all = _query_memory_pair(queries, memories, exclude_self)
     n, m_count = q_all.shape[0], m_all.shape[0]
-    if exclude_self and n != m_count:
-        raise ValueError("exclude_self=True needs queries == memories")
     if exclude_self and n < k + 1:
         what = "nearest neighbour" if k == 1 else f"{k}-nearest-neighbour search"
         raise ValueError(f"a leave-one-out {what} needs at least {k + 1} rows, got {n}")

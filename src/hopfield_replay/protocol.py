@@ -7,6 +7,8 @@ none does, or with ``aggregate_t="all"``):
     predictors   every column of the scores table against the per-sample forgetting aggregate of each seed
                  (evidence.evaluate_predictors), and against the best baseline (evidence.compare_to_best_baseline)
     by_t         which timesteps carry forgetting without replay (forgetting.forgetting_by_t)
+    by_decile    no-replay forgetting per decile of the task-A energy, with intervals (binned_means): the
+                 paper's "energy tracks forgetting monotonically", read off directly
     arms         every replay arm against random at the same budget and against no replay, paired over seeds
                  (evidence.arm_effects)
     verdicts     the paper's two claims (evidence.claims), then combined over both measures
@@ -23,6 +25,7 @@ import pandas as pd
 from .evidence import arm_effects, claims, combine_verdicts, compare_to_best_baseline, evaluate_predictors
 from .forgetting import MEASURES, energy_deciles, forgetting_by_t, per_sample
 from .predictors import predictor_kinds
+from .stats import t_interval
 
 NOT_PREDICTORS = ("task", "label", "beta")  # columns of the scores table that are not scores
 
@@ -35,6 +38,7 @@ class Evidence:
     arms: dict[str, pd.DataFrame]  # measure -> one row per (arm, budget, subset, reference)
     verdicts: dict  # claim1 / claim2 -> statement, verdict (combined), and each measure's claim
     deciles: pd.Series  # sample_id -> decile of the energy the arms rank by
+    by_decile: dict[str, pd.DataFrame]  # measure -> no-replay forgetting per energy decile (binned_means)
 
     def headline(self) -> dict:
         """What `dvc metrics show` prints, one short row: per claim the verdict and each measure's effect (4
@@ -51,7 +55,8 @@ class Evidence:
 
         return {"verdicts": _plain(self.verdicts),
                 **{m: {"predictors": records(self.predictors[m]), "vs_best_baseline": records(self.comparison[m]),
-                       "forgetting_by_t": records(self.by_t[m]), "arms": records(self.arms[m])} for m in MEASURES}}
+                       "forgetting_by_t": records(self.by_t[m]), "forgetting_by_decile": records(self.by_decile[m]),
+                       "arms": records(self.arms[m])} for m in MEASURES}}
 
 
 def _number(v, fmt: str = ".6g"):
@@ -78,7 +83,7 @@ def run_protocol(scores: pd.DataFrame, forgetting: pd.DataFrame, replay: pd.Data
     kinds = predictor_kinds(predictors.columns)
     boot = dict(n_boot=n_boot, seed=seed, level=level)
     bins = energy_deciles(scores[energy], deciles)
-    tables, comparison, by_t, arms, per_measure = {}, {}, {}, {}, {}
+    tables, comparison, by_t, by_decile, arms, per_measure = {}, {}, {}, {}, {}, {}
     for m in MEASURES:
         by_t[m] = forgetting_by_t(forgetting, m, **boot)
         real = by_t[m].loc[by_t[m]["real"], "t"].tolist() if aggregate_t == "forgetting" else []
@@ -86,6 +91,7 @@ def run_protocol(scores: pd.DataFrame, forgetting: pd.DataFrame, replay: pd.Data
         by_t[m]["used"] = by_t[m]["t"].isin(used)
         rows, replay_rows = forgetting[forgetting["t"].isin(used)], replay[replay["t"].isin(used)]
         targets = {s: per_sample(rows, m, seed=s)["agg"] for s in seeds}
+        by_decile[m] = binned_means(scores[energy], per_sample(rows, m)["agg"], deciles, level=level)
         tables[m] = evaluate_predictors(predictors, scores["label"], targets, nuisance, kinds=kinds,
                                         top_frac=top_frac, **boot)
         comparison[m] = compare_to_best_baseline(predictors, targets, kinds, nuisance, **boot)
@@ -94,7 +100,28 @@ def run_protocol(scores: pd.DataFrame, forgetting: pd.DataFrame, replay: pd.Data
     verdicts = {key: {"statement": per_measure[MEASURES[0]][key]["statement"],
                       "verdict": combine_verdicts(*(per_measure[m][key]["verdict"] for m in MEASURES)),
                       **{m: per_measure[m][key] for m in MEASURES}} for key in ("claim1", "claim2")}
-    return Evidence(tables, comparison, by_t, arms, verdicts, bins)
+    return Evidence(tables, comparison, by_t, arms, verdicts, bins, by_decile)
+
+
+def binned_means(x: pd.Series, y: pd.Series, bins: int, level: float = 0.95) -> pd.DataFrame:
+    """The mean of y in each of ``bins`` equal-count bins of x (forgetting.energy_deciles: by rank, bin 0 =
+    lowest x), with the Student-t interval over the bin's samples (stats.t_interval)
+
+        mean_b +- t_{(1+level)/2, n_b-1} * sd_b / sqrt(n_b)
+
+    x and y are Series on the same index (sample_id). Columns: bin, x_lo, x_hi, x_median, mean, lo, hi, n.
+    """
+    y = y.reindex(x.index)
+    if x.index.has_duplicates or y.isna().any():
+        raise ValueError("binned_means: y needs one value for each sample of x (one x per sample)")
+    b = energy_deciles(x, bins).to_numpy()
+    rows = []
+    for k in range(bins):
+        xs, ys = x.to_numpy()[b == k], y.to_numpy()[b == k]
+        ci = t_interval(ys, level)
+        rows.append({"bin": k, "x_lo": float(xs.min()), "x_hi": float(xs.max()), "x_median": float(np.median(xs)),
+                     "mean": ci.estimate, "lo": ci.low, "hi": ci.high, "n": int(ys.size)})
+    return pd.DataFrame(rows)
 
 
 def decile_curves(replay: pd.DataFrame, forgetting: pd.DataFrame, deciles: pd.Series, measure: str = "absolute"):

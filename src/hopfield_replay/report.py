@@ -15,17 +15,39 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.colors import to_hex  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from .protocol import binned_means  # noqa: E402
 
 KIND_COLOUR = {"energy": "tab:red", "baseline": "tab:gray"}
 ARM_COLOUR = {"none": "black", "energy_high": "tab:red", "energy_low": "tab:blue", "random": "tab:gray",
-              "oracle": "tab:green"}
+              "oracle": "tab:green", "pixel_mass_high": "tab:orange"}
+
+
+def arm_colours(strategies) -> dict[str, str]:
+    """One colour per arm, never two arms alike in a figure: the fixed ARM_COLOUR where it names the arm, then the
+    unused colours of tab10 and tab20 for the other arms in sorted order, then evenly spaced turbo colours."""
+    names = sorted(set(strategies))
+    out = {s: to_hex(ARM_COLOUR[s]) for s in names if s in ARM_COLOUR}
+    palette = [to_hex(c) for c in (*plt.get_cmap("tab10").colors, *plt.get_cmap("tab20").colors)]
+    spare = [c for c in dict.fromkeys(palette) if c not in out.values()]
+    rest = [s for s in names if s not in out]
+    if len(rest) > len(spare):
+        spare += [to_hex(c) for c in plt.get_cmap("turbo")(np.linspace(0.05, 0.95, len(rest) - len(spare)))]
+    out.update(zip(rest, spare))
+    return out
+
+
+def _write(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _write(fig, path)
 
 
 def plot_predictors(tables: dict[str, pd.DataFrame], path: Path) -> Path:
@@ -52,38 +74,76 @@ def plot_predictors(tables: dict[str, pd.DataFrame], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_arms_by_decile(curves: pd.DataFrame, path: Path) -> Path:
-    """Mean forgetting per task-A energy decile, one line per arm with a band from the lowest to the highest seed,
-    one panel per budget (the no-replay arm in every panel). curves: strategy, budget, decile, seed, forgetting."""
+def arms_by_decile_figure(curves: pd.DataFrame):
+    """Mean forgetting per task-A energy decile, one line per arm with a band from the lowest to the highest seed;
+    one row of panels per forgetting measure, one column per budget (the no-replay arm in every panel).
+    curves: measure, strategy, budget, seed, decile, forgetting (protocol.decile_curves per measure)."""
+    measures = list(dict.fromkeys(curves["measure"]))
     budgets = sorted(b for b in curves["budget"].unique() if b > 0) or [0]
-    fig, axes = plt.subplots(1, len(budgets), figsize=(4.6 * len(budgets), 3.6), sharey=True, squeeze=False)
-    for ax, budget in zip(axes[0], budgets):
-        for (strategy, b), g in curves.groupby(["strategy", "budget"], sort=True):
-            if b not in (0, budget):
-                continue
-            by = g.groupby("decile")["forgetting"]
-            mean, lo, hi = by.mean(), by.min(), by.max()
-            colour = ARM_COLOUR.get(strategy)
-            ax.plot(mean.index, mean, "--" if strategy == "none" else "-", color=colour, marker="o", ms=3,
-                    label="no replay" if strategy == "none" else strategy)
-            ax.fill_between(mean.index, lo, hi, color=colour, alpha=0.15, lw=0)
-        ax.set_title(f"replay budget K={budget} (band: range over seeds)", fontsize=9)
+    colours = arm_colours(curves["strategy"])
+    fig, axes = plt.subplots(len(measures), len(budgets), figsize=(4.4 * len(budgets) + 1.8, 3.1 * len(measures)),
+                             sharex=True, squeeze=False)
+    for row, measure in enumerate(measures):
+        for ax, budget in zip(axes[row], budgets):
+            for (strategy, b), g in curves[curves["measure"] == measure].groupby(["strategy", "budget"], sort=True):
+                if b not in (0, budget):
+                    continue
+                by = g.groupby("decile")["forgetting"]
+                mean, lo, hi = by.mean(), by.min(), by.max()
+                ax.plot(mean.index, mean, "--" if strategy == "none" else "-", color=colours[strategy], marker="o",
+                        ms=3, label="no replay" if strategy == "none" else strategy)
+                ax.fill_between(mean.index, lo, hi, color=colours[strategy], alpha=0.15, lw=0)
+            ax.axhline(0, color="k", lw=0.4)
+            ax.set_title(f"{measure} forgetting, replay budget K={budget}", fontsize=9)
+        axes[row, 0].set_ylabel("mean forgetting (per-t standardised)", fontsize=8)
+    for ax in axes[-1]:
         ax.set_xlabel("task-A energy decile (0 = lowest)")
-    axes[0, 0].set_ylabel("mean forgetting (per-t standardised)")
-    axes[0, 0].legend(fontsize=7)
-    return _save(fig, path)
+    handles = {}
+    for ax in axes.flat:
+        handles.update(zip(*reversed(ax.get_legend_handles_labels())))
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
+    fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=8, title="arm (band: seed range)",
+               title_fontsize=8, frameon=False)
+    return fig
 
 
-def plot_score_vs_forgetting(per_sample: pd.DataFrame, columns: list[str], path: Path, *, target: str) -> Path:
-    """Forgetting (per-sample aggregate) against each score in ``columns`` (the energy beside its controls)."""
-    fig, axes = plt.subplots(1, len(columns), figsize=(3.4 * len(columns), 3.2), sharey=True, squeeze=False)
+def plot_arms_by_decile(curves: pd.DataFrame, path: Path) -> Path:
+    """arms_by_decile_figure, saved as a PNG."""
+    return _write(arms_by_decile_figure(curves), path)
+
+
+def score_vs_forgetting_figure(per_sample: pd.DataFrame, columns: list[str], *, target: str, bins: int = 10,
+                               level: float = 0.95, correlations: pd.DataFrame | None = None,
+                               ylabel: str | None = None):
+    """Per-sample forgetting against each score in ``columns`` (the energy beside its controls), coloured by class,
+    with the mean per equal-count bin of the score and its Student-t interval (protocol.binned_means); a panel's
+    title gives the score's Spearman and partial Spearman from ``correlations`` (a predictor table), if given."""
+    labels = per_sample["label"].to_numpy()
+    tab10 = plt.get_cmap("tab10").colors
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.4 * len(columns) + 0.9, 3.3), sharey=True, squeeze=False)
     for ax, col in zip(axes[0], columns):
-        ax.scatter(per_sample[col], per_sample[target], s=3, alpha=0.25, rasterized=True,
-                   c=per_sample["label"], cmap="tab10")
+        ax.scatter(per_sample[col], per_sample[target], s=3, alpha=0.25, c=[tab10[int(k) % 10] for k in labels],
+                   rasterized=True)
+        b = binned_means(per_sample[col], per_sample[target], bins, level=level)
+        ax.errorbar(b["x_median"], b["mean"], yerr=[b["mean"] - b["lo"], b["hi"] - b["mean"]], color="k",
+                    marker="o", ms=3, lw=1.2, capsize=2, zorder=3)
         ax.set_xlabel(col)
-    axes[0, 0].set_ylabel(f"{target} (aggregate over t)")
-    fig.suptitle("per-sample forgetting against the energy and its controls (colour: class)", fontsize=9)
-    return _save(fig, path)
+        if correlations is not None and col in correlations.index:
+            r = correlations.loc[col]
+            ax.set_title(f"Spearman {r['spearman']:+.2f}, partial {r['partial']:+.2f}", fontsize=8)
+    axes[0, 0].set_ylabel(ylabel or target, fontsize=8)
+    handles = [Line2D([], [], color="k", marker="o", ms=3, label=f"mean per {bins}-quantile bin\n({level:.0%} t interval)")]
+    handles += [Line2D([], [], color=tab10[int(k) % 10], marker="o", ls="", ms=4, label=f"class {k}")
+                for k in sorted(set(labels.tolist()))]
+    fig.suptitle("per-sample forgetting against the energy and its controls", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1 - 1.3 / fig.get_figwidth(), 1))
+    fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
+    return fig
+
+
+def plot_score_vs_forgetting(per_sample: pd.DataFrame, columns: list[str], path: Path, **kwargs) -> Path:
+    """score_vs_forgetting_figure, saved as a PNG."""
+    return _write(score_vs_forgetting_figure(per_sample, columns, **kwargs), path)
 
 
 def plot_image_grid(high: np.ndarray, low: np.ndarray, path: Path, *, high_energy=None, low_energy=None) -> Path:
@@ -126,15 +186,19 @@ def verdict_lines(verdicts: dict) -> list[str]:
 
 def markdown_report(verdicts: dict, predictors: dict[str, pd.DataFrame], comparison: dict[str, pd.DataFrame],
                     by_t: dict[str, pd.DataFrame], arms: dict[str, pd.DataFrame], figures: dict[str, str],
-                    run: dict) -> str:
-    """One page: verdicts first, then predictors, forgetting by t, arms and the figures (paths relative)."""
+                    run: dict, by_decile: dict[str, pd.DataFrame]) -> str:
+    """One page: verdicts first, then predictors, forgetting by t and by energy decile, arms and the figures
+    (paths relative)."""
     lines = ["# hopfield-replay: does the Hopfield energy predict forgetting, and does top-energy replay help?", "",
              f"Run: {run['n_samples']} task-A samples, seeds {run['seeds']}, arms {', '.join(run['arms'])}, "
              f"budgets {run['budgets']}; intervals are {run['level']:.0%} (bootstrap over seeds and samples for "
              "correlations; Student t over seeds for arm effects).", "", "## Verdicts", ""]
     lines += verdict_lines(verdicts)
-    lines += ["", "A claim holds when its interval lies above 0 under both forgetting measures, fails when it lies "
-              "below 0 under both, and is inconclusive otherwise.", "", "## Predictors of forgetting", ""]
+    lines += ["", "Under each forgetting measure, claim 1 holds when both of its intervals (the energy's Spearman minus "
+              "the best baseline's, and its partial Spearman) lie above 0, and fails when either lies below 0; claim 2 "
+              "holds when its interval lies above 0 at every budget, and fails when it lies below 0 at some budget and "
+              "above 0 at none. A claim holds (fails) when it holds (fails) under both measures; otherwise it is "
+              "inconclusive.", "", "## Predictors of forgetting", ""]
     for measure, table in predictors.items():
         comp = comparison[measure]
         lines += [f"### {measure} forgetting (per-t standardised, averaged over the used t)", "",
@@ -157,6 +221,16 @@ def markdown_report(verdicts: dict, predictors: dict[str, pd.DataFrame], compari
         for r in table.itertuples():
             lines.append(f"| {measure} | {r.t} | {_ci(r.mean, r.lo, r.hi, 5)} | {r.share_positive:.2f} | "
                          f"{'yes' if r.real else 'no'} | {'yes' if r.used else 'no'} |")
+    lines += ["", "## Forgetting by task-A energy decile (no replay)", "",
+              "The paper reports that forgetting rises monotonically with the task-A energy. Per decile of the energy "
+              "(equal counts, 0 = lowest): the mean of the per-sample forgetting aggregate (per-t standardised, so "
+              "the mean over all samples is 0; seeds averaged) with its Student-t interval over the decile's samples.",
+              "", "| decile | energy | " + " | ".join(f"{m} forgetting" for m in by_decile) + " |",
+              "|---|---|" + "---|" * len(by_decile)]
+    first = next(iter(by_decile.values()))
+    for i, r in enumerate(first.itertuples()):
+        cells = [_ci(t.iloc[i]["mean"], t.iloc[i]["lo"], t.iloc[i]["hi"]) for t in by_decile.values()]
+        lines.append(f"| {r.bin} | {r.x_lo:.4g} to {r.x_hi:.4g} | " + " | ".join(cells) + " |")
     lines += ["", "## Replay arms: paired differences over seeds", "",
               "effect = forgetting(reference) - forgetting(arm), per seed on the same samples, averaged over seeds "
               "(> 0: the arm forgets less); forgetting is per-t standardised by the no-replay arm's spread.", "",
