@@ -226,8 +226,9 @@ def test_unknown_predictor_is_rejected():
 def test_predictor_kinds():
     kinds = P.predictor_kinds(EXPECTED_COLUMNS + ["sample_id", "forgetting"])
     assert set(kinds) == set(EXPECTED_COLUMNS)
-    assert {c for c, kind in kinds.items() if kind == "energy"} == {c for c in EXPECTED_COLUMNS if "energy_" in c
-                                                                    and c != "model_energy"}
+    assert {c for c, kind in kinds.items() if kind == "energy"} == {c for c in EXPECTED_COLUMNS if "energy_a" in c}
+    assert {c for c, kind in kinds.items() if kind == "energy_task_b"} == {"energy_b", "energy_rise"}
+    assert {c for c, kind in kinds.items() if kind == "baseline"} == {c for c in EXPECTED_COLUMNS if "energy_" not in c}
 
 
 @pytest.fixture

@@ -37,7 +37,8 @@ def test_render_states_the_verdicts_and_the_numbers_it_is_given():
            "n_agree": 1, "n_seeds": 2}
     details = {"verdicts": verdicts, "run": {"n_samples": 10, "seeds": [1, 2], "arms": ["energy_high", "random"], "budgets": [250],
                        "level": 0.95},
-               "relative": {"predictors": [pred, {**pred, "predictor": "pixel_mass", "spearman": 0.7}],
+               "relative": {"predictors": [pred, {**pred, "predictor": "pixel_mass", "spearman": 0.7},
+                                           {**pred, "predictor": "energy_rise", "kind": "energy_task_b"}],
                             "vs_best_baseline": [{"baseline": "-pixel_mass"}],
                             "arms": [{**arm, "reference": "none"}, {**arm, "reference": "random", "effect": -0.03}]}}
     text = render(details)
@@ -47,6 +48,7 @@ def test_render_states_the_verdicts_and_the_numbers_it_is_given():
     assert "**fails** | inconclusive: n/a | inconclusive: +0.123 [-0.050, +0.300] |" in text
     assert "partial Spearman given pixel_mass;" in text
     assert "| pixel_mass (best baseline, reversed) | +0.700 [+0.400, +0.600]" in text
+    assert "| energy_rise (uses task-B data: no buffer can) | +0.500" in text and "| energy_a | +0.500" in text
     assert "| energy_high | 250 | -0.030 [-0.020, +0.040] | +0.010 [-0.020, +0.040] | 1/2 |" in text
     readme = f"intro\n{BEGIN}\nold\n{END}\noutro\n"
     assert splice(readme, "new") == f"intro\n{BEGIN}\nnew\n{END}\noutro\n"

@@ -5,10 +5,13 @@ for Stable Diffusion), flattened to R^d; E(z | X; beta) is ``hopfield_energy`` i
 
 kind "energy" (the hypothesis):
     energy_a             = E(x_k | X_A without x_k; beta)                              (leave-one-out)
-    energy_b             = E(x_k | X_B; beta)
-    energy_rise          = energy_b - energy_a                                          (intrinsic forgetting)
     energy_a_beta{m}x    = E(x_k | X_A without x_k; m * beta)  for each multiple m      (0.1 -> energy_a_beta0p1x)
     energy_a_snr_t{t}    = E(x_k | X_A without x_k; SNR(t)),  SNR(t) = abar_t / (1 - abar_t)
+
+kind "energy_task_b" (the theory's intrinsic forgetting; it uses task-B data, so no buffer chosen at the end of
+task A can use it):
+    energy_b             = E(x_k | X_B; beta)
+    energy_rise          = energy_b - energy_a
 
 kind "baseline" (what the energy must beat):
     model_energy, recon_error_a*   computed by the stage with the diffusion model, passed through ctx.model_scores
@@ -41,6 +44,7 @@ import torch
 from hopfield_replay.energy import FORMS, hopfield_energy, knn_distances
 
 KINDS = ("energy", "baseline")
+USES_TASK_B = ("energy_b", "energy_rise")  # columns of the "energy" entry with kind "energy_task_b"
 _ROW_CHUNK = 1024  # rows per chunk for the fp64 statistics (temporaries of chunk x d)
 
 
@@ -120,12 +124,13 @@ def compute_predictors(ctx: PredictorContext, names: list[str] | None = None) ->
 
 
 def predictor_kinds(columns) -> dict[str, str]:
-    """column -> kind ("energy" | "baseline") for the columns a registered predictor produces (others left out)."""
+    """column -> kind ("energy" | "baseline") for the columns a registered predictor produces (others left out);
+    the columns in USES_TASK_B are "energy_task_b"."""
     kinds = {}
     for column in columns:
         for name, (_fn, kind) in PREDICTORS.items():
             if any(fnmatch.fnmatchcase(str(column), p) for p in _COLUMNS[name]):
-                kinds[str(column)] = kind
+                kinds[str(column)] = "energy_task_b" if name == "energy" and column in USES_TASK_B else kind
                 break
     return kinds
 

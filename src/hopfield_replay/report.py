@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from .protocol import binned_means  # noqa: E402
 
-KIND_COLOUR = {"energy": "tab:red", "baseline": "tab:gray"}
+KIND_COLOUR = {"energy": "tab:red", "energy_task_b": "tab:purple", "baseline": "tab:gray"}
 ARM_COLOUR = {"none": "black", "energy_high": "tab:red", "energy_low": "tab:blue", "random": "tab:gray",
               "oracle": "tab:green", "pixel_mass_high": "tab:orange"}
 
@@ -52,25 +52,28 @@ def _save(fig, path: Path) -> Path:
 
 def plot_predictors(tables: dict[str, pd.DataFrame], path: Path) -> Path:
     """Forest plot: per forgetting measure, every predictor's Spearman and partial Spearman with their intervals,
-    sorted by Spearman; energies in red, baselines in grey."""
+    sorted by Spearman; coloured by kind (KIND_COLOUR: energies red, the task-B energies purple, baselines grey)."""
     fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 0.28 * max(len(t) for t in tables.values()) + 1.6),
                              squeeze=False)
     for ax, (measure, table) in zip(axes[0], tables.items()):
         t = table.sort_values("spearman")
         y = np.arange(len(t))
-        colours = [KIND_COLOUR.get(k, "tab:purple") for k in t["kind"]]
+        colours = [KIND_COLOUR.get(k, "tab:olive") for k in t["kind"]]
         ax.errorbar(t["spearman"], y, xerr=[t["spearman"] - t["spearman_lo"], t["spearman_hi"] - t["spearman"]],
                     fmt="none", ecolor=colours, elinewidth=1.5)
-        ax.scatter(t["spearman"], y, c=colours, s=18, zorder=3, label="Spearman")
+        ax.scatter(t["spearman"], y, c=colours, s=18, zorder=3)
         ax.errorbar(t["partial"], y + 0.3, xerr=[t["partial"] - t["partial_lo"], t["partial_hi"] - t["partial"]],
                     fmt="none", ecolor=colours, elinewidth=0.8, alpha=0.7)
-        ax.scatter(t["partial"], y + 0.3, facecolors="none", edgecolors=colours, s=18, zorder=3,
-                   label=f"partial | {t['covariates'].iloc[0] or '-'}")
+        ax.scatter(t["partial"], y + 0.3, facecolors="none", edgecolors=colours, s=18, zorder=3)
         ax.axvline(0, color="k", lw=0.6)
         ax.set_yticks(y + 0.15, t.index, fontsize=7)
         ax.set_title(f"{measure} forgetting (aggregated over t)", fontsize=9)
         ax.set_xlabel("rank correlation with forgetting (95% interval over seeds and samples)", fontsize=8)
-        ax.legend(fontsize=7, loc="lower right")
+        handles = [Line2D([], [], color="k", marker="o", ls="", ms=4, label="Spearman"),
+                   Line2D([], [], color="k", marker="o", ls="", ms=4, mfc="none",
+                          label=f"partial | {t['covariates'].iloc[0] or '-'}")]
+        handles += [Line2D([], [], color=c, lw=2, label=k) for k, c in KIND_COLOUR.items() if k in set(t["kind"])]
+        ax.legend(handles=handles, fontsize=7, loc="lower right")
     return _save(fig, path)
 
 
@@ -203,7 +206,10 @@ def markdown_report(verdicts: dict, predictors: dict[str, pd.DataFrame], compari
         comp = comparison[measure]
         lines += [f"### {measure} forgetting (per-t standardised, averaged over the used t)", "",
                   f"Best baseline by Spearman: `{comp['baseline'].iloc[0]}`. Partial Spearman controls for "
-                  f"{table['covariates'].iloc[0] or 'nothing'} (a predictor is never its own covariate).", "",
+                  f"{table['covariates'].iloc[0] or 'nothing'} (a predictor is never its own covariate)."
+                  + (" Kind `energy_task_b`: computed with task-B data (the theory's intrinsic forgetting), so no "
+                     "buffer chosen at the end of task A can use it; never a baseline."
+                     if (table["kind"] == "energy_task_b").any() else ""), "",
                   "| predictor | kind | Spearman | within class | partial | minus best baseline | precision@10% | AUROC top 10% |",
                   "|---|---|---|---|---|---|---|---|"]
         for name, r in table.sort_values("spearman", ascending=False).iterrows():
