@@ -48,7 +48,7 @@ def test_render_states_the_verdicts_and_the_numbers_it_is_given():
     assert "**fails** | inconclusive: n/a | inconclusive: +0.123 [-0.050, +0.300] |" in text
     assert "partial Spearman given pixel_mass;" in text
     assert "| pixel_mass (best baseline, reversed) | +0.700 [+0.400, +0.600]" in text
-    assert "| energy_rise (uses task-B data: no buffer can) | +0.500" in text and "| energy_a | +0.500" in text
+    assert "| energy_rise (uses task-B data) | +0.500" in text and "| energy_a | +0.500" in text
     assert "| energy_high | 250 | -0.030 [-0.020, +0.040] | +0.010 [-0.020, +0.040] | 1/2 |" in text
     readme = f"intro\n{BEGIN}\nold\n{END}\noutro\n"
     assert splice(readme, "new") == f"intro\n{BEGIN}\nnew\n{END}\noutro\n"

@@ -60,7 +60,7 @@ def render(details: dict) -> str:
     for p in shown:
         r = rows[p]
         tag = (" (best baseline" + (", reversed)" if best_name.startswith("-") else ")")) if p == best else ""
-        tag += " (uses task-B data: no buffer can)" if r.get("kind") == "energy_task_b" else ""
+        tag += " (uses task-B data)" if r.get("kind") == "energy_task_b" else ""
         lines.append(f"| {p}{tag} | "
                      f"{_ci(r['spearman'], r['spearman_lo'], r['spearman_hi'])} | "
                      f"{_ci(r['partial'], r['partial_lo'], r['partial_hi'])} | {r['precision_at_10']:.2f} |")
