@@ -62,8 +62,7 @@ def main(cfg, args):
                                           low_energy=order[low].to_numpy()),
         }
         figures = {k: str(v.relative_to(out)) for k, v in figures.items()}
-        (out / "report.md").write_text(markdown_report(ev.verdicts, ev.predictors, ev.comparison, ev.by_t, ev.arms,
-                                                       figures, run, ev.by_decile))
+        (out / "report.md").write_text(markdown_report(ev, figures, run))
         write_json({"run": run, **ev.details()}, args.metrics_dir / "details.json")
         write_json(ev.headline(), args.metrics_dir / "verdicts.json")
     print("report: verdicts\n" + "\n".join(verdict_lines(ev.verdicts)) + f"\nreport: {args.out_dir / 'report.md'}")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from hopfield_replay.protocol import binned_means, decile_curves, run_protocol
+from hopfield_replay.protocol import binned_means, buffer_overlap, decile_curves, run_protocol
 
 
 def _tables(n=200, seeds=(1, 2, 3), ts=(100, 500)):
@@ -114,3 +114,20 @@ def test_the_protocol_reports_forgetting_by_energy_decile():
         energy = scores["energy_a"]
         assert [energy[ev.deciles == k].max() for k in range(5)] == table["x_hi"].tolist()
         assert ev.details()[m]["forgetting_by_decile"][4]["n"] == 40
+
+
+def test_buffer_overlap_counts_shared_samples_per_seed():
+    """Two seeds, budget 4: b shares 2 of a's 4 samples in seed 1 and 4 in seed 2 (mean 0.75); c ran in seed 1
+    only; no-replay rows and rows of other timesteps do not count twice."""
+    def rows(seed, arm, budget, picked, ids=range(10), ts=(100, 500)):
+        return [{"sample_id": i, "seed": seed, "strategy": arm, "budget": budget, "t": t, "replayed": i in picked}
+                for i in ids for t in ts]
+    replay = pd.DataFrame(rows(1, "a", 4, {0, 1, 2, 3}) + rows(1, "b", 4, {2, 3, 8, 9}) + rows(1, "c", 4, {0, 5, 6, 7})
+                          + rows(2, "a", 4, {0, 1, 2, 3}) + rows(2, "b", 4, {0, 1, 2, 3}) + rows(1, "none", 0, set())
+                          + rows(2, "none", 0, set()))
+    table = buffer_overlap(replay).set_index(["arm", "other"])
+    assert set(table["budget"]) == {4} and ("none", "none") not in table.index
+    assert table.loc[("a", "b"), "overlap"] == 0.75 and table.loc[("a", "b"), "n_seeds"] == 2
+    assert table.loc[("a", "c"), "overlap"] == 0.25 and table.loc[("a", "c"), "n_seeds"] == 1
+    assert table.loc[("c", "b"), "overlap"] == 0.0 and table.loc[("b", "b"), "overlap"] == 1.0
+    assert len(table) == 9

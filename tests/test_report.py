@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 
-from hopfield_replay.protocol import binned_means
+from hopfield_replay.protocol import Evidence, binned_means
 from hopfield_replay.report import (ARM_COLOUR, arm_colours, arms_by_decile_figure, markdown_report,
                                     score_vs_forgetting_figure)
 
@@ -75,7 +75,7 @@ def test_the_scatter_carries_the_binned_means_and_the_correlations():
         plt.close(fig)
 
 
-def test_the_report_states_the_verdict_rule_and_the_decile_table():
+def test_the_report_states_the_verdict_rule_the_decile_table_and_the_overlap():
     ci = {"effect": 0.1, "lo": -0.1, "hi": 0.3, "verdict": "inconclusive", "detail": "d"}
     verdicts = {k: {"statement": k, "verdict": "inconclusive", "absolute": ci, "relative": ci}
                 for k in ("claim1", "claim2")}
@@ -90,14 +90,17 @@ def test_the_report_states_the_verdict_rule_and_the_decile_table():
                                  "n_seeds"])
     x = pd.Series(np.arange(20.0))
     decile = {m: binned_means(x, x * (1 if m == "absolute" else -1), 2) for m in ("absolute", "relative")}
-    page = markdown_report(verdicts, {"absolute": table}, {"absolute": comp}, {"absolute": by_t},
-                           {"absolute": arms}, {"predictors": "p.png", "scatter": "s.png", "arms_by_decile": "a.png",
-                                                "image_grid": "g.png"},
-                           {"n_samples": 20, "seeds": [1], "arms": [], "budgets": [], "level": 0.95}, decile)
+    overlap = pd.DataFrame({"budget": [5] * 4, "arm": ["a", "a", "b", "b"], "other": ["a", "b", "a", "b"],
+                            "overlap": [1.0, 0.4, 0.4, 1.0], "n_seeds": [2] * 4})
+    ev = Evidence({"absolute": table}, {"absolute": comp}, {"absolute": by_t}, {"absolute": arms}, verdicts,
+                  pd.Series(dtype=int), decile, overlap)
+    figures = {"predictors": "p.png", "scatter": "s.png", "arms_by_decile": "a.png", "image_grid": "g.png"}
+    run = {"n_samples": 20, "seeds": [1], "arms": [], "budgets": [], "level": 0.95}
+    page = markdown_report(ev, figures, run)
     assert "claim 1 holds when both of its intervals" in page and "fails when either lies below 0" in page
     assert "| decile | energy | absolute forgetting | relative forgetting |" in page
     assert "| 0 | 0 to 9 | +4.500 [+2.334, +6.666] | -4.500 [-6.666, -2.334] |" in page
     assert "| 1 | 10 to 19 | +14.500" in page
+    assert "Budget 5:\n\n| arm | a | b |\n|---|---|---|\n| a | 1.00 | 0.40 |\n| b | 0.40 | 1.00 |" in page
     with pytest.raises(KeyError):
-        markdown_report(verdicts, {"absolute": table}, {"absolute": comp}, {"absolute": by_t}, {"absolute": arms},
-                        {}, {"n_samples": 20, "seeds": [1], "arms": [], "budgets": [], "level": 0.95}, decile)
+        markdown_report(ev, {}, run)

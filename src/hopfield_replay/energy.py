@@ -222,7 +222,7 @@ def hopfield_energy(
         raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
     _check_chunks(query_chunk, memory_chunk)
     q_all, m_all = _query_memory_pair(queries, memories, exclude_self)
-    n, m_count = q_all.shape[0], m_all.shape[0]
+    m_count = m_all.shape[0]
     acc = _accumulation_dtype(q_all, m_all)
     # Matmuls run in the inputs' common dtype (fp16/bf16 allowed on GPU); everything after them in ``acc``.
     compute = _compute_dtype(q_all, m_all)

@@ -11,6 +11,8 @@ none does, or with ``aggregate_t="all"``):
                  paper's "energy tracks forgetting monotonically", read off directly
     arms         every replay arm against random at the same budget and against no replay, paired over seeds
                  (evidence.arm_effects)
+    overlap      how many samples the arms' buffers share (buffer_overlap): an arm that picks the same samples as
+                 another cannot be told apart from it by its effect
     verdicts     the paper's two claims (evidence.claims), then combined over both measures
                  (holds only if it holds under both, fails only if it fails under both)
 """
@@ -39,6 +41,7 @@ class Evidence:
     verdicts: dict  # claim1 / claim2 -> statement, verdict (combined), and each measure's claim
     deciles: pd.Series  # sample_id -> decile of the energy the arms rank by
     by_decile: dict[str, pd.DataFrame]  # measure -> no-replay forgetting per energy decile (binned_means)
+    overlap: pd.DataFrame  # one row per (budget, arm, other arm): buffer_overlap
 
     def headline(self) -> dict:
         """What `dvc metrics show` prints, one short row: per claim the verdict and each measure's effect (4
@@ -56,7 +59,8 @@ class Evidence:
         return {"verdicts": _plain(self.verdicts),
                 **{m: {"predictors": records(self.predictors[m]), "vs_best_baseline": records(self.comparison[m]),
                        "forgetting_by_t": records(self.by_t[m]), "forgetting_by_decile": records(self.by_decile[m]),
-                       "arms": records(self.arms[m])} for m in MEASURES}}
+                       "arms": records(self.arms[m])} for m in MEASURES},
+                "buffer_overlap": records(self.overlap)}
 
 
 def _number(v, fmt: str = ".6g"):
@@ -100,7 +104,29 @@ def run_protocol(scores: pd.DataFrame, forgetting: pd.DataFrame, replay: pd.Data
     verdicts = {key: {"statement": per_measure[MEASURES[0]][key]["statement"],
                       "verdict": combine_verdicts(*(per_measure[m][key]["verdict"] for m in MEASURES)),
                       **{m: per_measure[m][key] for m in MEASURES}} for key in ("claim1", "claim2")}
-    return Evidence(tables, comparison, by_t, arms, verdicts, bins, by_decile)
+    return Evidence(tables, comparison, by_t, arms, verdicts, bins, by_decile, buffer_overlap(replay))
+
+
+def buffer_overlap(replay: pd.DataFrame) -> pd.DataFrame:
+    """Per budget and ordered pair of arms (A, B) with buffers of that budget, the share of A's buffer that is also
+    in B's, from the ``replayed`` flags of the replay table, averaged over the seeds both ran:
+
+        overlap(A, B) = mean_s |R_A,s & R_B,s| / |R_A,s|
+
+    Columns: budget, arm, other, overlap, n_seeds (one row per pair, the diagonal included, arms in sorted order).
+    """
+    rows = replay.loc[replay["replayed"] & (replay["budget"] > 0), ["seed", "strategy", "budget", "sample_id"]]
+    buffers = {key: set(g["sample_id"]) for key, g in rows.drop_duplicates().groupby(["budget", "strategy", "seed"])}
+    out = []
+    for budget in sorted({k[0] for k in buffers}):
+        arms = sorted({k[1] for k in buffers if k[0] == budget})
+        for a in arms:
+            for b in arms:
+                shares = [len(buffers[budget, a, s] & buffers[budget, b, s]) / len(buffers[budget, a, s])
+                          for (bb, aa, s) in buffers if bb == budget and aa == a and (budget, b, s) in buffers]
+                out.append({"budget": int(budget), "arm": a, "other": b, "overlap": float(np.mean(shares)),
+                            "n_seeds": len(shares)})
+    return pd.DataFrame(out, columns=["budget", "arm", "other", "overlap", "n_seeds"])
 
 
 def binned_means(x: pd.Series, y: pd.Series, bins: int, level: float = 0.95) -> pd.DataFrame:

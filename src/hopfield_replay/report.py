@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from .protocol import binned_means  # noqa: E402
+from .protocol import Evidence, binned_means  # noqa: E402
 
 KIND_COLOUR = {"energy": "tab:red", "energy_task_b": "tab:purple", "baseline": "tab:gray"}
 ARM_COLOUR = {"none": "black", "energy_high": "tab:red", "energy_low": "tab:blue", "random": "tab:gray",
@@ -187,11 +187,23 @@ def verdict_lines(verdicts: dict) -> list[str]:
     return lines
 
 
-def markdown_report(verdicts: dict, predictors: dict[str, pd.DataFrame], comparison: dict[str, pd.DataFrame],
-                    by_t: dict[str, pd.DataFrame], arms: dict[str, pd.DataFrame], figures: dict[str, str],
-                    run: dict, by_decile: dict[str, pd.DataFrame]) -> str:
-    """One page: verdicts first, then predictors, forgetting by t and by energy decile, arms and the figures
-    (paths relative)."""
+def overlap_lines(overlap: pd.DataFrame) -> list[str]:
+    """Per budget, a matrix: the share of the row arm's buffer that is also in the column arm's (mean over seeds)."""
+    lines = []
+    for budget, g in overlap.groupby("budget", sort=True):
+        table = g.pivot(index="arm", columns="other", values="overlap")
+        lines += [f"Budget {budget}:", "", "| arm | " + " | ".join(table.columns) + " |",
+                  "|---|" + "---|" * len(table.columns)]
+        lines += [f"| {arm} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for arm, row in table.iterrows()]
+        lines.append("")
+    return lines
+
+
+def markdown_report(ev: Evidence, figures: dict[str, str], run: dict) -> str:
+    """One page: verdicts first, then predictors, forgetting by t and by energy decile, arms, buffer overlap and the
+    figures (paths relative)."""
+    verdicts, predictors, comparison, by_t, arms = ev.verdicts, ev.predictors, ev.comparison, ev.by_t, ev.arms
+    by_decile = ev.by_decile
     lines = ["# hopfield-replay: does the Hopfield energy predict forgetting, and does top-energy replay help?", "",
              f"Run: {run['n_samples']} task-A samples, seeds {run['seeds']}, arms {', '.join(run['arms'])}, "
              f"budgets {run['budgets']}; intervals are {run['level']:.0%} (bootstrap over seeds and samples for "
@@ -251,5 +263,9 @@ def markdown_report(verdicts: dict, predictors: dict[str, pd.DataFrame], compari
                          f"{cells.get('top_decile', '-')} | {overall.n_agree}/{overall.n_seeds} |")
     lines += ["", "The oracle ranks by the forgetting measured without replay: it uses task-B information and is a "
               "ceiling, not a method.", "", f"![arms by decile]({figures['arms_by_decile']})", "",
-              "## Highest- and lowest-energy task-A samples", "", f"![image grid]({figures['image_grid']})", ""]
+              "## Buffer overlap", "",
+              "The share of the row arm's buffer that is also in the column arm's buffer, mean over seeds: two arms "
+              "whose buffers mostly coincide test nearly the same thing, whatever their names.", ""]
+    lines += overlap_lines(ev.overlap)
+    lines += ["## Highest- and lowest-energy task-A samples", "", f"![image grid]({figures['image_grid']})", ""]
     return "\n".join(lines)
