@@ -41,7 +41,7 @@ def main(cfg, args):
     pixels, _, ids = load_task(args.images, args.samples, "A")
     rows = pd.Index(ids)
     run = {"n_samples": len(scores), "seeds": cfg.seeds, "arms": cfg.select_replay.arms,
-           "budgets": cfg.select_replay.budgets, "level": p.level}
+           "budgets": cfg.select_replay.budgets, "level": p.level, "score": energy}
     with atomic_path(args.out_dir, is_dir=True) as out:
         plots = out / "plots"
         plots.mkdir(parents=True)

@@ -95,10 +95,10 @@ def test_the_report_states_the_verdict_rule_the_decile_table_and_the_overlap():
     ev = Evidence({"absolute": table}, {"absolute": comp}, {"absolute": by_t}, {"absolute": arms}, verdicts,
                   pd.Series(dtype=int), decile, overlap)
     figures = {"predictors": "p.png", "scatter": "s.png", "arms_by_decile": "a.png", "image_grid": "g.png"}
-    run = {"n_samples": 20, "seeds": [1], "arms": [], "budgets": [], "level": 0.95}
+    run = {"n_samples": 20, "seeds": [1], "arms": [], "budgets": [], "level": 0.95, "score": "knn10_dist"}
     page = markdown_report(ev, figures, run)
     assert "claim 1 holds when both of its intervals" in page and "fails when either lies below 0" in page
-    assert "| decile | energy | absolute forgetting | relative forgetting |" in page
+    assert "| decile | knn10_dist | absolute forgetting | relative forgetting |" in page
     assert "| 0 | 0 to 9 | +4.500 [+2.334, +6.666] | -4.500 [-6.666, -2.334] |" in page
     assert "| 1 | 10 to 19 | +14.500" in page
     assert "Budget 5:\n\n| arm | a | b |\n|---|---|---|\n| a | 1.00 | 0.40 |\n| b | 0.40 | 1.00 |" in page

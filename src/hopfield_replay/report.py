@@ -239,11 +239,13 @@ def markdown_report(ev: Evidence, figures: dict[str, str], run: dict) -> str:
         for r in table.itertuples():
             lines.append(f"| {measure} | {r.t} | {_ci(r.mean, r.lo, r.hi, 5)} | {r.share_positive:.2f} | "
                          f"{'yes' if r.real else 'no'} | {'yes' if r.used else 'no'} |")
+    score = run.get("score", "energy")
     lines += ["", "## Forgetting by task-A energy decile (no replay)", "",
-              "The paper reports that forgetting rises monotonically with the task-A energy. Per decile of the energy "
-              "(equal counts, 0 = lowest): the mean of the per-sample forgetting aggregate (per-t standardised, so "
-              "the mean over all samples is 0; seeds averaged) with its Student-t interval over the decile's samples.",
-              "", "| decile | energy | " + " | ".join(f"{m} forgetting" for m in by_decile) + " |",
+              "The paper reports that forgetting rises monotonically with the task-A energy. Per decile of "
+              f"`{score}` (the score the arms rank by; equal counts, 0 = lowest): the mean of the per-sample "
+              "forgetting aggregate (per-t standardised, so the mean over all samples is 0; seeds averaged) with its "
+              "Student-t interval over the decile's samples.",
+              "", f"| decile | {score} | " + " | ".join(f"{m} forgetting" for m in by_decile) + " |",
               "|---|---|" + "---|" * len(by_decile)]
     first = next(iter(by_decile.values()))
     for i, r in enumerate(first.itertuples()):
