@@ -116,16 +116,17 @@ def buffer_overlap(replay: pd.DataFrame) -> pd.DataFrame:
     Columns: budget, arm, other, overlap, n_seeds (one row per pair, the diagonal included, arms in sorted order).
     """
     rows = replay.loc[replay["replayed"] & (replay["budget"] > 0), ["seed", "strategy", "budget", "sample_id"]]
-    buffers = {key: set(g["sample_id"]) for key, g in rows.drop_duplicates().groupby(["budget", "strategy", "seed"])}
+    buffers: dict[tuple, dict] = {}  # (budget, arm) -> {seed: the buffer's sample ids}
+    for (budget, arm, seed), g in rows.groupby(["budget", "strategy", "seed"]):
+        buffers.setdefault((int(budget), arm), {})[seed] = set(g["sample_id"])
     out = []
-    for budget in sorted({k[0] for k in buffers}):
-        arms = sorted({k[1] for k in buffers if k[0] == budget})
-        for a in arms:
-            for b in arms:
-                shares = [len(buffers[budget, a, s] & buffers[budget, b, s]) / len(buffers[budget, a, s])
-                          for (bb, aa, s) in buffers if bb == budget and aa == a and (budget, b, s) in buffers]
-                out.append({"budget": int(budget), "arm": a, "other": b, "overlap": float(np.mean(shares)),
-                            "n_seeds": len(shares)})
+    for (budget, a), mine in sorted(buffers.items()):
+        for (other_budget, b), theirs in sorted(buffers.items()):
+            if other_budget != budget:
+                continue
+            shares = [len(mine[s] & theirs[s]) / len(mine[s]) for s in sorted(mine.keys() & theirs.keys())]
+            out.append({"budget": budget, "arm": a, "other": b, "overlap": float(np.mean(shares)) if shares else np.nan,
+                        "n_seeds": len(shares)})
     return pd.DataFrame(out, columns=["budget", "arm", "other", "overlap", "n_seeds"])
 
 
