@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from hopfield_replay.colours import arm_colours  # noqa: E402
 from hopfield_replay.mhn import FAMILIES  # noqa: E402
 from hopfield_replay.stats import bootstrap_ci  # noqa: E402
 from hopfield_replay.tables import atomic_path, read_table  # noqa: E402
@@ -80,10 +81,12 @@ def decile_table(trained: pd.DataFrame, p) -> pd.DataFrame:
 
 def plot_trained_deciles(table: pd.DataFrame, path: Path, dpi: int) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    colours = arm_colours(table.strategy)  # as in the DDPM report's figures
     for ax, subset in zip(axes, ("all", "not_replayed")):
         for arm, g in table[table.subset == subset].groupby("strategy", sort=False):
             g = g.sort_values("decile")
-            ax.errorbar(g.decile + 1, g.estimate, yerr=_errorbars(g), marker="o", ms=3, capsize=2, label=arm)
+            ax.errorbar(g.decile + 1, g.estimate, yerr=_errorbars(g), marker="o", ms=3, capsize=2, label=arm,
+                        color=colours[arm])
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_xlabel("task-A energy decile (1 = lowest)")
         ax.set_title(f"MHN-BM, {subset.replace('_', ' ')} task-A points", fontsize=9)

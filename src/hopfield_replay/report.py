@@ -15,28 +15,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from .colours import arm_colours  # noqa: E402
 from .protocol import Evidence, binned_means  # noqa: E402
 
 KIND_COLOUR = {"energy": "tab:red", "energy_task_b": "tab:purple", "baseline": "tab:gray"}
-ARM_COLOUR = {"none": "black", "energy_high": "tab:red", "energy_low": "tab:blue", "random": "tab:gray",
-              "oracle": "tab:green", "pixel_mass_high": "tab:orange"}
-
-
-def arm_colours(strategies) -> dict[str, str]:
-    """One colour per arm, never two arms alike in a figure: the fixed ARM_COLOUR where it names the arm, then the
-    unused colours of tab10 and tab20 for the other arms in sorted order, then evenly spaced turbo colours."""
-    names = sorted(set(strategies))
-    out = {s: to_hex(ARM_COLOUR[s]) for s in names if s in ARM_COLOUR}
-    palette = [to_hex(c) for c in (*plt.get_cmap("tab10").colors, *plt.get_cmap("tab20").colors)]
-    spare = [c for c in dict.fromkeys(palette) if c not in out.values()]
-    rest = [s for s in names if s not in out]
-    if len(rest) > len(spare):
-        spare += [to_hex(c) for c in plt.get_cmap("turbo")(np.linspace(0.05, 0.95, len(rest) - len(spare)))]
-    out.update(zip(rest, spare))
-    return out
 
 
 def _write(fig, path: Path) -> Path:
