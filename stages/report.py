@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from hopfield_replay.forgetting import MEASURES, add_measures, per_sample
+from hopfield_replay.forgetting import MEASURES, add_measures
 from hopfield_replay.protocol import decile_curves, run_protocol
 from hopfield_replay.report import (markdown_report, plot_arms_by_decile, plot_image_grid, plot_predictors,
                                     plot_score_vs_forgetting, verdict_lines)
@@ -35,7 +35,7 @@ def main(cfg, args):
     used = {m: ev.by_t[m].loc[lambda d: d.used, "t"] for m in MEASURES}
     curves = pd.concat([decile_curves(replay[replay.t.isin(used[m])], forgetting[forgetting.t.isin(used[m])],
                                       ev.deciles, m).assign(measure=m) for m in MEASURES], ignore_index=True)
-    per = per_sample(forgetting[forgetting.t.isin(used["relative"])], "relative").join(scores)
+    per = ev.agg["relative"].to_frame().join(scores)
     order = scores[energy].sort_values()
     high, low = order.index[::-1][:p.grid], order.index[:p.grid]
     pixels, _, ids = load_task(args.images, args.samples, "A")

@@ -93,7 +93,7 @@ def test_the_report_states_the_verdict_rule_the_decile_table_and_the_overlap():
     overlap = pd.DataFrame({"budget": [5] * 4, "arm": ["a", "a", "b", "b"], "other": ["a", "b", "a", "b"],
                             "overlap": [1.0, 0.4, 0.4, 1.0], "n_seeds": [2] * 4})
     ev = Evidence({"absolute": table}, {"absolute": comp}, {"absolute": by_t}, {"absolute": arms}, verdicts,
-                  pd.Series(dtype=int), decile, overlap)
+                  pd.Series(dtype=int), decile, overlap, {})
     figures = {"predictors": "p.png", "scatter": "s.png", "arms_by_decile": "a.png", "image_grid": "g.png"}
     run = {"n_samples": 20, "seeds": [1], "arms": [], "budgets": [], "level": 0.95, "score": "knn10_dist"}
     page = markdown_report(ev, figures, run)

@@ -42,6 +42,7 @@ class Evidence:
     deciles: pd.Series  # sample_id -> decile of the energy the arms rank by
     by_decile: dict[str, pd.DataFrame]  # measure -> no-replay forgetting per energy decile (binned_means)
     overlap: pd.DataFrame  # one row per (budget, arm, other arm): buffer_overlap
+    agg: dict[str, pd.Series]  # measure -> no-replay per-sample aggregate over the used t, seeds averaged
 
     def headline(self) -> dict:
         """What `dvc metrics show` prints, one short row: per claim the verdict and each measure's effect (4
@@ -87,7 +88,7 @@ def run_protocol(scores: pd.DataFrame, forgetting: pd.DataFrame, replay: pd.Data
     kinds = predictor_kinds(predictors.columns)
     boot = dict(n_boot=n_boot, seed=seed, level=level)
     bins = energy_deciles(scores[energy], deciles)
-    tables, comparison, by_t, by_decile, arms, per_measure = {}, {}, {}, {}, {}, {}
+    tables, comparison, by_t, by_decile, arms, per_measure, agg = {}, {}, {}, {}, {}, {}, {}
     for m in MEASURES:
         by_t[m] = forgetting_by_t(forgetting, m, **boot)
         real = by_t[m].loc[by_t[m]["real"], "t"].tolist() if aggregate_t == "forgetting" else []
@@ -95,7 +96,8 @@ def run_protocol(scores: pd.DataFrame, forgetting: pd.DataFrame, replay: pd.Data
         by_t[m]["used"] = by_t[m]["t"].isin(used)
         rows, replay_rows = forgetting[forgetting["t"].isin(used)], replay[replay["t"].isin(used)]
         targets = {s: per_sample(rows, m, seed=s)["agg"] for s in seeds}
-        by_decile[m] = binned_means(scores[energy], per_sample(rows, m)["agg"], deciles, level=level)
+        agg[m] = per_sample(rows, m)["agg"]
+        by_decile[m] = binned_means(scores[energy], agg[m], deciles, level=level)
         tables[m] = evaluate_predictors(predictors, scores["label"], targets, nuisance, kinds=kinds,
                                         top_frac=top_frac, **boot)
         comparison[m] = compare_to_best_baseline(predictors, targets, kinds, nuisance, **boot)
@@ -104,7 +106,7 @@ def run_protocol(scores: pd.DataFrame, forgetting: pd.DataFrame, replay: pd.Data
     verdicts = {key: {"statement": per_measure[MEASURES[0]][key]["statement"],
                       "verdict": combine_verdicts(*(per_measure[m][key]["verdict"] for m in MEASURES)),
                       **{m: per_measure[m][key] for m in MEASURES}} for key in ("claim1", "claim2")}
-    return Evidence(tables, comparison, by_t, arms, verdicts, bins, by_decile, buffer_overlap(replay))
+    return Evidence(tables, comparison, by_t, arms, verdicts, bins, by_decile, buffer_overlap(replay), agg)
 
 
 def buffer_overlap(replay: pd.DataFrame) -> pd.DataFrame:
