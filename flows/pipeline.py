@@ -105,7 +105,8 @@ def pipeline_status(repo_root: str | Path) -> dict:
 
 
 def summarize(repo_root: str | Path) -> str:
-    """The verdicts on the paper's two claims (the report's first section), and where the outputs are."""
+    """The verdicts on the paper's two claims (the report's first section), the design checks' verdicts, and where
+    the outputs are."""
     root = Path(repo_root)
     report = root / "data" / "report" / "report.md"
     lines = []
@@ -114,6 +115,9 @@ def summarize(repo_root: str | Path) -> str:
         if "## Verdicts" in text:
             section = text.split("## Verdicts", 1)[1].split("\n## ", 1)[0]
             lines += ["  " + line for line in section.strip().splitlines() if line.strip()]
+        if "## Can this run show a replay effect?" in text:
+            section = text.split("## Can this run show a replay effect?", 1)[1].split("\n## ", 1)[0]
+            lines += ["  design check: " + line[2:] for line in section.splitlines() if line.startswith("- **")]
     mhn = root / "data" / "mhn" / "report" / "summary.md"
     if mhn.is_file():
         lines.append(f"  Hopfield-network experiments: {mhn}")

@@ -3,7 +3,8 @@
 For each forgetting measure (absolute, relative): every predictor of the scores table against forgetting
 (Spearman, within-class Spearman, partial Spearman given report.nuisance, precision and AUROC at the top
 report.top_frac, difference to the best baseline; intervals over seeds and samples); which t carry forgetting;
-every replay arm against random and against no replay (paired over seeds); then the verdicts.
+every replay arm against random and against no replay (paired over seeds); then the verdicts, and the checks that
+the replay experiment can show an effect at all (random vs no replay, the oracle ceiling vs random).
 data/metrics/verdicts.json holds the headline (what `dvc metrics show` prints), details.json every table.
 """
 
@@ -14,7 +15,7 @@ import pandas as pd
 from hopfield_replay.forgetting import MEASURES, add_measures
 from hopfield_replay.protocol import decile_curves, run_protocol
 from hopfield_replay.report import (markdown_report, plot_arms_by_decile, plot_image_grid, plot_predictors,
-                                    plot_score_vs_forgetting, verdict_lines)
+                                    plot_score_vs_forgetting, check_lines, verdict_lines)
 from hopfield_replay.tables import atomic_path, check_output, load_task, read_table, write_json
 from stages.runner import stage
 
@@ -41,7 +42,7 @@ def main(cfg, args):
     pixels, _, ids = load_task(args.images, args.samples, "A")
     rows = pd.Index(ids)
     run = {"n_samples": len(scores), "seeds": cfg.seeds, "arms": cfg.select_replay.arms,
-           "budgets": cfg.select_replay.budgets, "level": p.level, "score": energy}
+           "budgets": cfg.select_replay.budgets, "level": p.level, "score": energy, "train_a_seed": cfg.train_a.seed}
     with atomic_path(args.out_dir, is_dir=True) as out:
         plots = out / "plots"
         plots.mkdir(parents=True)
@@ -65,7 +66,8 @@ def main(cfg, args):
         (out / "report.md").write_text(markdown_report(ev, figures, run))
         write_json({"run": run, **ev.details()}, args.metrics_dir / "details.json")
         write_json(ev.headline(), args.metrics_dir / "verdicts.json")
-    print("report: verdicts\n" + "\n".join(verdict_lines(ev.verdicts)) + f"\nreport: {args.out_dir / 'report.md'}")
+    print("report: verdicts\n" + "\n".join(verdict_lines(ev.verdicts)) + "\nreport: design checks\n"
+          + "\n".join(check_lines(ev.checks)) + f"\nreport: {args.out_dir / 'report.md'}")
 
 
 if __name__ == "__main__":

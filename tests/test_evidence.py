@@ -11,7 +11,8 @@ import scipy.stats
 from sklearn.metrics import roc_auc_score
 
 from hopfield_replay.evidence import (_bootstrap, _covariate_groups, arm_effects, claims, combine_verdicts,
-                                      compare_to_best_baseline, evaluate_predictors, verdict)
+                                      compare_to_best_baseline, design_checks, design_meaning, evaluate_predictors,
+                                      verdict)
 from hopfield_replay.stats import partial_spearman
 
 
@@ -257,3 +258,41 @@ def test_claim2_without_a_random_arm_is_inconclusive():
     pred, comp, arms = _claim_tables((0.1, 0.05, 0.15), (0.2, 0.1, 0.3), {100: (0.1, 0.05, 0.15)})
     out = claims(pred, comp, arms.assign(reference="none"))["claim2"]
     assert out["verdict"] == "inconclusive" and math.isnan(out["effect"]) and out["per_budget"] == {}
+
+
+def _arm_row(strategy, reference, budget, effect, lo, hi, subset="overall"):
+    return {"strategy": strategy, "budget": budget, "subset": subset, "reference": reference, "effect": effect,
+            "lo": lo, "hi": hi, "n_seeds": 3}
+
+
+def test_design_checks_read_random_vs_none_and_the_ceiling_vs_random():
+    arms = pd.DataFrame([
+        _arm_row("random", "none", 250, 0.6, 0.2, 1.0), _arm_row("random", "none", 50, 0.3, 0.1, 0.5),
+        _arm_row("random", "none", 50, -9.0, -9.5, -8.5, subset="replayed"),  # another subset: never read
+        _arm_row("oracle", "random", 250, -0.01, -0.4, 0.4), _arm_row("oracle", "none", 250, 0.6, 0.1, 1.1),
+        _arm_row("energy_high", "random", 250, 0.5, 0.4, 0.6)])  # another arm: never read
+    checks = design_checks(arms)
+    replay, ceiling = checks["replay_helps"], checks["ceiling_wins"]
+    assert replay["verdict"] == "holds" and list(replay["per_budget"]) == [50, 250]
+    assert replay["per_budget"][50] == {"effect": 0.3, "lo": 0.1, "hi": 0.5, "n_seeds": 3, "verdict": "holds"}
+    assert replay["detail"] == "none minus random forgetting, overall, per budget: 50: +0.300 [+0.100, +0.500]; " \
+                               "250: +0.600 [+0.200, +1.000] (3 seeds)"
+    assert ceiling["verdict"] == "inconclusive" and list(ceiling["per_budget"]) == [250]
+    assert "oracle" in ceiling["statement"] and ceiling["per_budget"][250]["effect"] == -0.01
+    # claim 2's rule over budgets: one budget failing and none holding fails
+    failing = design_checks(arms.assign(lo=lambda d: d.lo - 2, hi=lambda d: d.hi - 2))
+    assert failing["replay_helps"]["verdict"] == "fails"
+    missing = design_checks(arms[arms.strategy != "oracle"])
+    assert missing["ceiling_wins"]["verdict"] == "not run" and missing["ceiling_wins"]["per_budget"] == {}
+    assert design_checks(arms, ceiling="energy_high")["ceiling_wins"]["verdict"] == "holds"
+
+
+@pytest.mark.parametrize("replay, ceiling, says, adds_noise", [
+    ("holds", "holds", "claim 2's test has power", False),
+    ("holds", "inconclusive", "no demonstrated power", False),
+    ("inconclusive", "fails", "no demonstrated power", True),
+    ("holds", "not run", "No ceiling ran", False),
+])
+def test_design_meaning_follows_the_verdicts(replay, ceiling, says, adds_noise):
+    text = design_meaning({"replay_helps": {"verdict": replay}, "ceiling_wins": {"verdict": ceiling}})
+    assert says in text and ("cannot be told from noise" in text) == adds_noise

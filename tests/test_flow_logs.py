@@ -117,7 +117,8 @@ def test_the_flow_summary_leads_with_the_verdicts(tmp_path):
     report = tmp_path / "data" / "report" / "report.md"
     report.parent.mkdir(parents=True)
     report.write_text("# title\n\nRun: ...\n\n## Verdicts\n\n- **claim one: FAILS**\n  - absolute: fails\n\n"
-                      "## Predictors of forgetting\n\n| predictor rows |\n")
+                      "## Can this run show a replay effect?\n\n- **random beats none: HOLDS**\n  - absolute: holds\n\n"
+                      "What it means.\n\n## Predictors of forgetting\n\n| predictor rows |\n")
     lines = summarize(tmp_path).splitlines()
-    assert lines[:2] == ["  - **claim one: FAILS**", "    - absolute: fails"]
+    assert lines[:3] == ["  - **claim one: FAILS**", "    - absolute: fails", "  design check: **random beats none: HOLDS**"]
     assert "predictor rows" not in "\n".join(lines) and lines[-1].startswith("  report: ")

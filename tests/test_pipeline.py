@@ -96,7 +96,9 @@ def test_dvc_repro_writes_every_table(tiny_project, tiny_params):
     assert predictors["energy_a"]["covariates"] == "pixel_mass,recon_error_a"
     assert all(r["n_seeds"] == len(seeds) for r in details["absolute"]["arms"])
     report = (tiny_project / "data" / "report" / "report.md").read_text()
-    assert report.index("## Verdicts") < report.index("## Predictors") < report.index("## Replay arms")
+    assert (report.index("## Verdicts") < report.index("## Can this run show a replay effect?")
+            < report.index("## Predictors") < report.index("## Replay arms"))
+    assert set(details["checks"]) == {"replay_helps", "ceiling_wins"} and details["run"]["train_a_seed"] == 0
     for png in ("predictors.png", "energy_vs_forgetting.png", "arms_by_decile.png", "energy_extremes.png"):
         assert (tiny_project / "data" / "report" / "plots" / png).stat().st_size > 5000
 

@@ -69,6 +69,15 @@ def test_protocol_finds_the_confound_and_the_protective_arm():
                               "relative": round(ev.verdicts["claim2"]["relative"]["effect"], 4)}
     details = json.loads(json.dumps(ev.details(), allow_nan=False))  # NaN is written as null: plain JSON
     assert details["verdicts"]["claim2"]["relative"]["lo"] > 0 and details["verdicts"]["claim1"]["verdict"] != "holds"
+    checks = details["checks"]  # random keeps 90% of its buffer's forgetting in every seed; no oracle arm ran
+    assert checks["replay_helps"]["verdict"] == "holds" and checks["replay_helps"]["relative"]["per_budget"]["20"]["lo"] > 0
+    assert checks["ceiling_wins"]["verdict"] == "not run" and checks["ceiling_wins"]["absolute"]["per_budget"] == {}
+    # the same arm table with energy_high renamed oracle: the ceiling now beats random, combined over both measures
+    as_oracle = run_protocol(scores, forgetting, replay.replace({"strategy": {"energy_high": "oracle"}}), seeds=[1, 2, 3],
+                             energy="energy_a", nuisance=["pixel_mass"], deciles=5, top_frac=0.1, n_boot=50, seed=0,
+                             level=0.95)
+    assert as_oracle.checks["ceiling_wins"]["verdict"] == "holds"
+    assert [as_oracle.checks["ceiling_wins"][m]["verdict"] for m in ("absolute", "relative")] == ["holds", "holds"]
 
 
 def test_decile_curves_have_one_row_per_arm_seed_and_decile():

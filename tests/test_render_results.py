@@ -41,7 +41,17 @@ def test_render_states_the_verdicts_and_the_numbers_it_is_given():
                                            {**pred, "predictor": "energy_rise", "kind": "energy_task_b"}],
                             "vs_best_baseline": [{"baseline": "-pixel_mass"}],
                             "arms": [{**arm, "reference": "none"}, {**arm, "reference": "random", "effect": -0.03}]}}
+    budget = {"effect": 0.6, "lo": -0.8, "hi": 2.0, "n_seeds": 2, "verdict": "inconclusive"}
+    details["checks"] = {
+        "replay_helps": {"statement": "random replay forgets less than no replay", "verdict": "inconclusive",
+                         "absolute": {"per_budget": {"250": budget}}, "relative": {"per_budget": {"250": budget}}},
+        "ceiling_wins": {"statement": "the ceiling beats random", "verdict": "not run",
+                         "absolute": {"per_budget": {}}, "relative": {"per_budget": {}}}}
     text = render(details)
+    assert ("| random replay forgets less than no replay | **inconclusive** | 250: +0.600 [-0.800, +2.000] | "
+            "250: +0.600 [-0.800, +2.000] |") in text
+    assert "| the ceiling beats random | **not run** | not run | not run |" in text
+    assert "No ceiling ran" in text and "cannot be told from noise" in text
     assert ("| Task-A energy predicts forgetting beyond the baselines | **inconclusive** | inconclusive: "
             "+0.123 [-0.050, +0.300]; partial +0.200 [+0.100, +0.250] | fails: -0.500 [-0.700, -0.200]; "
             "partial +0.200 [+0.100, +0.250] |") in text

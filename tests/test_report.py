@@ -92,11 +92,26 @@ def test_the_report_states_the_verdict_rule_the_decile_table_and_the_overlap():
     decile = {m: binned_means(x, x * (1 if m == "absolute" else -1), 2) for m in ("absolute", "relative")}
     overlap = pd.DataFrame({"budget": [5] * 4, "arm": ["a", "a", "b", "b"], "other": ["a", "b", "a", "b"],
                             "overlap": [1.0, 0.4, 0.4, 1.0], "n_seeds": [2] * 4})
+    check = {"verdict": "inconclusive", "detail": "none minus random forgetting ..."}
+    checks = {"replay_helps": {"statement": "random beats none", "verdict": "holds", "absolute": check,
+                               "relative": check},
+              "ceiling_wins": {"statement": "the ceiling beats random", "verdict": "inconclusive", "absolute": check,
+                               "relative": {**check, "verdict": "fails"}}}
     ev = Evidence({"absolute": table}, {"absolute": comp}, {"absolute": by_t}, {"absolute": arms}, verdicts,
-                  pd.Series(dtype=int), decile, overlap, {})
+                  pd.Series(dtype=int), decile, overlap, {}, checks)
     figures = {"predictors": "p.png", "scatter": "s.png", "arms_by_decile": "a.png", "image_grid": "g.png"}
-    run = {"n_samples": 20, "seeds": [1], "arms": [], "budgets": [], "level": 0.95, "score": "knn10_dist"}
+    run = {"n_samples": 20, "seeds": [1, 2], "arms": [], "budgets": [], "level": 0.95, "score": "knn10_dist",
+           "train_a_seed": 7}
     page = markdown_report(ev, figures, run)
+    checks_section = page.split("## Can this run show a replay effect?\n\n", 1)[1].split("\n## ", 1)[0]
+    assert checks_section.startswith("- **random beats none: HOLDS**\n  - absolute forgetting: inconclusive; none minus")
+    assert "- **the ceiling beats random: INCONCLUSIVE**" in checks_section
+    assert "  - relative forgetting: fails; none minus random forgetting ..." in checks_section
+    assert "no demonstrated power" in checks_section and "cannot be told from noise" not in checks_section
+    assert "over the 2 task-B seeds (1 degree of freedom, t quantile 12.7)" in checks_section
+    assert "(`train_a.seed` = 7)" in checks_section and "one predictor (`knn10_dist`)" in checks_section
+    assert "an arm has no interval (one task-B seed)" in markdown_report(ev, figures, {**run, "seeds": [4]})
+    assert "(4 degrees of freedom, t quantile 2.8)" in markdown_report(ev, figures, {**run, "seeds": [1, 2, 3, 4, 5]})
     assert "claim 1 holds when both of its intervals" in page and "fails when either lies below 0" in page
     assert "| decile | knn10_dist | absolute forgetting | relative forgetting |" in page
     assert "| 0 | 0 to 9 | +4.500 [+2.334, +6.666] | -4.500 [-6.666, -2.334] |" in page

@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from hopfield_replay.evidence import design_meaning
+
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 MEASURES = ("absolute", "relative")
 
@@ -55,6 +57,14 @@ def render(details: dict) -> str:
               "above 0 and fails when either lies below 0. Claim 2: forgetting under random replay minus under "
               "top-energy replay (> 0: top-energy forgets less), paired by seed. A claim holds (fails) when it holds "
               "(fails) under both measures, and is inconclusive otherwise.", ""]
+    checks = details["checks"]
+    lines += ["Can this run show a replay effect at all? (overall, per budget)", "",
+              "| design check | verdict | absolute forgetting | relative forgetting |", "|---|---|---|---|"]
+    for check in (checks[key] for key in ("replay_helps", "ceiling_wins")):
+        cells = ["; ".join(f"{b}: {_ci(d['effect'], d['lo'], d['hi'])}" for b, d in check[m]["per_budget"].items())
+                 or "not run" for m in MEASURES]
+        lines.append(f"| {check['statement']} | **{check['verdict']}** | {cells[0]} | {cells[1]} |")
+    lines += ["", design_meaning(checks), ""]
     lines += [f"Predictors of relative forgetting (Spearman, and partial Spearman given {covariates}):", "",
               "| predictor | Spearman | partial | precision@10% |", "|---|---|---|---|"]
     for p in shown:

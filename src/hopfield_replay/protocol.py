@@ -15,6 +15,8 @@ none does, or with ``aggregate_t="all"``):
                  another cannot be told apart from it by its effect
     verdicts     the paper's two claims (evidence.claims), then combined over both measures
                  (holds only if it holds under both, fails only if it fails under both)
+    checks       can the replay experiment show an effect at all (evidence.design_checks): does random replay
+                 beat no replay, and does the oracle ceiling beat random? Combined over measures like the claims
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .evidence import arm_effects, claims, combine_verdicts, compare_to_best_baseline, evaluate_predictors
+from .evidence import (arm_effects, claims, combine_verdicts, compare_to_best_baseline, design_checks,
+                       evaluate_predictors)
 from .forgetting import MEASURES, energy_deciles, forgetting_by_t, per_sample
 from .predictors import predictor_kinds
 from .stats import t_interval
@@ -43,6 +46,7 @@ class Evidence:
     by_decile: dict[str, pd.DataFrame]  # measure -> no-replay forgetting per energy decile (binned_means)
     overlap: pd.DataFrame  # one row per (budget, arm, other arm): buffer_overlap
     agg: dict[str, pd.Series]  # measure -> no-replay per-sample aggregate over the used t, seeds averaged
+    checks: dict  # replay_helps / ceiling_wins -> statement, verdict (combined), and each measure's check
 
     def headline(self) -> dict:
         """What `dvc metrics show` prints, one short row: per claim the verdict and each measure's effect (4
@@ -57,7 +61,7 @@ class Evidence:
             rows = (df.reset_index() if df.index.name else df).to_dict(orient="records")
             return [{k: _number(v) for k, v in row.items()} for row in rows]
 
-        return {"verdicts": _plain(self.verdicts),
+        return {"verdicts": _plain(self.verdicts), "checks": _plain(self.checks),
                 **{m: {"predictors": records(self.predictors[m]), "vs_best_baseline": records(self.comparison[m]),
                        "forgetting_by_t": records(self.by_t[m]), "forgetting_by_decile": records(self.by_decile[m]),
                        "arms": records(self.arms[m])} for m in MEASURES},
@@ -88,7 +92,7 @@ def run_protocol(scores: pd.DataFrame, forgetting: pd.DataFrame, replay: pd.Data
     kinds = predictor_kinds(predictors.columns)
     boot = dict(n_boot=n_boot, seed=seed, level=level)
     bins = energy_deciles(scores[energy], deciles)
-    tables, comparison, by_t, by_decile, arms, per_measure, agg = {}, {}, {}, {}, {}, {}, {}
+    tables, comparison, by_t, by_decile, arms, per_measure, per_check, agg = {}, {}, {}, {}, {}, {}, {}, {}
     for m in MEASURES:
         by_t[m] = forgetting_by_t(forgetting, m, **boot)
         real = by_t[m].loc[by_t[m]["real"], "t"].tolist() if aggregate_t == "forgetting" else []
@@ -103,10 +107,21 @@ def run_protocol(scores: pd.DataFrame, forgetting: pd.DataFrame, replay: pd.Data
         comparison[m] = compare_to_best_baseline(predictors, targets, kinds, nuisance, **boot)
         arms[m] = arm_effects(replay_rows, bins, m, level=level)
         per_measure[m] = claims(tables[m], comparison[m], arms[m], predictor=energy)
-    verdicts = {key: {"statement": per_measure[MEASURES[0]][key]["statement"],
-                      "verdict": combine_verdicts(*(per_measure[m][key]["verdict"] for m in MEASURES)),
-                      **{m: per_measure[m][key] for m in MEASURES}} for key in ("claim1", "claim2")}
-    return Evidence(tables, comparison, by_t, arms, verdicts, bins, by_decile, buffer_overlap(replay), agg)
+        per_check[m] = design_checks(arms[m])
+    return Evidence(tables, comparison, by_t, arms, _combined(per_measure), bins, by_decile, buffer_overlap(replay),
+                    agg, _combined(per_check))
+
+
+def _combined(per_measure: dict) -> dict:
+    """key -> statement, the verdict combined over the measures (holds / fails only under both; "not run" if
+    not run under some measure), and each measure's entry."""
+    out = {}
+    for key in per_measure[MEASURES[0]]:
+        vs = [per_measure[m][key]["verdict"] for m in MEASURES]
+        out[key] = {"statement": per_measure[MEASURES[0]][key]["statement"],
+                    "verdict": "not run" if "not run" in vs else combine_verdicts(*vs),
+                    **{m: per_measure[m][key] for m in MEASURES}}
+    return out
 
 
 def buffer_overlap(replay: pd.DataFrame) -> pd.DataFrame:

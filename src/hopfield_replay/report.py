@@ -1,8 +1,9 @@
 """Figures and the one-page report (matplotlib, Agg backend; PNG files that embed in `dvc plots show`).
 
-The report leads with the verdicts on the paper's two claims (evidence.claims), then the predictor table (every
-predictor against the baselines, with partial correlations), which timesteps carry forgetting, and the arm table
-(paired differences over seeds). Every number in it comes from the tables passed in.
+The report leads with the verdicts on the paper's two claims (evidence.claims), the checks that the replay
+experiment can show an effect at all (evidence.design_checks) and what the intervals cover, then the predictor
+table (every predictor against the baselines, with partial correlations), which timesteps carry forgetting, and the
+arm table (paired differences over seeds). Every number in it comes from the tables passed in.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import scipy.stats  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from .colours import arm_colours  # noqa: E402
+from .evidence import design_meaning  # noqa: E402
+from .forgetting import MEASURES  # noqa: E402
 from .protocol import Evidence, binned_means  # noqa: E402
 
 KIND_COLOUR = {"energy": "tab:red", "energy_task_b": "tab:purple", "baseline": "tab:gray"}
@@ -164,11 +168,36 @@ def verdict_lines(verdicts: dict) -> list[str]:
     for key in ("claim1", "claim2"):
         claim = verdicts[key]
         lines.append(f"- **{claim['statement']}: {claim['verdict'].upper()}**")
-        for measure in ("absolute", "relative"):
+        for measure in MEASURES:
             m = claim[measure]
             lines.append(f"  - {measure} forgetting: {m['verdict']}, effect {_ci(m['effect'], m['lo'], m['hi'])}; "
                          f"{m['detail']}")
     return lines
+
+
+def check_lines(checks: dict) -> list[str]:
+    """The design checks (also printed by the flow): one block per check, both measures, then what they mean for
+    claim 2."""
+    lines = []
+    for check in checks.values():
+        lines.append(f"- **{check['statement']}: {check['verdict'].upper()}**")
+        lines += [f"  - {m} forgetting: {check[m]['verdict']}; {check[m]['detail']}" for m in MEASURES]
+    return lines + ["", design_meaning(checks)]
+
+
+def scope_text(run: dict) -> str:
+    """What the intervals cover, and which comparisons were fixed before the run (the rest are exploratory)."""
+    n = len(run["seeds"])
+    if n > 1:
+        q = scipy.stats.t.ppf((1 + run["level"]) / 2, n - 1)
+        arms = (f"an arm's interval is Student t over the {n} task-B seeds ({n - 1} degree{'s' * (n > 2)} of freedom, "
+                f"t quantile {q:.1f}); a correlation's interval resamples those seeds and the samples")
+    else:
+        arms = "an arm has no interval (one task-B seed); a correlation's interval resamples the samples"
+    return (f"What the intervals cover: {arms}. Every seed starts from one task-A model (`train_a.seed` = "
+            f"{run['train_a_seed']}), so how the verdicts vary with the task-A model is in no interval. The verdicts test one predictor (`{run['score']}`) and one arm (`energy_high`), both "
+            "fixed before the run; every other row below is exploratory, with no correction for multiple "
+            "comparisons.")
 
 
 def overlap_lines(overlap: pd.DataFrame) -> list[str]:
@@ -184,8 +213,9 @@ def overlap_lines(overlap: pd.DataFrame) -> list[str]:
 
 
 def markdown_report(ev: Evidence, figures: dict[str, str], run: dict) -> str:
-    """One page: verdicts first, then predictors, forgetting by t and by energy decile, arms, buffer overlap and the
-    figures (paths relative)."""
+    """One page: verdicts first, then the design checks and what the intervals cover, predictors, forgetting by t
+    and by energy decile, arms, buffer overlap and the figures (paths relative). run: n_samples, seeds, arms,
+    budgets, level, score (the arms' ranking score), train_a_seed."""
     verdicts, predictors, comparison, by_t, arms = ev.verdicts, ev.predictors, ev.comparison, ev.by_t, ev.arms
     by_decile = ev.by_decile
     lines = ["# hopfield-replay: does the Hopfield energy predict forgetting, and does top-energy replay help?", "",
@@ -197,7 +227,9 @@ def markdown_report(ev: Evidence, figures: dict[str, str], run: dict) -> str:
               "the best baseline's, and its partial Spearman) lie above 0, and fails when either lies below 0; claim 2 "
               "holds when its interval lies above 0 at every budget, and fails when it lies below 0 at some budget and "
               "above 0 at none. A claim holds (fails) when it holds (fails) under both measures; otherwise it is "
-              "inconclusive.", "", "## Predictors of forgetting", ""]
+              "inconclusive.", "", "## Can this run show a replay effect?", ""]
+    lines += check_lines(ev.checks)
+    lines += ["", scope_text(run), "", "## Predictors of forgetting", ""]
     for measure, table in predictors.items():
         comp = comparison[measure]
         lines += [f"### {measure} forgetting (per-t standardised, averaged over the used t)", "",
