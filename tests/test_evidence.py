@@ -275,6 +275,7 @@ def test_design_checks_read_random_vs_none_and_the_ceiling_vs_random():
     replay, ceiling = checks["replay_helps"], checks["ceiling_wins"]
     assert replay["verdict"] == "holds" and list(replay["per_budget"]) == [50, 250]
     assert replay["per_budget"][50] == {"effect": 0.3, "lo": 0.1, "hi": 0.5, "n_seeds": 3, "verdict": "holds"}
+    assert (replay["effect"], replay["lo"], replay["hi"]) == (0.3, 0.1, 0.5)  # the budget with the lowest bound
     assert replay["detail"] == "none minus random forgetting, overall, per budget: 50: +0.300 [+0.100, +0.500]; " \
                                "250: +0.600 [+0.200, +1.000] (3 seeds)"
     assert ceiling["verdict"] == "inconclusive" and list(ceiling["per_budget"]) == [250]
@@ -284,6 +285,7 @@ def test_design_checks_read_random_vs_none_and_the_ceiling_vs_random():
     assert failing["replay_helps"]["verdict"] == "fails"
     missing = design_checks(arms[arms.strategy != "oracle"])
     assert missing["ceiling_wins"]["verdict"] == "not run" and missing["ceiling_wins"]["per_budget"] == {}
+    assert math.isnan(missing["ceiling_wins"]["effect"]) and "no oracle arm" in missing["ceiling_wins"]["detail"]
     assert design_checks(arms, ceiling="energy_high")["ceiling_wins"]["verdict"] == "holds"
 
 

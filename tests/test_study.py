@@ -188,6 +188,12 @@ def test_seed_blocks_pool_into_one_run_with_an_interval_over_all_seeds(tiny_para
     claim2 = [r for r in pooled if r["claim"] == "claim2" and r["measure"] == "absolute"][0]
     assert np.isnan([r for r in one if r["claim"] == "claim2"][0]["lo"])
     assert claim2["lo"] > 0 and claim2["verdict"] == "holds"  # one seed has no interval; three give one above 0
+    checks = {(r["claim"], r["measure"]): r for r in pooled if r["claim"] in ("replay_helps", "ceiling_wins")}
+    assert len(checks) == 4 and checks[("ceiling_wins", "relative")]["verdict"] == "not run"  # no oracle arm
+    assert np.isnan(checks[("ceiling_wins", "relative")]["effect"])
+    replay_helps = evidence(scores, forgetting, replay, cfg, seeds).checks["replay_helps"]
+    assert checks[("replay_helps", "absolute")]["effect"] == replay_helps["absolute"]["effect"]
+    assert checks[("replay_helps", "absolute")]["verdict"] == replay_helps["verdict"]
     other = _run_tables([4])
     with pytest.raises(ValueError, match="different scores tables"):
         pool_seed_blocks({"a": runs["a"], "x": (other[0] * 2, *other[1:])})
@@ -281,7 +287,7 @@ def test_the_study_table_and_report(study_runs):
     assert tables["forgetting"].groupby("cell").size().to_dict() == {good: 400, short: 400}  # 1 seed x 2 t
     assert tables["replay_forgetting"].groupby("cell").size().to_dict() == {good: 1200, short: 1200}  # 3 arms
     verdicts = tables["verdicts"]
-    assert set(verdicts.unit) == {good, short} and len(verdicts) == 2 * 2 * 2  # cells x claims x measures
+    assert set(verdicts.unit) == {good, short} and len(verdicts) == 2 * 4 * 2  # cells x (claims + checks) x measures
     # the protocol as the report stage applies it: the same verdicts and effects as each cell's own metrics
     for cell in (good, short):
         own = json.loads((study_runs["root"] / cell / "data" / "metrics" / "verdicts.json").read_text())
@@ -289,9 +295,13 @@ def test_the_study_table_and_report(study_runs):
             rows = verdicts[(verdicts.unit == cell) & (verdicts.claim == claim)].set_index("measure")
             assert rows["verdict"].iloc[0] == own[claim]["verdict"]
             assert rows.at["relative", "effect"] == pytest.approx(own[claim]["relative"], abs=1e-4)
+        own_checks = json.loads((study_runs["root"] / cell / "data" / "metrics" / "details.json").read_text())["checks"]
+        for check in ("replay_helps", "ceiling_wins"):
+            rows = verdicts[(verdicts.unit == cell) & (verdicts.claim == check)].set_index("measure")
+            assert rows["verdict"].iloc[0] == own_checks[check]["verdict"]
     report = first["report"]
-    assert report.index("## Verdicts per cell") < report.index("## Verdicts per grid value") < report.index(
-        "## Missing cells")
+    assert report.index("## Verdicts per cell") < report.index("## Design checks") < report.index(
+        "## Verdicts per grid value") < report.index("## Missing cells")
     missing = report.split("## Missing cells")[1]
     assert bad in missing and str(study_runs["root"] / "logs" / f"{bad}.log") in missing and good not in missing
     assert (study_runs["root"] / "report" / "plots" / "effects.png").stat().st_size > 5000

@@ -328,17 +328,12 @@ def claims(predictor_table: pd.DataFrame, comparison: pd.DataFrame, arm_table: p
                          f"{_fmt(p['partial'], p['partial_lo'], p['partial_hi'])}")}
 
     per_budget = _per_budget(arm_table, arm, "random")
-    statement = f"top-energy replay ({arm}) beats random replay at equal budget"
-    if not per_budget:
-        claim2 = {"statement": statement, "verdict": "inconclusive", "effect": math.nan, "lo": math.nan,
-                  "hi": math.nan, "per_budget": {}, "detail": f"no {arm} arm with a random arm at the same budget"}
-        return {"claim1": claim1, "claim2": claim2}
-    worst_budget = min(per_budget, key=lambda b: -np.inf if np.isnan(per_budget[b]["lo"]) else per_budget[b]["lo"])
-    w = per_budget[worst_budget]
-    claim2 = {"statement": statement, "verdict": _over_budgets(per_budget), "effect": w["effect"], "lo": w["lo"],
-              "hi": w["hi"], "per_budget": per_budget,
-              "detail": f"effect vs random (random minus {arm} forgetting, overall) per budget: "
-                        + _budgets_text(per_budget)}
+    claim2 = {"statement": f"top-energy replay ({arm}) beats random replay at equal budget",
+              "verdict": _over_budgets(per_budget) if per_budget else "inconclusive", **_worst(per_budget),
+              "per_budget": per_budget,
+              "detail": (f"effect vs random (random minus {arm} forgetting, overall) per budget: "
+                         + _budgets_text(per_budget) if per_budget
+                         else f"no {arm} arm with a random arm at the same budget")}
     return {"claim1": claim1, "claim2": claim2}
 
 
@@ -349,8 +344,8 @@ def design_checks(arm_table: pd.DataFrame, *, ceiling: str = "oracle") -> dict:
     ceiling_wins   the ceiling arm (the oracle: it ranks by the measured task-B forgetting) forgets less than
                    random replay: effect(ceiling vs random) per budget. If even the ceiling does not beat random,
                    the run has not shown that any buffer can, and claim 2 has no demonstrated power.
-    Each: statement, verdict (claim 2's rule over budgets; "not run" when the arms are missing), per_budget,
-    detail.
+    Each: statement, verdict (claim 2's rule over budgets; "not run" when the arms are missing), effect/lo/hi (the
+    budget with the lowest lower bound, as claim 2; NaN when not run), per_budget, detail.
     """
     checks = {}
     for key, arm, reference, statement in (
@@ -359,7 +354,7 @@ def design_checks(arm_table: pd.DataFrame, *, ceiling: str = "oracle") -> dict:
              f"the ceiling ({ceiling}, ranks by task-B forgetting) forgets less than random replay")):
         per_budget = _per_budget(arm_table, arm, reference)
         checks[key] = {"statement": statement, "verdict": _over_budgets(per_budget) if per_budget else "not run",
-                       "per_budget": per_budget,
+                       **_worst(per_budget), "per_budget": per_budget,
                        "detail": (f"{reference} minus {arm} forgetting, overall, per budget: "
                                   + _budgets_text(per_budget) if per_budget
                                   else f"no {arm} arm with a {reference} arm at the same budget")}
@@ -392,6 +387,14 @@ def _per_budget(arm_table: pd.DataFrame, arm: str, reference: str) -> dict:
     return {int(r.budget): {"effect": float(r.effect), "lo": float(r.lo), "hi": float(r.hi),
                             "n_seeds": int(r.n_seeds), "verdict": verdict(r.effect, r.lo, r.hi)}
             for r in rows.itertuples()}
+
+
+def _worst(per_budget: dict) -> dict:
+    """effect, lo, hi of the budget with the lowest lower bound (one without an interval first); NaN if none."""
+    if not per_budget:
+        return {"effect": math.nan, "lo": math.nan, "hi": math.nan}
+    worst = min(per_budget, key=lambda b: -np.inf if np.isnan(per_budget[b]["lo"]) else per_budget[b]["lo"])
+    return {k: per_budget[worst][k] for k in ("effect", "lo", "hi")}
 
 
 def _over_budgets(per_budget: dict) -> str:

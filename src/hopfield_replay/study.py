@@ -28,6 +28,7 @@ from .tables import params_hash, read_table
 
 TABLES = ("scores", "forgetting", "replay_forgetting")  # the per-sample tables a study stacks
 CLAIMS = ("claim1", "claim2")
+CHECKS = ("replay_helps", "ceiling_wins")  # the design checks (evidence.design_checks), rows of the verdicts table too
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a study name: a folder name and part of a git ref
 
 
@@ -233,10 +234,12 @@ def seed_blocks(params: dict[str, dict]) -> list[list[str]]:
 
 
 def verdict_rows(ev: Evidence, unit: str, seeds: list[int]) -> list[dict]:
-    """One row per claim and forgetting measure: the combined verdict, the measure's verdict, effect, interval."""
+    """One row per claim or design check (column ``claim``) and forgetting measure: the combined verdict, the
+    measure's verdict, effect, interval (a check's effect: its budget with the lowest lower bound, NaN if not run)."""
     rows = []
-    for claim in CLAIMS:
-        c = ev.verdicts[claim]
+    entries = {**ev.verdicts, **ev.checks}
+    for claim in (*CLAIMS, *CHECKS):
+        c = entries[claim]
         for m in MEASURES:
             rows.append({"unit": unit, "seeds": json.dumps(seeds), "claim": claim, "verdict": c["verdict"],
                          "measure": m, "measure_verdict": c[m]["verdict"], "effect": float(c[m]["effect"]),
@@ -246,23 +249,27 @@ def verdict_rows(ev: Evidence, unit: str, seeds: list[int]) -> list[dict]:
 
 # --------------------------------------------------------------------------------------------------- the report
 VERDICT_COLOUR = {"holds": "tab:green", "fails": "tab:red", "inconclusive": "tab:gray"}
+LABELS = {"claim1": "claim 1", "claim2": "claim 2", "replay_helps": "random beats no replay",
+          "ceiling_wins": "oracle beats random"}
 EFFECT_LABEL = {"claim1": "energy's Spearman minus the best baseline's", "claim2": "forgetting: random minus top-energy"}
 
 
 def _ci(effect: float, lo: float, hi: float) -> str:
+    if pd.isna(effect):
+        return "not run"
     return f"{effect:+.3f} [{lo:+.3f}, {hi:+.3f}]" if pd.notna(lo) and pd.notna(hi) else f"{effect:+.3f} [no interval]"
 
 
-def _unit_table(verdicts: pd.DataFrame, grid: pd.DataFrame | None) -> list[str]:
+def _unit_table(verdicts: pd.DataFrame, grid: pd.DataFrame | None, claims: tuple = CLAIMS) -> list[str]:
     keys = list(grid.columns) if grid is not None else []
     head = ["cell" if grid is not None else "cells", "seeds", *keys]
-    for claim in ("claim 1", "claim 2"):
-        head += [claim, f"{claim} absolute", f"{claim} relative"]
+    for claim in claims:
+        head += [LABELS[claim], f"{LABELS[claim]} absolute", f"{LABELS[claim]} relative"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for unit, rows in verdicts.groupby("unit", sort=False):
         cells = [unit.removeprefix("pooled:").replace("+", ", "), rows["seeds"].iloc[0],
                  *(str(grid.at[unit, k]) for k in keys)]
-        for claim in CLAIMS:
+        for claim in claims:
             r = rows[rows["claim"] == claim].set_index("measure")
             cells += [f"**{r['verdict'].iloc[0]}**", *(_ci(r.at[m, "effect"], r.at[m, "lo"], r.at[m, "hi"])
                                                       for m in MEASURES)]
@@ -288,6 +295,13 @@ def study_markdown(name: str, description: str | None, head: str, grid: pd.DataF
     if len(pooled):
         lines += ["", "## Pooled over seed blocks", "", "Cells that differ only in `seeds`, as one run over all their "
                   "seeds (their scores tables are identical):", ""] + _unit_table(pooled, None)
+    if len(verdicts):
+        lines += ["", "## Design checks", "", "Can each run show a replay effect at all: random replay against no "
+                  "replay, and the oracle ceiling against random replay (claim 2's positive control; effect: the "
+                  "budget with the lowest lower bound). Where the ceiling does not beat random, that run's claim 2 "
+                  "has no demonstrated power (docs/pipeline.md).", ""]
+        lines += _unit_table(per_cell, grid, CHECKS) if len(per_cell) else []
+        lines += ["", *_unit_table(pooled, None, CHECKS)] if len(pooled) else []
     lines += ["", "## Verdicts per grid value", ""]
     if len(per_cell) and len(grid.columns):
         lines += ["| grid key | value | cells | claim 1 holds / fails / inconclusive | claim 2 holds / fails / "
