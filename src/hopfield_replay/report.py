@@ -195,9 +195,9 @@ def scope_text(run: dict) -> str:
     else:
         arms = "an arm has no interval (one task-B seed); a correlation's interval resamples the samples"
     return (f"What the intervals cover: {arms}. Every seed starts from one task-A model (`train_a.seed` = "
-            f"{run['train_a_seed']}), so how the verdicts vary with the task-A model is in no interval. The verdicts test one predictor (`{run['score']}`) and one arm (`energy_high`), both "
-            "fixed before the run; every other row below is exploratory, with no correction for multiple "
-            "comparisons.")
+            f"{run['train_a_seed']}), so how the verdicts vary with the task-A model is in no interval. The verdicts "
+            f"test one predictor (`{run['score']}`) and one arm (`energy_high`), both fixed before the run; every "
+            "other row below is exploratory, with no correction for multiple comparisons.")
 
 
 def overlap_lines(overlap: pd.DataFrame) -> list[str]:
