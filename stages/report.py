@@ -52,7 +52,8 @@ def main(cfg, args):
             ev.arms[m].to_csv(plots / f"arms_{m}.csv", index=False)
             ev.by_decile[m].to_csv(plots / f"forgetting_by_decile_{m}.csv", index=False)
         figures = {
-            "predictors": plot_predictors(ev.predictors, plots / "predictors.png"),
+            "predictors": plot_predictors(ev.predictors, plots / "predictors.png",
+                                          ceilings={m: ev.agreement[m]["ceiling"] for m in MEASURES}),
             "arms_by_decile": plot_arms_by_decile(curves, plots / "arms_by_decile.png"),
             "scatter": plot_score_vs_forgetting(per, [energy, *p.nuisance], plots / "energy_vs_forgetting.png",
                                                 target="agg", bins=p.deciles, level=p.level,

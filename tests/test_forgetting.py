@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from hopfield_replay.forgetting import MEASURES, add_measures, energy_deciles, forgetting_by_t, per_sample
+from hopfield_replay.forgetting import (MEASURES, add_measures, energy_deciles, forgetting_by_t, per_sample,
+                                        seed_agreement)
 
 
 def _long(error_a: np.ndarray, error: np.ndarray, timesteps, seeds=(0,)) -> pd.DataFrame:
@@ -95,3 +96,33 @@ def test_energy_deciles_equal_counts_rank_order_and_index():
     assert list(out.index) == [7, 3, 9, 4] and out.tolist() == [0, 0, 1, 1]  # ties broken by position
     with pytest.raises(ValueError, match="q must"):
         energy_deciles(scores, 7)
+
+
+def test_seed_agreement_matches_pairwise_spearman_and_a_brute_force_bootstrap():
+    rng = np.random.default_rng(3)
+    g = rng.normal(size=40)
+    ids = np.arange(40) * 2 + 1
+    targets = {s: pd.Series(g + rng.normal(size=40), index=ids) for s in (5, 1, 9)}
+    targets[1] = targets[1].iloc[::-1]  # another order: aligned by sample_id
+    targets[9] = pd.concat([targets[9], pd.Series([7.0], index=[999])])  # a sample the others lack: left out
+    out = seed_agreement(targets, n_boot=300, seed=4, level=0.9)
+    # independent fp64 reference: scipy's Spearman for each pair of seeds, and the same resamples drawn by hand
+    y = {s: targets[s].reindex(ids).to_numpy(np.float64) for s in (1, 5, 9)}
+    pairs = [(1, 5), (1, 9), (5, 9)]
+    assert out["rho"] == pytest.approx(np.mean([scipy.stats.spearmanr(y[a], y[b]).statistic for a, b in pairs]),
+                                       abs=1e-12)
+    draw = np.random.default_rng(4)
+    boot = []
+    for _ in range(300):
+        idx = draw.integers(0, 40, 40)
+        boot.append(np.mean([scipy.stats.spearmanr(y[a][idx], y[b][idx]).statistic for a, b in pairs]))
+    assert (out["lo"], out["hi"]) == pytest.approx(tuple(np.quantile(boot, [0.05, 0.95])), abs=1e-12)
+    assert out["ceiling"] == pytest.approx(np.sqrt(out["rho"])) and out["n_seeds"] == 3
+    assert 0.2 < out["rho"] < 0.8 and out["lo"] < out["rho"] < out["hi"]  # half the variance is shared
+
+
+def test_seed_agreement_without_a_second_seed_or_agreement():
+    one = seed_agreement({1: pd.Series([1.0, 2.0, 3.0])})
+    assert np.isnan(one["rho"]) and np.isnan(one["lo"]) and one["n_seeds"] == 1
+    opposite = seed_agreement({1: pd.Series([1.0, 2.0, 3.0]), 2: pd.Series([3.0, 2.0, 1.0])}, n_boot=20)
+    assert opposite["rho"] == pytest.approx(-1.0) and np.isnan(opposite["ceiling"])

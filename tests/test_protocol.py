@@ -69,6 +69,8 @@ def test_protocol_finds_the_confound_and_the_protective_arm():
                               "relative": round(ev.verdicts["claim2"]["relative"]["effect"], 4)}
     details = json.loads(json.dumps(ev.details(), allow_nan=False))  # NaN is written as null: plain JSON
     assert details["verdicts"]["claim2"]["relative"]["lo"] > 0 and details["verdicts"]["claim1"]["verdict"] != "holds"
+    for m in ("absolute", "relative"):  # every seed forgets by the same pixel mass, up to small noise
+        assert details[m]["seed_agreement"]["n_seeds"] == 3 and details[m]["seed_agreement"]["lo"] > 0.5
     checks = details["checks"]  # random keeps 90% of its buffer's forgetting in every seed; no oracle arm ran
     assert checks["replay_helps"]["verdict"] == "holds" and checks["replay_helps"]["relative"]["per_budget"]["20"]["lo"] > 0
     assert checks["ceiling_wins"]["verdict"] == "not run" and checks["ceiling_wins"]["absolute"]["per_budget"] == {}

@@ -40,7 +40,8 @@ def test_render_states_the_verdicts_and_the_numbers_it_is_given():
                "relative": {"predictors": [pred, {**pred, "predictor": "pixel_mass", "spearman": 0.7},
                                            {**pred, "predictor": "energy_rise", "kind": "energy_task_b"}],
                             "vs_best_baseline": [{"baseline": "-pixel_mass"}],
-                            "arms": [{**arm, "reference": "none"}, {**arm, "reference": "random", "effect": -0.03}]}}
+                            "arms": [{**arm, "reference": "none"}, {**arm, "reference": "random", "effect": -0.03}],
+                            "seed_agreement": {"rho": 0.36, "lo": 0.3, "hi": 0.42, "ceiling": 0.6, "n_seeds": 2}}}
     budget = {"effect": 0.6, "lo": -0.8, "hi": 2.0, "n_seeds": 2, "verdict": "inconclusive"}
     details["checks"] = {
         "replay_helps": {"statement": "random replay forgets less than no replay", "verdict": "inconclusive",
@@ -52,6 +53,10 @@ def test_render_states_the_verdicts_and_the_numbers_it_is_given():
             "250: +0.600 [-0.800, +2.000] |") in text
     assert "| the ceiling beats random | **not run** | not run | not run |" in text
     assert "No ceiling ran" in text and "cannot be told from noise" in text
+    assert ("correlates at Spearman +0.360 [+0.300, +0.420], so the best possible predictor would reach about 0.60"
+            in text)
+    details["relative"]["seed_agreement"] = {"rho": None, "lo": None, "hi": None, "ceiling": None, "n_seeds": 1}
+    assert "Seed agreement" not in render(details)
     assert ("| Task-A energy predicts forgetting beyond the baselines | **inconclusive** | inconclusive: "
             "+0.123 [-0.050, +0.300]; partial +0.200 [+0.100, +0.250] | fails: -0.500 [-0.700, -0.200]; "
             "partial +0.200 [+0.100, +0.250] |") in text

@@ -11,7 +11,8 @@ from matplotlib.colors import to_hex
 
 from hopfield_replay.colours import ARM_COLOUR, arm_colours
 from hopfield_replay.protocol import Evidence, binned_means
-from hopfield_replay.report import arms_by_decile_figure, markdown_report, score_vs_forgetting_figure
+from hopfield_replay.report import (arms_by_decile_figure, markdown_report, predictors_figure,
+                                   score_vs_forgetting_figure)
 
 ARMS = ["none", "energy_high", "energy_low", "random", "pixel_mass_high", "oracle", "class_balanced", "kcenter",
         "herding", "soft", *(f"p{i}_high" for i in range(20))]
@@ -98,7 +99,8 @@ def test_the_report_states_the_verdict_rule_the_decile_table_and_the_overlap():
               "ceiling_wins": {"statement": "the ceiling beats random", "verdict": "inconclusive", "absolute": check,
                                "relative": {**check, "verdict": "fails"}}}
     ev = Evidence({"absolute": table}, {"absolute": comp}, {"absolute": by_t}, {"absolute": arms}, verdicts,
-                  pd.Series(dtype=int), decile, overlap, {}, checks)
+                  pd.Series(dtype=int), decile, overlap, {}, checks,
+                  {"absolute": {"rho": 0.25, "lo": 0.2, "hi": 0.3, "ceiling": 0.5, "n_seeds": 2}})
     figures = {"predictors": "p.png", "scatter": "s.png", "arms_by_decile": "a.png", "image_grid": "g.png"}
     run = {"n_samples": 20, "seeds": [1, 2], "arms": [], "budgets": [], "level": 0.95, "score": "knn10_dist",
            "train_a_seed": 7}
@@ -111,6 +113,13 @@ def test_the_report_states_the_verdict_rule_the_decile_table_and_the_overlap():
     assert "over the 2 task-B seeds (1 degree of freedom, t quantile 12.7)" in checks_section
     assert "(`train_a.seed` = 7)" in checks_section and "one predictor (`knn10_dist`)" in checks_section
     assert "an arm has no interval (one task-B seed)" in markdown_report(ev, figures, {**run, "seeds": [4]})
+    assert ("correlates at Spearman +0.250 [+0.200, +0.300] (mean over the pairs of the 2 seeds)" in page
+            and "forgetting at about 0.50" in page)
+    ev.agreement["absolute"] = {"rho": -0.1, "lo": -0.2, "hi": 0.0, "ceiling": float("nan"), "n_seeds": 3}
+    assert "The seeds do not agree on which samples are forgotten" in markdown_report(ev, figures, run)
+    ev.agreement["absolute"] = {"rho": float("nan"), "lo": float("nan"), "hi": float("nan"), "ceiling": float("nan"),
+                                "n_seeds": 1}
+    assert "Seed agreement: one seed" in markdown_report(ev, figures, run)
     assert "(4 degrees of freedom, t quantile 2.8)" in markdown_report(ev, figures, {**run, "seeds": [1, 2, 3, 4, 5]})
     assert "claim 1 holds when both of its intervals" in page and "fails when either lies below 0" in page
     assert "| decile | knn10_dist | absolute forgetting | relative forgetting |" in page
@@ -119,3 +128,19 @@ def test_the_report_states_the_verdict_rule_the_decile_table_and_the_overlap():
     assert "Budget 5:\n\n| arm | a | b |\n|---|---|---|\n| a | 1.00 | 0.40 |\n| b | 0.40 | 1.00 |" in page
     with pytest.raises(KeyError):
         markdown_report(ev, {}, run)
+
+
+def test_the_forest_plot_marks_the_noise_ceiling_where_it_is_known():
+    table = pd.DataFrame({"kind": ["energy", "baseline"], "spearman": [0.1, -0.3], "spearman_lo": [0.0, -0.4],
+                          "spearman_hi": [0.2, -0.2], "partial": [0.05, -0.2], "partial_lo": [0.0, -0.3],
+                          "partial_hi": [0.1, -0.1], "covariates": ["pixel_mass", "pixel_mass"]},
+                         index=["energy_a", "knn10_dist"])
+    fig = predictors_figure({"absolute": table, "relative": table}, {"absolute": 0.42, "relative": float("nan")})
+    try:
+        dashed = [[line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"] for ax in fig.axes]
+        assert dashed == [[-0.42, 0.42], []]
+        labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert "noise ceiling +-0.42" in labels and "energy" in labels and "baseline" in labels
+        assert not any("noise ceiling" in t.get_text() for t in fig.axes[1].get_legend().get_texts())
+    finally:
+        plt.close(fig)

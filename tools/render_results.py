@@ -74,6 +74,13 @@ def render(details: dict) -> str:
         lines.append(f"| {p}{tag} | "
                      f"{_ci(r['spearman'], r['spearman_lo'], r['spearman_hi'])} | "
                      f"{_ci(r['partial'], r['partial_lo'], r['partial_hi'])} | {r['precision_at_10']:.2f} |")
+    agreement = details["relative"]["seed_agreement"]
+    if agreement["rho"] is not None and agreement["n_seeds"] >= 2:
+        lines += ["", f"Seed agreement, the noise ceiling of this table: two seeds' relative forgetting of the same "
+                  f"samples correlates at Spearman {_ci(agreement['rho'], agreement['lo'], agreement['hi'])}"
+                  + (f", so the best possible predictor would reach about {agreement['ceiling']:.2f} (with independent "
+                     "seed noise)." if agreement["ceiling"] is not None
+                     else ": the seeds do not agree on which samples are forgotten.")]
     lines += ["", "Replay arms against random at equal budget (relative forgetting, overall; > 0: the arm forgets "
               "less; seeds agreeing in sign):", "", "| arm | budget | effect vs random | effect vs no replay | seeds |",
               "|---|---|---|---|---|"]

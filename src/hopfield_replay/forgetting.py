@@ -1,5 +1,5 @@
-"""What counts as forgetting: per-sample measures from reconstruction errors, their aggregate over t, and which t
-carry forgetting at all.
+"""What counts as forgetting: per-sample measures from reconstruction errors, their aggregate over t, which t
+carry forgetting at all, and how far seeds agree on which samples are forgotten.
 
 Input: a long table, one row per (sample_id, t[, seed]) with error_a (reconstruction error under the task-A
 model) and error (under the later model); extra columns (label, strategy, budget, replayed, ...) may be present.
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 
-from .stats import bootstrap_ci
+from .stats import bootstrap_ci, percentile_interval
 
 MEASURES = ("absolute", "relative")
 
@@ -88,6 +89,36 @@ def forgetting_by_t(df: pd.DataFrame, measure: str, n_boot: int = 1000, seed: in
         rows.append({"t": int(col.removeprefix("t=")), "mean": ci.estimate, "lo": ci.low, "hi": ci.high,
                      "share_positive": float(np.mean(values > 0)), "n": int(values.size), "real": bool(ci.low > 0)})
     return pd.DataFrame(rows)
+
+
+def seed_agreement(targets: dict, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """How far the seeds agree on which samples are forgotten: the noise ceiling of every predictor.
+
+        rho = mean over pairs of seeds (s, s') of Spearman(f_s, f_s')
+
+    targets: seed -> per-sample forgetting (a Series indexed by sample_id, e.g. per_sample(...)["agg"]). The
+    interval is a percentile bootstrap over samples (each resample draws n sample indices with replacement, shared by
+    every seed). If f_s = g + e_s with independent seed noise e_s, rho is the share of the variance that g carries,
+    and g itself, the best possible predictor, correlates with one seed's f_s at about sqrt(rho).
+    Keys: rho, lo, hi, ceiling (sqrt(rho), NaN if rho <= 0), n_seeds; NaN values with fewer than two seeds.
+    """
+    ids = sorted(set.intersection(*(set(t.index) for t in targets.values()))) if targets else []
+    if len(targets) < 2 or len(ids) < 2:
+        return {"rho": np.nan, "lo": np.nan, "hi": np.nan, "ceiling": np.nan, "n_seeds": len(targets)}
+    y = np.stack([targets[s].reindex(ids).to_numpy(dtype=float) for s in sorted(targets)])
+    rng = np.random.default_rng(seed)
+    boot = np.array([_mean_pair_spearman(y[:, rng.integers(0, len(ids), len(ids))]) for _ in range(n_boot)])
+    rho = _mean_pair_spearman(y)
+    lo, hi = percentile_interval(boot, level)
+    return {"rho": rho, "lo": lo, "hi": hi, "ceiling": float(np.sqrt(rho)) if rho > 0 else np.nan,
+            "n_seeds": len(targets)}
+
+
+def _mean_pair_spearman(y: np.ndarray) -> float:
+    """(S, N) -> the mean over the S (S - 1) / 2 pairs of rows of their Spearman correlation."""
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant row: NaN
+        c = np.corrcoef(scipy.stats.rankdata(y, axis=1))
+    return float(c[np.triu_indices(len(y), 1)].mean())
 
 
 def energy_deciles(scores, q: int = 10) -> pd.Series:

@@ -7,6 +7,8 @@ none does, or with ``aggregate_t="all"``):
     predictors   every column of the scores table against the per-sample forgetting aggregate of each seed
                  (evidence.evaluate_predictors), and against the best baseline (evidence.compare_to_best_baseline)
     by_t         which timesteps carry forgetting without replay (forgetting.forgetting_by_t)
+    agreement    how far the seeds agree on which samples are forgotten (forgetting.seed_agreement): the noise
+                 ceiling of the predictor table
     by_decile    no-replay forgetting per decile of the task-A energy, with intervals (binned_means): the
                  paper's "energy tracks forgetting monotonically", read off directly
     arms         every replay arm against random at the same budget and against no replay, paired over seeds
@@ -28,7 +30,7 @@ import pandas as pd
 
 from .evidence import (arm_effects, claims, combine_verdicts, compare_to_best_baseline, design_checks,
                        evaluate_predictors)
-from .forgetting import MEASURES, energy_deciles, forgetting_by_t, per_sample
+from .forgetting import MEASURES, energy_deciles, forgetting_by_t, per_sample, seed_agreement
 from .predictors import predictor_kinds
 from .stats import t_interval
 
@@ -47,6 +49,7 @@ class Evidence:
     overlap: pd.DataFrame  # one row per (budget, arm, other arm): buffer_overlap
     agg: dict[str, pd.Series]  # measure -> no-replay per-sample aggregate over the used t, seeds averaged
     checks: dict  # replay_helps / ceiling_wins -> statement, verdict (combined), and each measure's check
+    agreement: dict[str, dict]  # measure -> seed_agreement of the no-replay per-sample aggregates
 
     def headline(self) -> dict:
         """What `dvc metrics show` prints, one short row: per claim the verdict and each measure's effect (4
@@ -64,7 +67,7 @@ class Evidence:
         return {"verdicts": _plain(self.verdicts), "checks": _plain(self.checks),
                 **{m: {"predictors": records(self.predictors[m]), "vs_best_baseline": records(self.comparison[m]),
                        "forgetting_by_t": records(self.by_t[m]), "forgetting_by_decile": records(self.by_decile[m]),
-                       "arms": records(self.arms[m])} for m in MEASURES},
+                       "arms": records(self.arms[m]), "seed_agreement": _plain(self.agreement[m])} for m in MEASURES},
                 "buffer_overlap": records(self.overlap)}
 
 
@@ -92,7 +95,8 @@ def run_protocol(scores: pd.DataFrame, forgetting: pd.DataFrame, replay: pd.Data
     kinds = predictor_kinds(predictors.columns)
     boot = dict(n_boot=n_boot, seed=seed, level=level)
     bins = energy_deciles(scores[energy], deciles)
-    tables, comparison, by_t, by_decile, arms, per_measure, per_check, agg = {}, {}, {}, {}, {}, {}, {}, {}
+    tables, comparison, by_t, by_decile, arms, agg, agreement = {}, {}, {}, {}, {}, {}, {}
+    per_measure, per_check = {}, {}  # measure -> claims, design checks
     for m in MEASURES:
         by_t[m] = forgetting_by_t(forgetting, m, **boot)
         real = by_t[m].loc[by_t[m]["real"], "t"].tolist() if aggregate_t == "forgetting" else []
@@ -101,6 +105,7 @@ def run_protocol(scores: pd.DataFrame, forgetting: pd.DataFrame, replay: pd.Data
         rows, replay_rows = forgetting[forgetting["t"].isin(used)], replay[replay["t"].isin(used)]
         targets = {s: per_sample(rows, m, seed=s)["agg"] for s in seeds}
         agg[m] = per_sample(rows, m)["agg"]
+        agreement[m] = seed_agreement(targets, **boot)
         by_decile[m] = binned_means(scores[energy], agg[m], deciles, level=level)
         tables[m] = evaluate_predictors(predictors, scores["label"], targets, nuisance, kinds=kinds,
                                         top_frac=top_frac, **boot)
@@ -109,7 +114,7 @@ def run_protocol(scores: pd.DataFrame, forgetting: pd.DataFrame, replay: pd.Data
         per_measure[m] = claims(tables[m], comparison[m], arms[m], predictor=energy)
         per_check[m] = design_checks(arms[m])
     return Evidence(tables, comparison, by_t, arms, _combined(per_measure), bins, by_decile, buffer_overlap(replay),
-                    agg, _combined(per_check))
+                    agg, _combined(per_check), agreement)
 
 
 def _combined(per_measure: dict) -> dict:

@@ -38,9 +38,11 @@ def _save(fig, path: Path) -> Path:
     return _write(fig, path)
 
 
-def plot_predictors(tables: dict[str, pd.DataFrame], path: Path) -> Path:
+def predictors_figure(tables: dict[str, pd.DataFrame], ceilings: dict[str, float] | None = None):
     """Forest plot: per forgetting measure, every predictor's Spearman and partial Spearman with their intervals,
-    sorted by Spearman; coloured by kind (KIND_COLOUR: energies red, the task-B energies purple, baselines grey)."""
+    sorted by Spearman; coloured by kind (KIND_COLOUR: energies red, the task-B energies purple, baselines grey);
+    dashed at +-ceilings[measure], the noise ceiling (forgetting.seed_agreement), where it is known."""
+    ceilings = ceilings or {}
     fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 0.28 * max(len(t) for t in tables.values()) + 1.6),
                              squeeze=False)
     for ax, (measure, table) in zip(axes[0], tables.items()):
@@ -61,8 +63,19 @@ def plot_predictors(tables: dict[str, pd.DataFrame], path: Path) -> Path:
                    Line2D([], [], color="k", marker="o", ls="", ms=4, mfc="none",
                           label=f"partial | {t['covariates'].iloc[0] or '-'}")]
         handles += [Line2D([], [], color=c, lw=2, label=k) for k, c in KIND_COLOUR.items() if k in set(t["kind"])]
+        ceiling = ceilings.get(measure, np.nan)
+        if np.isfinite(ceiling):
+            for x in (-ceiling, ceiling):
+                ax.axvline(x, color="tab:blue", lw=0.8, ls="--")
+            handles.append(Line2D([], [], color="tab:blue", lw=0.8, ls="--", label=f"noise ceiling +-{ceiling:.2f}"))
         ax.legend(handles=handles, fontsize=7, loc="lower right")
-    return _save(fig, path)
+    fig.tight_layout()
+    return fig
+
+
+def plot_predictors(tables: dict[str, pd.DataFrame], path: Path, ceilings: dict[str, float] | None = None) -> Path:
+    """predictors_figure, written to path."""
+    return _write(predictors_figure(tables, ceilings), path)
 
 
 def arms_by_decile_figure(curves: pd.DataFrame):
@@ -200,6 +213,19 @@ def scope_text(run: dict) -> str:
             "other row below is exploratory, with no correction for multiple comparisons.")
 
 
+def agreement_text(a: dict) -> str:
+    """The noise ceiling of the predictor table (forgetting.seed_agreement), in words."""
+    if a["n_seeds"] < 2 or not np.isfinite(a["rho"]):
+        return ("Seed agreement: one seed, so how far per-sample forgetting repeats across seeds is unknown (the "
+                "predictor table has no noise ceiling).")
+    text = (f"Seed agreement (the noise ceiling): two seeds' no-replay forgetting of the same samples correlates at "
+            f"Spearman {_ci(a['rho'], a['lo'], a['hi'])} (mean over the pairs of the {a['n_seeds']} seeds). ")
+    if not np.isfinite(a["ceiling"]):
+        return text + "The seeds do not agree on which samples are forgotten, so no predictor can."
+    return text + (f"With independent seed noise, the best possible predictor would correlate with one seed's "
+                   f"forgetting at about {a['ceiling']:.2f}: read the Spearman column against that ceiling.")
+
+
 def overlap_lines(overlap: pd.DataFrame) -> list[str]:
     """Per budget, a matrix: the share of the row arm's buffer that is also in the column arm's (mean over seeds)."""
     lines = []
@@ -237,8 +263,8 @@ def markdown_report(ev: Evidence, figures: dict[str, str], run: dict) -> str:
                   f"{table['covariates'].iloc[0] or 'nothing'} (a predictor is never its own covariate)."
                   + (" Kind `energy_task_b`: computed with task-B data (the theory's intrinsic forgetting), so no "
                      "buffer chosen at the end of task A can use it; never a baseline."
-                     if (table["kind"] == "energy_task_b").any() else ""), "",
-                  "| predictor | kind | Spearman | within class | partial | minus best baseline | precision@10% | AUROC top 10% |",
+                     if (table["kind"] == "energy_task_b").any() else ""), "", agreement_text(ev.agreement[measure]),
+                  "", "| predictor | kind | Spearman | within class | partial | minus best baseline | precision@10% | AUROC top 10% |",
                   "|---|---|---|---|---|---|---|---|"]
         for name, r in table.sort_values("spearman", ascending=False).iterrows():
             c = comp.loc[name]
