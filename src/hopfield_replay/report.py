@@ -219,7 +219,8 @@ def agreement_text(a: dict) -> str:
         return ("Seed agreement: one seed, so how far per-sample forgetting repeats across seeds is unknown (the "
                 "predictor table has no noise ceiling).")
     text = (f"Seed agreement (the noise ceiling): two seeds' no-replay forgetting of the same samples correlates at "
-            f"Spearman {_ci(a['rho'], a['lo'], a['hi'])} (mean over the pairs of the {a['n_seeds']} seeds). ")
+            f"Spearman {_ci(a['rho'], a['lo'], a['hi'])} (mean over the pairs of the {a['n_seeds']} seeds; they share "
+            "the task-A model and its error, which every seed's forgetting is measured against). ")
     if not np.isfinite(a["ceiling"]):
         return text + "The seeds do not agree on which samples are forgotten, so no predictor can."
     return text + (f"With independent seed noise, the best possible predictor would correlate with one seed's "
