@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from hopfield_replay.evidence import VERDICTS
+from hopfield_replay.verdicts import VERDICTS
 from hopfield_replay.tables import SCHEMAS, read_meta
 from tests.conftest import run, write_params
 

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from hopfield_replay.evidence import design_meaning
+from hopfield_replay.verdicts import design_meaning
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 MEASURES = ("absolute", "relative")

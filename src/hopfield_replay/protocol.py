@@ -15,9 +15,9 @@ none does, or with ``aggregate_t="all"``):
                  (evidence.arm_effects)
     overlap      how many samples the arms' buffers share (buffer_overlap): an arm that picks the same samples as
                  another cannot be told apart from it by its effect
-    verdicts     the paper's two claims (evidence.claims), then combined over both measures
+    verdicts     the paper's two claims (verdicts.claims), then combined over both measures
                  (holds only if it holds under both, fails only if it fails under both)
-    checks       can the replay experiment show an effect at all (evidence.design_checks): does random replay
+    checks       can the replay experiment show an effect at all (verdicts.design_checks): does random replay
                  beat no replay, and does the oracle ceiling beat random? Combined over measures like the claims
 """
 
@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .evidence import (arm_effects, claims, combine_verdicts, compare_to_best_baseline, design_checks,
-                       evaluate_predictors)
+from .evidence import arm_effects, compare_to_best_baseline, evaluate_predictors
 from .forgetting import MEASURES, energy_deciles, forgetting_by_t, per_sample, seed_agreement
 from .predictors import predictor_kinds
 from .stats import t_interval
+from .verdicts import claims, combine_verdicts, design_checks
 
 NOT_PREDICTORS = ("task", "label", "beta")  # columns of the scores table that are not scores
 

@@ -1,7 +1,7 @@
 """Figures and the one-page report (matplotlib, Agg backend; PNG files that embed in `dvc plots show`).
 
-The report leads with the verdicts on the paper's two claims (evidence.claims), the checks that the replay
-experiment can show an effect at all (evidence.design_checks) and what the intervals cover, then the predictor
+The report leads with the verdicts on the paper's two claims (verdicts.claims), the checks that the replay
+experiment can show an effect at all (verdicts.design_checks) and what the intervals cover, then the predictor
 table (every predictor against the baselines, with partial correlations), which timesteps carry forgetting, and the
 arm table (paired differences over seeds). Every number in it comes from the tables passed in.
 """
@@ -20,9 +20,9 @@ import scipy.stats  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from .colours import arm_colours  # noqa: E402
-from .evidence import design_meaning  # noqa: E402
 from .forgetting import MEASURES  # noqa: E402
 from .protocol import Evidence, binned_means  # noqa: E402
+from .verdicts import design_meaning  # noqa: E402
 
 KIND_COLOUR = {"energy": "tab:red", "energy_task_b": "tab:purple", "baseline": "tab:gray"}
 

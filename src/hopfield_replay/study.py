@@ -28,7 +28,7 @@ from .tables import params_hash, read_table
 
 TABLES = ("scores", "forgetting", "replay_forgetting")  # the per-sample tables a study stacks
 CLAIMS = ("claim1", "claim2")
-CHECKS = ("replay_helps", "ceiling_wins")  # the design checks (evidence.design_checks), rows of the verdicts table too
+CHECKS = ("replay_helps", "ceiling_wins")  # the design checks (verdicts.design_checks), rows of the verdicts table too
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a study name: a folder name and part of a git ref
 
 

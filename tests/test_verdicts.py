@@ -1,0 +1,104 @@
+"""verdicts.py: an interval's verdict, the two claims and the design checks on hand-made tables."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from hopfield_replay.verdicts import claims, combine_verdicts, design_checks, design_meaning, verdict
+
+
+def test_verdict_thresholds_and_combination():
+    assert verdict(0.2, 0.01, 0.4) == "holds"
+    assert verdict(-0.2, -0.4, -0.01) == "fails"
+    assert verdict(0.1, -0.01, 0.3) == "inconclusive"
+    assert verdict(0.1, 0.0, 0.3) == "inconclusive"  # lo must be strictly above 0
+    assert verdict(0.1, math.nan, math.nan) == "inconclusive"
+    assert combine_verdicts("holds", "holds") == "holds" and combine_verdicts("fails", "fails") == "fails"
+    assert combine_verdicts("holds", "fails") == "inconclusive"
+    assert combine_verdicts("holds", "inconclusive") == "inconclusive"
+    with pytest.raises(ValueError, match="verdicts"):
+        combine_verdicts("true")
+
+
+def _claim_tables(diff, partial, arm_rows):
+    pred = pd.DataFrame([{"predictor": "energy_a", "spearman": 0.67, "partial": partial[0], "partial_lo": partial[1],
+                          "partial_hi": partial[2], "covariates": "pixel_mass,recon_error_a"}]).set_index("predictor")
+    comp = pd.DataFrame([{"predictor": "energy_a", "baseline": "pixel_mass", "diff": diff[0], "lo": diff[1],
+                          "hi": diff[2]}]).set_index("predictor")
+    arms = pd.DataFrame([{"strategy": "energy_high", "budget": b, "subset": "overall", "reference": "random",
+                          "effect": e, "lo": lo, "hi": hi, "n_seeds": 5} for b, (e, lo, hi) in arm_rows.items()])
+    return pred, comp, arms
+
+
+@pytest.mark.parametrize("diff, partial, expected", [
+    ((0.1, 0.05, 0.15), (0.2, 0.1, 0.3), "holds"),
+    ((0.1, -0.05, 0.15), (0.2, 0.1, 0.3), "inconclusive"),
+    ((-0.09, -0.12, -0.06), (0.2, 0.1, 0.3), "fails"),
+    ((0.1, 0.05, 0.15), (-0.1, -0.15, -0.05), "fails"),
+])
+def test_claim1(diff, partial, expected):
+    out = claims(*_claim_tables(diff, partial, {100: (0.1, 0.05, 0.15)}))["claim1"]
+    assert out["verdict"] == expected and (out["effect"], out["lo"], out["hi"]) == diff
+    assert out["partial"] == partial[0] and "pixel_mass" in out["detail"]
+
+
+@pytest.mark.parametrize("per_budget, expected", [
+    ({100: (0.1, 0.05, 0.15), 500: (0.1, 0.01, 0.2)}, "holds"),
+    ({100: (0.1, 0.05, 0.15), 500: (0.0, -0.1, 0.1)}, "inconclusive"),
+    ({100: (-0.1, -0.2, -0.05), 500: (0.0, -0.1, 0.1)}, "fails"),
+    ({100: (-0.1, -0.2, -0.05), 500: (0.1, 0.05, 0.15)}, "inconclusive"),
+])
+def test_claim2(per_budget, expected):
+    out = claims(*_claim_tables((0.1, 0.05, 0.15), (0.2, 0.1, 0.3), per_budget))["claim2"]
+    assert out["verdict"] == expected and set(out["per_budget"]) == set(per_budget)
+    worst = min(per_budget.values(), key=lambda v: v[1])
+    assert (out["effect"], out["lo"], out["hi"]) == worst
+
+
+def test_claim2_without_a_random_arm_is_inconclusive():
+    pred, comp, arms = _claim_tables((0.1, 0.05, 0.15), (0.2, 0.1, 0.3), {100: (0.1, 0.05, 0.15)})
+    out = claims(pred, comp, arms.assign(reference="none"))["claim2"]
+    assert out["verdict"] == "inconclusive" and math.isnan(out["effect"]) and out["per_budget"] == {}
+
+
+def _arm_row(strategy, reference, budget, effect, lo, hi, subset="overall"):
+    return {"strategy": strategy, "budget": budget, "subset": subset, "reference": reference, "effect": effect,
+            "lo": lo, "hi": hi, "n_seeds": 3}
+
+
+def test_design_checks_read_random_vs_none_and_the_ceiling_vs_random():
+    arms = pd.DataFrame([
+        _arm_row("random", "none", 250, 0.6, 0.2, 1.0), _arm_row("random", "none", 50, 0.3, 0.1, 0.5),
+        _arm_row("random", "none", 50, -9.0, -9.5, -8.5, subset="replayed"),  # another subset: never read
+        _arm_row("oracle", "random", 250, -0.01, -0.4, 0.4), _arm_row("oracle", "none", 250, 0.6, 0.1, 1.1),
+        _arm_row("energy_high", "random", 250, 0.5, 0.4, 0.6)])  # another arm: never read
+    checks = design_checks(arms)
+    replay, ceiling = checks["replay_helps"], checks["ceiling_wins"]
+    assert replay["verdict"] == "holds" and list(replay["per_budget"]) == [50, 250]
+    assert replay["per_budget"][50] == {"effect": 0.3, "lo": 0.1, "hi": 0.5, "n_seeds": 3, "verdict": "holds"}
+    assert (replay["effect"], replay["lo"], replay["hi"]) == (0.3, 0.1, 0.5)  # the budget with the lowest bound
+    assert replay["detail"] == "none minus random forgetting, overall, per budget: 50: +0.300 [+0.100, +0.500]; " \
+                               "250: +0.600 [+0.200, +1.000] (3 seeds)"
+    assert ceiling["verdict"] == "inconclusive" and list(ceiling["per_budget"]) == [250]
+    assert "oracle" in ceiling["statement"] and ceiling["per_budget"][250]["effect"] == -0.01
+    # claim 2's rule over budgets: one budget failing and none holding fails
+    failing = design_checks(arms.assign(lo=lambda d: d.lo - 2, hi=lambda d: d.hi - 2))
+    assert failing["replay_helps"]["verdict"] == "fails"
+    missing = design_checks(arms[arms.strategy != "oracle"])
+    assert missing["ceiling_wins"]["verdict"] == "not run" and missing["ceiling_wins"]["per_budget"] == {}
+    assert math.isnan(missing["ceiling_wins"]["effect"]) and "no oracle arm" in missing["ceiling_wins"]["detail"]
+    assert design_checks(arms, ceiling="energy_high")["ceiling_wins"]["verdict"] == "holds"
+
+
+@pytest.mark.parametrize("replay, ceiling, says, adds_noise", [
+    ("holds", "holds", "claim 2's test has power", False),
+    ("holds", "inconclusive", "no demonstrated power", False),
+    ("inconclusive", "fails", "no demonstrated power", True),
+    ("holds", "not run", "No ceiling ran", False),
+])
+def test_design_meaning_follows_the_verdicts(replay, ceiling, says, adds_noise):
+    text = design_meaning({"replay_helps": {"verdict": replay}, "ceiling_wins": {"verdict": ceiling}})
+    assert says in text and ("cannot be told from noise" in text) == adds_noise
