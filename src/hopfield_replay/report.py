@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from .colours import arm_colours  # noqa: E402
 from .forgetting import MEASURES  # noqa: E402
 from .protocol import Evidence, binned_means  # noqa: E402
-from .verdicts import design_meaning  # noqa: E402
+from .verdicts import CLAIM2_ARM, design_meaning  # noqa: E402
 
 KIND_COLOUR = {"energy": "tab:red", "energy_task_b": "tab:purple", "baseline": "tab:gray"}
 
@@ -209,7 +209,7 @@ def scope_text(run: dict) -> str:
         arms = "an arm has no interval (one task-B seed); a correlation's interval resamples the samples"
     return (f"What the intervals cover: {arms}. Every seed starts from one task-A model (`train_a.seed` = "
             f"{run['train_a_seed']}), so how the verdicts vary with the task-A model is in no interval. The verdicts "
-            f"test one predictor (`{run['score']}`) and one arm (`energy_high`), both fixed before the run; every "
+            f"test one predictor (`{run['score']}`) and one arm (`{CLAIM2_ARM}`), both fixed before the run; every "
             "other row below is exploratory, with no correction for multiple comparisons.")
 
 
@@ -282,7 +282,7 @@ def markdown_report(ev: Evidence, figures: dict[str, str], run: dict) -> str:
         for r in table.itertuples():
             lines.append(f"| {measure} | {r.t} | {_ci(r.mean, r.lo, r.hi, 5)} | {r.share_positive:.2f} | "
                          f"{'yes' if r.real else 'no'} | {'yes' if r.used else 'no'} |")
-    score = run.get("score", "energy")
+    score = run["score"]
     lines += ["", "## Forgetting by task-A energy decile (no replay)", "",
               "The paper reports that forgetting rises monotonically with the task-A energy. Per decile of "
               f"`{score}` (the score the arms rank by; equal counts, 0 = lowest): the mean of the per-sample "

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 VERDICTS = ("holds", "fails", "inconclusive")
+CLAIM2_ARM = "energy_high"  # the paper's rule, the arm claim 2 tests
 
 
 def verdict(estimate: float, lo: float, hi: float) -> str:
@@ -46,7 +47,7 @@ def _fmt(est, lo, hi) -> str:
 
 
 def claims(predictor_table: pd.DataFrame, comparison: pd.DataFrame, arm_table: pd.DataFrame, *,
-           predictor: str = "energy_a", arm: str = "energy_high") -> dict:
+           predictor: str = "energy_a", arm: str = CLAIM2_ARM) -> dict:
     """Verdicts on the paper's two claims at this run (one forgetting measure):
 
     claim1 "task-A energy predicts forgetting beyond the baselines": holds if the intervals of both
