@@ -244,7 +244,8 @@ def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root
                   if S.table_paths(tables_dir[c.id])[table].is_file()}
         write_table(S.stack_tables(frames, grid), out / f"{table}.parquet", table=f"study_{table}",
                     meta={**meta, "table": f"study_{table}"})
-    verdicts, inputs, configs = [], {}, {c.id: validate_config(c.params) for c in done}
+    verdicts, agreement, inputs = [], [], {}
+    configs = {c.id: validate_config(c.params) for c in done}
     for c in done:
         if not all(p.is_file() for p in S.table_paths(tables_dir[c.id]).values()):
             records[c.id]["protocol"] = "not applied: the cell's stages do not write " + ", ".join(S.TABLES)
@@ -256,6 +257,7 @@ def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root
             continue
         ev = S.evidence(*inputs[c.id], configs[c.id], configs[c.id].seeds)
         verdicts += S.verdict_rows(ev, c.id, configs[c.id].seeds)
+        agreement += S.agreement_rows(ev, c.id, configs[c.id].seeds)
     for group in S.seed_blocks({c.id: c.params for c in done if c.id in inputs}):
         try:
             scores, forgetting, replay, seeds = S.pool_seed_blocks({c: inputs[c] for c in group})
@@ -264,18 +266,22 @@ def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root
             continue
         ev = S.evidence(scores, forgetting, replay, configs[group[0]], seeds)
         verdicts += S.verdict_rows(ev, "pooled:" + "+".join(group), seeds)
+        agreement += S.agreement_rows(ev, "pooled:" + "+".join(group), seeds)
     columns = ["unit", "seeds", "claim", "verdict", "measure", "measure_verdict", "effect", "lo", "hi", "statement"]
     verdicts = pd.DataFrame(verdicts, columns=columns)
+    agreement = pd.DataFrame(agreement, columns=S.AGREEMENT_COLUMNS)
     table = pd.DataFrame([records[c.id] for c in cells], columns=CELL_COLUMNS).set_index("cell").join(grid)
     table = table.reset_index()
     table["ran"] = [json.dumps(v) if isinstance(v, list) else None for v in table["ran"]]
     write_table(table, out / "cells.parquet", table="study_cells", meta={**meta, "table": "study_cells"})
     write_table(verdicts, out / "verdicts.parquet", table="study_verdicts", meta={**meta, "table": "study_verdicts"})
+    write_table(agreement, out / "agreement.parquet", table="study_agreement", meta={**meta, "table": "study_agreement"})
     with atomic_path(root / "report", is_dir=True) as tmp:
         (tmp / "plots").mkdir(parents=True)
         if len(verdicts):
             S.plot_effects(verdicts, tmp / "plots" / "effects.png")
-        (tmp / "report.md").write_text(S.study_markdown(name, spec.description, head, grid, table, verdicts))
+        (tmp / "report.md").write_text(S.study_markdown(name, spec.description, head, grid, table, verdicts,
+                                                                  agreement))
     return {"results": str(out), "report": str(root / "report" / "report.md")}
 
 

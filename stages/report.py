@@ -34,8 +34,8 @@ def main(cfg, args):
                       deciles=p.deciles, top_frac=p.top_frac, n_boot=p.bootstrap, seed=p.seed, level=p.level,
                       aggregate_t=p.aggregate_t)
     used = {m: ev.by_t[m].loc[lambda d: d.used, "t"] for m in MEASURES}
-    curves = pd.concat([decile_curves(replay[replay.t.isin(used[m])], forgetting[forgetting.t.isin(used[m])],
-                                      ev.deciles, m).assign(measure=m) for m in MEASURES], ignore_index=True)
+    curves = pd.concat([decile_curves(replay[replay.t.isin(used[m])], ev.deciles, m).assign(measure=m)
+                        for m in MEASURES], ignore_index=True)
     per = ev.agg["relative"].to_frame().join(scores)
     order = scores[energy].sort_values()
     high, low = order.index[::-1][:p.grid], order.index[:p.grid]

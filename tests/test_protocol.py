@@ -85,10 +85,19 @@ def test_protocol_finds_the_confound_and_the_protective_arm():
 def test_decile_curves_have_one_row_per_arm_seed_and_decile():
     scores, forgetting, replay = _tables(seeds=(1, 2))
     deciles = pd.qcut(scores["energy_a"].rank(method="first"), 5, labels=False)
-    curves = decile_curves(replay, forgetting, deciles)
+    curves = decile_curves(replay, deciles)
     assert len(curves) == 3 * 2 * 5
     top = curves[curves.decile == 4].set_index(["strategy", "seed"])["forgetting"]
     assert (top.loc["energy_high"] < top.loc["none"]).all()  # the top decile is the energy_high buffer
+    # by hand in fp64: each t divided by the no-replay arm's per-sample sd at t (mean over seeds), mean over t,
+    # then the mean of the decile's samples
+    f = replay.assign(v=(replay["error"] - replay["error_a"]).astype(np.float64))
+    none = f[f.strategy == "none"]
+    scale = {t: np.mean([g["v"].to_numpy().std() for _, g in none[none.t == t].groupby("seed")]) for t in f.t.unique()}
+    for (arm, seed, dec), got in curves.set_index(["strategy", "seed", "decile"])["forgetting"].items():
+        rows = f[(f.strategy == arm) & (f.seed == seed) & f.sample_id.map(deciles).eq(dec)]
+        want = np.mean([np.mean([r.v / scale[r.t] for r in g.itertuples()]) for _, g in rows.groupby("sample_id")])
+        assert got == pytest.approx(want, rel=1e-10)
 
 
 def test_binned_means_match_an_independent_fp64_computation():

@@ -18,8 +18,9 @@ import yaml
 
 from hopfield_replay.params_file import validate_config
 from hopfield_replay.errors import UserError
-from hopfield_replay.study import (cell_id, evidence, expand, grid_columns, load_study, pool_seed_blocks,
-                                   seed_blocks, stack_tables, verdict_rows)
+from hopfield_replay.study import (AGREEMENT_COLUMNS, agreement_rows, cell_id, evidence, expand, grid_columns,
+                                   load_study, pool_seed_blocks,
+                                   seed_blocks, stack_tables, study_markdown, verdict_rows)
 from tests.conftest import ROOT, TINY_PARAMS, make_project, run, write_params
 from tests.test_protocol import finish_replay, replay_rows
 
@@ -194,6 +195,24 @@ def test_seed_blocks_pool_into_one_run_with_an_interval_over_all_seeds(tiny_para
     replay_helps = evidence(scores, forgetting, replay, cfg, seeds).checks["replay_helps"]
     assert checks[("replay_helps", "absolute")]["effect"] == replay_helps["absolute"]["effect"]
     assert checks[("replay_helps", "absolute")]["verdict"] == replay_helps["verdict"]
+    # the seed agreement: one row per measure, the run's own numbers; none with one seed
+    ev = evidence(scores, forgetting, replay, cfg, seeds)
+    agreement = pd.DataFrame(agreement_rows(evidence(*runs["a"], cfg, [1]), "a", [1])
+                             + agreement_rows(ev, "pooled:a+b+c", seeds), columns=AGREEMENT_COLUMNS)
+    rows = agreement.set_index(["unit", "measure"])
+    for m in ("absolute", "relative"):
+        assert rows.at[("pooled:a+b+c", m), "rho"] == ev.agreement[m]["rho"] and rows.at[("pooled:a+b+c", m), "n_seeds"] == 3
+        assert np.isnan(rows.at[("a", m), "rho"]) and rows.at[("a", m), "n_seeds"] == 1
+    report = study_markdown("s", None, "0" * 10, pd.DataFrame(index=["a"]),
+                            pd.DataFrame({"cell": ["a"], "status": ["completed"]}),
+                            pd.DataFrame(one + pooled), agreement)
+    section = report.split("## Seed agreement")[1].split("## ")[0]
+    want = []
+    for a in (ev.agreement["absolute"], ev.agreement["relative"]):  # no ceiling where the seeds do not agree
+        ceiling = "none" if np.isnan(a["ceiling"]) else f"{a['ceiling']:.2f}"
+        want.append(f"{a['rho']:+.3f} [{a['lo']:+.3f}, {a['hi']:+.3f}] ({ceiling})")
+    assert "| a | [1] | one seed: none | one seed: none |" in section
+    assert f"| a, b, c | [1, 2, 3] | {want[0]} | {want[1]} |" in section
     other = _run_tables([4])
     with pytest.raises(ValueError, match="different scores tables"):
         pool_seed_blocks({"a": runs["a"], "x": (other[0] * 2, *other[1:])})
@@ -226,7 +245,7 @@ def snapshot(root, project, proc):
     return {"proc": proc, "cells": cells, "logs": logs, "exps": exp_show(project),
             "report": (root / "report" / "report.md").read_text(),
             "tables": {t: pd.read_parquet(root / "results" / f"{t}.parquet")
-                       for t in ("scores", "forgetting", "replay_forgetting", "verdicts")}}
+                       for t in ("scores", "forgetting", "replay_forgetting", "verdicts", "agreement")}}
 
 
 @pytest.fixture(scope="module")
@@ -299,9 +318,12 @@ def test_the_study_table_and_report(study_runs):
         for check in ("replay_helps", "ceiling_wins"):
             rows = verdicts[(verdicts.unit == cell) & (verdicts.claim == check)].set_index("measure")
             assert rows["verdict"].iloc[0] == own_checks[check]["verdict"]
+    agreement = tables["agreement"]  # one seed per cell: no agreement to measure
+    assert len(agreement) == 2 * 2 and (agreement["n_seeds"] == 1).all() and agreement["rho"].isna().all()
     report = first["report"]
     assert report.index("## Verdicts per cell") < report.index("## Design checks") < report.index(
-        "## Verdicts per grid value") < report.index("## Missing cells")
+        "## Seed agreement") < report.index("## Verdicts per grid value") < report.index("## Missing cells")
+    assert f"| {good} | [1] | one seed: none | one seed: none |" in report
     missing = report.split("## Missing cells")[1]
     assert bad in missing and str(study_runs["root"] / "logs" / f"{bad}.log") in missing and good not in missing
     assert (study_runs["root"] / "report" / "plots" / "effects.png").stat().st_size > 5000

@@ -195,8 +195,13 @@ def compare_to_best_baseline(scores: pd.DataFrame, targets: dict, kinds: dict, n
 
 
 # ----------------------------------------------------------------------------------------------------------- arms
-def _per_sample_arms(replay: pd.DataFrame, measure: str, standardise: bool) -> pd.DataFrame:
-    """Index (strategy, budget, seed, sample_id) -> value (mean over t of the [scaled] measure), replayed."""
+def per_sample_arms(replay: pd.DataFrame, measure: str, standardise: bool = True) -> pd.DataFrame:
+    """Per-sample forgetting of every arm and seed: index (strategy, budget, seed, sample_id) -> value, replayed.
+
+        value = mean_t  f(t) / s(t),   s(t) = mean_seeds sd_samples(f of the no-replay arm at t)
+
+    (s = 1 with standardise=False), so every t weighs alike whatever its scale; the arm table and the
+    arms-by-decile figure both read it."""
     df = replay if measure in replay.columns else add_measures(replay)
     none = df[df["strategy"] == "none"]
     if none.empty:
@@ -230,7 +235,7 @@ def arm_effects(replay: pd.DataFrame, deciles: pd.Series, measure: str, *, stand
     """
     if measure not in MEASURES:
         raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
-    per = _per_sample_arms(replay, measure, standardise)
+    per = per_sample_arms(replay, measure, standardise)
     dec = pd.Series(deciles)
     arms = per.index.droplevel(["seed", "sample_id"]).unique()
     rows = []

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .evidence import arm_effects, compare_to_best_baseline, evaluate_predictors
+from .evidence import arm_effects, compare_to_best_baseline, evaluate_predictors, per_sample_arms
 from .forgetting import MEASURES, energy_deciles, forgetting_by_t, per_sample, seed_agreement
 from .predictors import predictor_kinds
 from .stats import t_interval
@@ -173,12 +173,10 @@ def binned_means(x: pd.Series, y: pd.Series, bins: int, level: float = 0.95) -> 
     return pd.DataFrame(rows)
 
 
-def decile_curves(replay: pd.DataFrame, forgetting: pd.DataFrame, deciles: pd.Series, measure: str = "absolute"):
-    """Mean forgetting per (arm, budget, seed, energy decile), each t scaled by the no-replay arm's per-sample sd at
-    t (averaged over seeds), then averaged over t: the data of the arms-by-decile figure."""
-    scale = forgetting.groupby(["seed", "t"])[measure].std(ddof=0).groupby("t").mean()
-    value = replay[measure] / replay["t"].map(scale.where(scale > 0, np.inf))
-    per = replay.assign(value=value).groupby(["strategy", "budget", "seed", "sample_id"])["value"].mean()
-    per = per.rename("forgetting").reset_index()
+def decile_curves(replay: pd.DataFrame, deciles: pd.Series, measure: str = "absolute") -> pd.DataFrame:
+    """Mean forgetting per (arm, budget, seed, energy decile): the per-sample forgetting of the arm table
+    (evidence.per_sample_arms: each t scaled by the no-replay arm's per-sample sd, then averaged over t), averaged
+    within each decile. The data of the arms-by-decile figure. Columns: strategy, budget, seed, decile, forgetting."""
+    per = per_sample_arms(replay, measure)["value"].rename("forgetting").reset_index()
     per["decile"] = deciles.reindex(per["sample_id"]).to_numpy()
     return per.groupby(["strategy", "budget", "seed", "decile"])["forgetting"].mean().reset_index()

@@ -247,6 +247,18 @@ def verdict_rows(ev: Evidence, unit: str, seeds: list[int]) -> list[dict]:
     return rows
 
 
+AGREEMENT_COLUMNS = ["unit", "seeds", "measure", "rho", "lo", "hi", "ceiling", "n_seeds"]
+
+
+def agreement_rows(ev: Evidence, unit: str, seeds: list[int]) -> list[dict]:
+    """One row per forgetting measure: how far the run's seeds agree on which samples are forgotten
+    (forgetting.seed_agreement: the mean pairwise Spearman of the seeds' per-sample no-replay forgetting, its
+    bootstrap interval over samples, and the noise ceiling sqrt(rho) of the predictor table; NaN with one seed)."""
+    return [{"unit": unit, "seeds": json.dumps(seeds), "measure": m,
+             **{k: float(ev.agreement[m][k]) for k in ("rho", "lo", "hi", "ceiling")},
+             "n_seeds": int(ev.agreement[m]["n_seeds"])} for m in MEASURES]
+
+
 # --------------------------------------------------------------------------------------------------- the report
 VERDICT_COLOUR = {"holds": "tab:green", "fails": "tab:red", "inconclusive": "tab:gray"}
 LABELS = {"claim1": "claim 1", "claim2": "claim 2", "replay_helps": "random beats no replay",
@@ -277,10 +289,26 @@ def _unit_table(verdicts: pd.DataFrame, grid: pd.DataFrame | None, claims: tuple
     return lines
 
 
+def _agreement_table(agreement: pd.DataFrame) -> list[str]:
+    lines = ["| cells | seeds | absolute: Spearman (ceiling) | relative: Spearman (ceiling) |", "|---|---|---|---|"]
+    for unit, rows in agreement.groupby("unit", sort=False):
+        r = rows.set_index("measure")
+        cells = [unit.removeprefix("pooled:").replace("+", ", "), rows["seeds"].iloc[0]]
+        for m in MEASURES:
+            if r.at[m, "n_seeds"] < 2:
+                cells.append("one seed: none")
+            else:
+                ceiling = f"{r.at[m, 'ceiling']:.2f}" if pd.notna(r.at[m, "ceiling"]) else "none"
+                cells.append(f"{_ci(r.at[m, 'rho'], r.at[m, 'lo'], r.at[m, 'hi'])} ({ceiling})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def study_markdown(name: str, description: str | None, head: str, grid: pd.DataFrame, cells: pd.DataFrame,
-                   verdicts: pd.DataFrame) -> str:
+                   verdicts: pd.DataFrame, agreement: pd.DataFrame | None = None) -> str:
     """The study report: verdicts and effects (with their intervals) per cell, pooled over seed blocks and per grid
-    value, then the missing cells with their logs. cells: one row per cell (status, attempts, log, exp)."""
+    value, the design checks, the seed agreement (agreement_rows), then the missing cells with their logs.
+    cells: one row per cell (status, attempts, log, exp)."""
     done = cells[cells["status"] == "completed"]
     missing = cells[cells["status"] != "completed"]
     per_cell = verdicts[~verdicts["unit"].str.startswith("pooled:")] if len(verdicts) else verdicts
@@ -302,6 +330,13 @@ def study_markdown(name: str, description: str | None, head: str, grid: pd.DataF
                   "has no demonstrated power (docs/pipeline.md).", ""]
         lines += _unit_table(per_cell, grid, CHECKS) if len(per_cell) else []
         lines += ["", *_unit_table(pooled, None, CHECKS)] if len(pooled) else []
+    if agreement is not None and len(agreement):
+        lines += ["", "## Seed agreement", "", "How far the task-B seeds of each run agree on which samples are "
+                  "forgotten: the Spearman between two seeds' per-sample no-replay forgetting, averaged over pairs of "
+                  "seeds, with a bootstrap interval over samples. Its square root (in brackets) is about what the best "
+                  "possible predictor would reach with independent seed noise: the noise ceiling of that run's "
+                  "predictor table. The seeds share their task-A model, so this is reproducibility given it.", ""]
+        lines += _agreement_table(agreement)
     lines += ["", "## Verdicts per grid value", ""]
     if len(per_cell) and len(grid.columns):
         lines += ["| grid key | value | cells | claim 1 holds / fails / inconclusive | claim 2 holds / fails / "
