@@ -237,6 +237,33 @@ def test_defaults_reproduce_reference_numbers(default_run):
     assert default_run.metrics["fixed_points"]["max_jacobian_radius"] < 1.0
 
 
+def test_energy_rise_spearman_ranks_energies_equal_up_to_rounding_as_ties(default_run):
+    """The paper geometry makes the 12 cluster members equivalent: their energies are one value, a few ulp apart
+    after rounding. Ranked by that rounding, the Spearman of energy with rise moved 0.54 -> 0.35 between two CPUs.
+    With one tie and the outlier, the energy has two values: no Spearman (the outlier-minus-cluster rise compares
+    them). With three levels and rounding noise: scipy's Spearman of the exact levels, whichever way rounding fell."""
+    energy = default_run.fixed_points["energy_a"].to_numpy()
+    assert np.ptp(energy[:12]) > 0  # the rounding really is there
+    s = default_run.summary.set_index(["eps", "quantity"])
+    for eps in (0.05, 0.02):
+        assert (eps, "spearman_energy_vs_rise") not in s.index and (eps, "rise_outlier_minus_cluster") in s.index
+        assert "spearman_energy_vs_rise" not in default_run.metrics[f"eps_{eps:g}"]
+    levels = np.array([-0.5092321] * 6 + [-0.5090] * 6 + [-0.5005143])  # three levels: a rank question again
+    p = MHNClosedFormParams(write_gains=False, bootstrap=200)
+    rng = np.random.default_rng(1)
+    results = []
+    for _ in range(3):  # other roundings of the same energies: the same rank statistics
+        noisy = levels + rng.integers(-4, 5, levels.size) * np.spacing(levels)
+        summary, _ = closed_form._summarise(p, default_run.per_rotation, [], noisy)
+        results.append(summary[summary.quantity == "spearman_energy_vs_rise"].reset_index(drop=True))
+    for eps, row in results[0].set_index("eps").iterrows():
+        mean_rise = default_run.per_rotation[eps]["rise_per_sample"].mean(0)
+        assert row["estimate"] == pytest.approx(scipy.stats.spearmanr(levels, mean_rise).statistic, abs=1e-12)
+    assert len(results[0]) == 2
+    for other in results[1:]:
+        pd.testing.assert_frame_equal(other, results[0])
+
+
 def test_outlier_rises_more_and_family_order_holds(default_run):
     """Test (4): outlier rise > cluster rise with a 95% interval excluding 0; net gains ordered
     outlier self > cluster self > within-cluster cross > cross-group (both directions)."""

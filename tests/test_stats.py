@@ -7,7 +7,7 @@ import pytest
 import scipy.stats
 from sklearn.metrics import roc_auc_score
 
-from hopfield_replay.stats import (CI, auroc, bootstrap_ci, partial_spearman, precision_at, spearman, spearman_ci,
+from hopfield_replay.stats import (CI, auroc, bootstrap_ci, fp_ties, partial_spearman, precision_at, spearman, spearman_ci,
                                    t_interval)
 
 
@@ -170,3 +170,26 @@ def test_t_interval_matches_scipy():
     assert t_interval(values, level=0.9).low == pytest.approx(lo90)
     one = t_interval([0.3])
     assert one.estimate == 0.3 and np.isnan(one.low) and np.isnan(one.high)
+
+
+def test_fp_ties_ties_values_a_few_ulp_apart_and_keeps_real_differences():
+    """Twelve copies of one energy that rounding left a few ulp apart (as the closed-form paper geometry's cluster
+    members come out), and one other value: the copies become one tie, in any order of the input, and Spearman
+    then equals scipy's with the exact tie, whichever way the rounding fell."""
+    rng = np.random.default_rng(0)
+    base, other = -0.5092321, -0.5005143
+    rise = rng.normal(size=13)
+    exact = np.array([base] * 12 + [other])
+    for trial in range(5):
+        noisy = exact + np.concatenate([rng.integers(-4, 5, 12), [0]]) * np.spacing(base)
+        assert np.ptp(noisy[:12]) > 0 or trial > 0  # the rounding really does make an order
+        tied = fp_ties(noisy)
+        assert np.unique(tied[:12]).size == 1 and tied[12] == other and tied[0] == noisy[:12].min()
+        assert spearman(tied, rise) == pytest.approx(scipy.stats.spearmanr(exact, rise).statistic, abs=1e-15)
+        perm = rng.permutation(13)
+        np.testing.assert_array_equal(fp_ties(noisy[perm]), tied[perm])
+    values = np.array([3.0, 1.0, 1.0 + 1e-6, 2.0])  # a real difference (1e-6 >> 1e-9 * 3) stays
+    np.testing.assert_array_equal(fp_ties(values), values)
+    chain = np.array([1.0, 1.0 + 2e-9, 1.0 + 4e-9])  # each within rtol of the one before: one group
+    np.testing.assert_array_equal(fp_ties(chain, rtol=3e-9), [1.0, 1.0, 1.0])
+    assert fp_ties([]).size == 0

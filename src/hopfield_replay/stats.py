@@ -100,6 +100,25 @@ def _paired(x, y) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def fp_ties(values, rtol: float = 1e-9) -> np.ndarray:
+    """Values equal up to floating-point rounding, made equal, so that a rank statistic sees a tie (average rank)
+    and not an order that rounding made (which changes with the CPU, its BLAS or the thread count).
+
+    Sorted, a value within rtol * max|x| of the one before it joins that value's tie group; each group takes its
+    smallest value. A tie of exact theory (the closed-form paper geometry makes every cluster member equivalent)
+    reaches here as values a few ulp apart.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return x.copy()
+    order = np.argsort(x, kind="stable")
+    s = x[order]
+    starts = np.concatenate([[True], np.diff(s) > rtol * np.max(np.abs(x))])
+    out = np.empty_like(x)
+    out[order] = s[np.maximum.accumulate(np.where(starts, np.arange(s.size), 0))]
+    return out
+
+
 def spearman(x, y) -> float:
     """Spearman's rho (Pearson correlation of average ranks) via scipy.stats.spearmanr; NaN if x or y is constant."""
     x, y = _paired(x, y)

@@ -11,7 +11,9 @@ z <- X_A^T softmax(beta X_A z) reached from x_k (``dynamics``):
     net gain  = G - G0 ~ p/(1+p) dE_k                                       (benefit due to forgetting)
 
 ``run_closed_form`` computes them for every rotation and eps; the summary gives bootstrap intervals over rotations
-of the mean rise per kind, the mean (net) gain per family, and the Spearman correlation of energy with rise.
+of the mean rise per kind, the mean (net) gain per family, and the Spearman correlation of energy with rise (energies
+equal up to rounding ranked as ties: stats.fp_ties; only with three or more distinct energies, so not in the paper
+geometry, whose two energies the outlier-minus-cluster rise compares).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 
 from ..config import MHNClosedFormParams
 from ..energy import hopfield_energy
-from ..stats import bootstrap_ci, spearman_ci
+from ..stats import bootstrap_ci, fp_ties, spearman_ci
 from .dynamics import (
     CROSS_GROUP,
     FAMILIES,
@@ -210,8 +212,12 @@ def _summarise(p: MHNClosedFormParams, per_rotation: dict, families: list[str], 
             rows.append((eps, "frac_rotations_family_order", float(order.mean()), np.nan, np.nan, order.size))
             em["frac_rotations_family_order"] = float(order.mean())
         mean_rise = acc["rise_per_sample"].mean(0)
-        if np.ptp(energy_a) > 0 and np.ptp(mean_rise) > 0:
-            rho = spearman_ci(energy_a, mean_rise, **boot)
+        # energies equal up to rounding are one tie (the paper geometry's cluster members come out a few ulp
+        # apart); with two distinct energies a rank correlation only says where one group's rise ranks, which
+        # rise_outlier_minus_cluster says with an interval over rotations, so it needs three
+        tied = fp_ties(energy_a)
+        if np.unique(tied).size >= 3 and np.ptp(mean_rise) > 0:
+            rho = spearman_ci(tied, mean_rise, **boot)
             rows.append((eps, "spearman_energy_vs_rise", rho.estimate, rho.low, rho.high, energy_a.size))
             em["spearman_energy_vs_rise"] = rho.estimate
             em["spearman_energy_vs_rise_ci"] = [rho.low, rho.high]
