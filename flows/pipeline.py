@@ -122,7 +122,8 @@ def summarize(repo_root: str | Path) -> str:
     if mhn.is_file():
         lines.append(f"  Hopfield-network experiments: {mhn}")
     lines += [f"  tables: {root / 'data' / 'tables'} (Parquet, keyed by sample_id)",
-              f"  report: {report} (predictors against baselines, arms against random over seeds)"]
+              f"  report: {report} (predictors against baselines, arms against random over seeds)",
+              "  against the committed run: python -m tools.check_reproduction (same verdicts, numbers within 1e-3?)"]
     return "\n".join(lines)
 
 

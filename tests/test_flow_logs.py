@@ -121,4 +121,5 @@ def test_the_flow_summary_leads_with_the_verdicts(tmp_path):
                       "What it means.\n\n## Predictors of forgetting\n\n| predictor rows |\n")
     lines = summarize(tmp_path).splitlines()
     assert lines[:3] == ["  - **claim one: FAILS**", "    - absolute: fails", "  design check: **random beats none: HOLDS**"]
-    assert "predictor rows" not in "\n".join(lines) and lines[-1].startswith("  report: ")
+    assert "predictor rows" not in "\n".join(lines) and lines[-2].startswith("  report: ")
+    assert lines[-1].startswith("  against the committed run: python -m tools.check_reproduction")
