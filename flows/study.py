@@ -226,7 +226,8 @@ def save_experiment(cell: Cell, head: str, targets: list[str], ran: bool) -> str
 # ----------------------------------------------------------------------------------------------------- results
 def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root: Path, head: str) -> dict:
     """The study's results folder: the stacked per-sample tables, one row per cell (cells.parquet), the verdicts per
-    cell and per seed-block pool (verdicts.parquet), and report/ (report.md, plots/effects.png)."""
+    cell and per seed-block pool (verdicts.parquet), their seed agreement (agreement.parquet), and report/
+    (report.md, plots/effects.png)."""
     import pandas as pd
     from prefect import get_run_logger
 
@@ -280,8 +281,8 @@ def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root
         (tmp / "plots").mkdir(parents=True)
         if len(verdicts):
             S.plot_effects(verdicts, tmp / "plots" / "effects.png")
-        (tmp / "report.md").write_text(S.study_markdown(name, spec.description, head, grid, table, verdicts,
-                                                                  agreement))
+        report = S.study_markdown(name, spec.description, head, grid, table, verdicts, agreement)
+        (tmp / "report.md").write_text(report)
     return {"results": str(out), "report": str(root / "report" / "report.md")}
 
 
