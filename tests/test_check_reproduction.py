@@ -30,7 +30,9 @@ def test_compare_finds_numbers_verdicts_and_entries_on_one_side():
     other["verdicts"]["claim1"]["verdict"] = "inconclusive"
     other["verdicts"]["claim1"]["absolute"]["detail"] = "other text"  # text is not compared
     other["checks"]["replay_helps"]["absolute"]["lo"] = 0.1  # an interval on one side only
-    other["absolute"]["arms"].append(dict(other["absolute"]["arms"][0]))
+    other["absolute"]["arms"].append({**other["absolute"]["arms"][0], "strategy": "oracle"})
+    other["absolute"]["predictors"].reverse()  # rows are matched by their keys, not their position
+    other["run"]["seeds"] = [1, 2, 3]  # a plain list: by position
     del other["run"]["score"]
     numbers, verdicts, structure = compare(DETAILS, other)
     by_path = {p: (a, b) for p, a, b in numbers}
@@ -38,8 +40,10 @@ def test_compare_finds_numbers_verdicts_and_entries_on_one_side():
     assert by_path["/absolute/predictors[predictor=energy_a]/n"] == (2500, 2500)
     assert by_path["/absolute/arms[strategy=random,budget=250,subset=overall,reference=none]/effect"] == (0.6, 0.6)
     assert verdicts == [("/verdicts/claim1/verdict", "fails", "inconclusive")]
-    assert sorted(structure) == ["/absolute/arms (1 vs 2 entries)", "/checks/replay_helps/absolute/lo (None vs 0.1)",
-                                 "/run/score"]
+    assert by_path["/run/seeds[1]"] == (2, 2) and "/run/seeds[2]" not in by_path
+    assert sorted(structure) == ["/absolute/arms[strategy=oracle,budget=250,subset=overall,reference=none]",
+                                 "/checks/replay_helps/absolute/lo (None vs 0.1)", "/run/score",
+                                 "/run/seeds (2 vs 3 entries)"]
     assert compare(DETAILS, copy.deepcopy(DETAILS))[1:] == ([], [])
 
 
@@ -67,7 +71,7 @@ def test_a_rerun_within_the_tolerance_reproduces(committed, capsys):
     _rerun(committed, lambda d: d["absolute"]["predictors"][0].update(spearman=0.07404))
     assert cli(["--details", str(committed.relative_to(committed.parents[2]))]) == 0
     out = capsys.readouterr().out
-    assert "claim1 fails, replay_helps inconclusive (the same)" in out
+    assert "claim1 fails, replay_helps inconclusive (every verdict the same)" in out
     assert "1 not identical, largest difference 4e-05 at /absolute/predictors[predictor=energy_a]/spearman" in out
     assert out.rstrip().endswith("reproduced") and "NOT" not in out
 

@@ -27,15 +27,18 @@ DETAILS = ("data/metrics/details.json", "data/mhn/closed_form/details.json", "da
 ROW_KEYS = ("predictor", "strategy", "budget", "subset", "reference", "arm", "other", "t", "bin")  # a row's name
 
 
-def _row_name(row: dict, index: int) -> str:
-    keys = [f"{k}={row[k]}" for k in ROW_KEYS if k in row]
-    return ",".join(keys) if keys else str(index)
+def _row_names(rows: list) -> list[str] | None:
+    """The rows' names from their key columns (ROW_KEYS), or None if the list is not rows named uniquely that way."""
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        return None
+    names = [",".join(f"{k}={r[k]}" for k in ROW_KEYS if k in r) for r in rows]
+    return names if all(names) and len(set(names)) == len(names) else None
 
 
 def compare(ours, theirs, path: str = "") -> tuple[list, list, list]:
     """Walk two details.json trees. Returns (numbers: (path, ours, theirs) for every pair of numbers; verdicts:
     (path, ours, theirs) for every "verdict" entry that differs; structure: paths present in only one tree, or of
-    another type). List rows are matched by position and named by their key columns (ROW_KEYS)."""
+    another type). Table rows are matched and named by their key columns (ROW_KEYS), other lists by position."""
     numbers, verdicts, structure = [], [], []
 
     def walk(a, b, p):
@@ -46,10 +49,19 @@ def compare(ours, theirs, path: str = "") -> tuple[list, list, list]:
                     verdicts.append((f"{p}/{k}", a[k], b[k]))
                 walk(a[k], b[k], f"{p}/{k}")
         elif isinstance(a, list) and isinstance(b, list):
+            names_a, names_b = _row_names(a), _row_names(b)
+            if names_a is not None and names_b is not None:  # table rows: matched by their key columns
+                rows_b, seen = dict(zip(names_b, b)), set(names_a)
+                structure.extend(f"{p}[{n}]" for n in names_a if n not in rows_b)
+                structure.extend(f"{p}[{n}]" for n in names_b if n not in seen)
+                for n, x in zip(names_a, a):
+                    if n in rows_b:
+                        walk(x, rows_b[n], f"{p}[{n}]")
+                return
             if len(a) != len(b):
                 structure.append(f"{p} ({len(a)} vs {len(b)} entries)")
             for i, (x, y) in enumerate(zip(a, b)):
-                walk(x, y, f"{p}[{_row_name(x, i) if isinstance(x, dict) else i}]")
+                walk(x, y, f"{p}[{i}]")
         elif _number(a) and _number(b):
             numbers.append((p, float(a), float(b)))
         elif (a is None) != (b is None) and (_number(a) or _number(b)):
@@ -105,7 +117,8 @@ def check(ours: dict, theirs: dict, name: str, reference: str, tol: float) -> bo
     print(f"{name} against {reference}")
     if "verdicts" in ours:
         print(f"  verdicts and design checks: {verdict_summary(ours)}"
-              + (" (the same)" if not verdicts else f" ({len(verdicts)} differ)"))
+              + (" (every verdict the same)" if not verdicts else f" ({len(verdicts)} verdicts differ, tables "
+                                                                   "included)"))
     far = [(p, a, b) for p, a, b in numbers if not abs(a - b) <= tol]
     changed = sum(a != b for _, a, b in numbers)
     largest = max(numbers, key=lambda n: abs(n[1] - n[2]), default=None)
