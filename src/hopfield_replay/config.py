@@ -203,8 +203,7 @@ class SelectParams(Section):
     class_balanced, kcenter, soft, oracle, ...) or ``<predictor>_high`` / ``<predictor>_low`` for any column of
     the scores table."""
 
-    arms: Annotated[list[str], Field(min_length=1)] = ["energy_high", "energy_low", "random", "pixel_mass_high",
-                                                        "oracle"]
+    arms: Annotated[list[str], Field(min_length=1)] = ["energy_high", "random", "pixel_mass_high", "oracle"]
     budgets: Annotated[list[PosInt], Field(min_length=1)] = [250]
     score: str = "energy_a"
     temperature: Annotated[float, Field(gt=0)] = 1.0
@@ -363,7 +362,7 @@ class Config(Section):
     buffers and one run per replay arm for each."""
 
     device: str = "auto"
-    seeds: Annotated[list[NonNegInt], Field(min_length=1)] = [1, 2]
+    seeds: Annotated[list[NonNegInt], Field(min_length=1)] = [1, 2, 3]
     prepare: PrepareParams = PrepareParams()
     model: ModelParams = ModelParams()
     train_a: TrainAParams = TrainAParams()
