@@ -108,10 +108,18 @@ def test_bad_input_is_one_line_and_exit_2(committed, capsys, args, message):
     assert captured.out == "" and captured.err.startswith(f"error: {message}") and captured.err.count("\n") == 1
 
 
-def test_the_committed_run_reproduces_itself():
-    """The repository's own committed metrics, compared with themselves through git: every number identical."""
+def test_the_committed_run_reproduces_itself_and_one_changed_number_is_found():
+    """The repository's own committed metrics, compared with themselves through git: every number identical, every
+    table row matched by its keys; one arm effect changed in a copy is the one difference, named by its row."""
     proc = subprocess.run(["git", "show", "HEAD:data/metrics/details.json"], cwd=ROOT, capture_output=True)
     if proc.returncode != 0:
         pytest.skip("no committed metrics")
     numbers, verdicts, structure = compare(json.loads(proc.stdout), json.loads(proc.stdout))
     assert len(numbers) > 1000 and not verdicts and not structure and all(a == b for _, a, b in numbers)
+    changed = json.loads(proc.stdout)
+    row = changed["relative"]["arms"][-1]
+    row["effect"] += 0.01
+    numbers, verdicts, structure = compare(changed, json.loads(proc.stdout))
+    differ = [(p, a, b) for p, a, b in numbers if a != b]
+    name = ",".join(f"{k}={row[k]}" for k in ("strategy", "budget", "subset", "reference"))
+    assert [p for p, _, _ in differ] == [f"/relative/arms[{name}]/effect"] and not structure

@@ -7,8 +7,8 @@ import pytest
 import scipy.stats
 from sklearn.metrics import roc_auc_score
 
-from hopfield_replay.stats import (CI, auroc, bootstrap_ci, fp_ties, partial_spearman, precision_at, spearman, spearman_ci,
-                                   t_interval)
+from hopfield_replay.stats import (CI, auroc, bootstrap_ci, fp_ties, partial_spearman, precision_at, spearman,
+                                   spearman_ci, t_interval)
 
 
 def test_bootstrap_mean_interval_matches_normal_approximation():

@@ -19,8 +19,8 @@ import yaml
 from hopfield_replay.params_file import validate_config
 from hopfield_replay.errors import UserError
 from hopfield_replay.study import (AGREEMENT_COLUMNS, agreement_rows, cell_id, evidence, expand, grid_columns,
-                                   load_study, pool_seed_blocks,
-                                   seed_blocks, stack_tables, study_markdown, verdict_rows)
+                                   load_study, pool_seed_blocks, seed_blocks, stack_tables, study_markdown,
+                                   verdict_rows)
 from tests.conftest import ROOT, TINY_PARAMS, make_project, run, write_params
 from tests.test_protocol import finish_replay, replay_rows
 
@@ -184,24 +184,25 @@ def test_seed_blocks_pool_into_one_run_with_an_interval_over_all_seeds(tiny_para
     scores, forgetting, replay, seeds = pool_seed_blocks(runs)
     assert seeds == [1, 2, 3] and sorted(forgetting["seed"].unique()) == [1, 2, 3]
     cfg = validate_config({**tiny_params, "report": {**tiny_params["report"], "nuisance": ["pixel_mass"]}})
-    one = verdict_rows(evidence(*runs["a"], cfg, [1]), "a", [1])
-    pooled = verdict_rows(evidence(scores, forgetting, replay, cfg, seeds), "pooled:a+b+c", seeds)
+    ev_one, ev = evidence(*runs["a"], cfg, [1]), evidence(scores, forgetting, replay, cfg, seeds)  # once each
+    one = verdict_rows(ev_one, "a", [1])
+    pooled = verdict_rows(ev, "pooled:a+b+c", seeds)
     claim2 = [r for r in pooled if r["claim"] == "claim2" and r["measure"] == "absolute"][0]
     assert np.isnan([r for r in one if r["claim"] == "claim2"][0]["lo"])
     assert claim2["lo"] > 0 and claim2["verdict"] == "holds"  # one seed has no interval; three give one above 0
     checks = {(r["claim"], r["measure"]): r for r in pooled if r["claim"] in ("replay_helps", "ceiling_wins")}
     assert len(checks) == 4 and checks[("ceiling_wins", "relative")]["verdict"] == "not run"  # no oracle arm
     assert np.isnan(checks[("ceiling_wins", "relative")]["effect"])
-    replay_helps = evidence(scores, forgetting, replay, cfg, seeds).checks["replay_helps"]
+    replay_helps = ev.checks["replay_helps"]
     assert checks[("replay_helps", "absolute")]["effect"] == replay_helps["absolute"]["effect"]
     assert checks[("replay_helps", "absolute")]["verdict"] == replay_helps["verdict"]
     # the seed agreement: one row per measure, the run's own numbers; none with one seed
-    ev = evidence(scores, forgetting, replay, cfg, seeds)
-    agreement = pd.DataFrame(agreement_rows(evidence(*runs["a"], cfg, [1]), "a", [1])
+    agreement = pd.DataFrame(agreement_rows(ev_one, "a", [1])
                              + agreement_rows(ev, "pooled:a+b+c", seeds), columns=AGREEMENT_COLUMNS)
     rows = agreement.set_index(["unit", "measure"])
     for m in ("absolute", "relative"):
-        assert rows.at[("pooled:a+b+c", m), "rho"] == ev.agreement[m]["rho"] and rows.at[("pooled:a+b+c", m), "n_seeds"] == 3
+        assert rows.at[("pooled:a+b+c", m), "rho"] == ev.agreement[m]["rho"]
+        assert rows.at[("pooled:a+b+c", m), "n_seeds"] == 3
         assert np.isnan(rows.at[("a", m), "rho"]) and rows.at[("a", m), "n_seeds"] == 1
     report = study_markdown("s", None, "0" * 10, pd.DataFrame(index=["a"]),
                             pd.DataFrame({"cell": ["a"], "status": ["completed"]}),
