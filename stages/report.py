@@ -68,7 +68,8 @@ def main(cfg, args):
         write_json({"run": run, **ev.details()}, args.metrics_dir / "details.json")
         write_json(ev.headline(), args.metrics_dir / "verdicts.json")
     print("report: verdicts\n" + "\n".join(verdict_lines(ev.verdicts)) + "\nreport: design checks\n"
-          + "\n".join(check_lines(ev.checks)) + f"\nreport: {args.out_dir / 'report.md'}")
+          + "\n".join(check_lines(ev.checks, ev.verdicts["claim2"]["verdict"]))
+          + f"\nreport: {args.out_dir / 'report.md'}")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 An arm is a registered strategy (energy_high and energy_low rank by select_replay.score; soft samples in
 proportion to softmax(z-scored score / temperature); random, class_balanced, kcenter, herding; oracle ranks by
-the forgetting measured without replay for that seed: a ceiling that uses task-B information) or
-``<predictor>_high`` / ``<predictor>_low`` for any column of the scores table. Writes one file per buffer,
-``<out-dir>/seed<s>/<arm>-<budget>.parquet``, whose bytes depend only on that buffer, so adding an arm, budget
-or seed retrains only the new arms; and the selection table of all buffers.
+the forgetting measured without replay for that seed: a ceiling that uses task-B information; energy_high_per_class
+and oracle_per_class rank the same way inside each class, with class_balanced's class shares) or
+``<predictor>_high`` / ``_low`` / ``_high_per_class`` / ``_low_per_class`` for any column of the scores table.
+Writes one file per buffer, ``<out-dir>/seed<s>/<arm>-<budget>.parquet``, whose bytes depend only on that buffer,
+so adding an arm, budget or seed retrains only the new arms; and the selection table of all buffers.
 """
 
 from __future__ import annotations

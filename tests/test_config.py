@@ -75,6 +75,8 @@ def test_misspelt_section_is_an_error():
 
 @pytest.mark.parametrize("raw, message", [
     ({"select_replay": {"arms": ["energy_top"]}}, r"select_replay.arms: unknown arm 'energy_top'; use one of"),
+    ({"select_replay": {"arms": ["_high_per_class"]}}, r"unknown arm '_high_per_class'; .* / _high_per_class / "),
+    ({"select_replay": {"arms": ["Energy_high"]}}, r"select_replay.arms: unknown arm 'Energy_high'"),
     ({"select_replay": {"budgets": [-5]}}, r"select_replay.budgets\[0\]: Input should be greater than or equal to 1"),
     ({"select_replay": {"budgets": []}}, r"select_replay.budgets: List should have at least 1 item"),
     ({"select_replay": {"arms": ["random", "random"]}}, r"select_replay.arms: \['random', 'random'\] lists an arm twice"),
@@ -100,6 +102,12 @@ def test_bad_values_name_the_field(raw, message):
     with pytest.raises(ParamsError, match=message) as info:
         validate_config(raw)
     assert "\n" not in str(info.value)
+
+
+def test_arm_names_follow_the_replay_grammar():
+    arms = ["energy_high_per_class", "oracle_per_class", "pixel_mass_high_per_class", "knn10_dist_low_per_class",
+            "class_balanced", "recon_error_a_t250_high"]
+    assert validate_config({"select_replay": {"arms": arms}}).select_replay.arms == arms
 
 
 def test_defaults_and_int_for_float():

@@ -181,6 +181,21 @@ def test_arm_effects_recover_known_paired_differences():
     assert "none" not in out.index.get_level_values("strategy")
 
 
+def test_a_per_class_arm_is_also_compared_with_class_balanced():
+    replay, deciles, truth, _ = _replay_table(n_seeds=3)
+    balanced = replay[replay.strategy == "random"].assign(strategy="class_balanced",
+                                                          absolute=lambda d: d.absolute + 0.05)
+    table = pd.concat([replay.replace({"strategy": {"energy_high": "energy_high_per_class"}}), balanced])
+    out = arm_effects(table, deciles, "absolute", standardise=False).set_index(["strategy", "subset", "reference"])
+    per_seed = [(truth[("random", s)] + 0.05 - truth[("energy_high", s)]).mean() for s in range(3)]
+    row = out.loc[("energy_high_per_class", "overall", "class_balanced")]
+    assert row.effect == pytest.approx(np.mean(per_seed), abs=1e-12)
+    assert row.effect == pytest.approx(out.loc[("energy_high_per_class", "overall", "random")].effect + 0.05, abs=1e-12)
+    assert set(out.loc["class_balanced"].index.get_level_values("reference")) == {"none", "random"}
+    plain = arm_effects(replay, deciles, "absolute")  # no per-class arm: no class_balanced reference
+    assert set(plain.reference) == {"none", "random"}
+
+
 def test_arm_effects_one_seed_has_no_interval_and_standardising_equalises_t():
     replay, deciles, _, _ = _replay_table(n_seeds=1)
     one = arm_effects(replay, deciles, "absolute").set_index(["strategy", "subset", "reference"])

@@ -98,7 +98,8 @@ def test_dvc_repro_writes_every_table(tiny_project, tiny_params):
     report = (tiny_project / "data" / "report" / "report.md").read_text()
     assert (report.index("## Verdicts") < report.index("## Can this run show a replay effect?")
             < report.index("## Predictors") < report.index("## Replay arms"))
-    assert set(details["checks"]) == {"replay_helps", "ceiling_wins"} and details["run"]["train_a_seed"] == 0
+    assert set(details["checks"]) == {"replay_helps", "ceiling_wins", "class_control"}
+    assert details["run"]["train_a_seed"] == 0
     for png in ("predictors.png", "energy_vs_forgetting.png", "arms_by_decile.png", "energy_extremes.png"):
         assert (tiny_project / "data" / "report" / "plots" / png).stat().st_size > 5000
 
@@ -138,6 +139,37 @@ def test_dvc_commands_work(tiny_project):
     retrain = {k.split(":")[-1] for k in status if "retrain@" in k}
     assert retrain == {f"retrain@{s}-{a}-15" for s in params["seeds"] for a in params["select_replay"]["arms"]}, status
     reset(tiny_project)
+
+
+def test_class_stratified_arms_through_the_select_replay_stage(tiny_project, tmp_path):
+    """The stage on the reproduced tables with the class-stratified arms: every class gets budget / classes samples,
+    energy_high_per_class takes each class's top energies, oracle_per_class each class's most forgotten."""
+    from hopfield_replay.forgetting import per_sample
+
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    params["select_replay"]["arms"] = ["energy_high_per_class", "oracle_per_class", "pixel_mass_low_per_class"]
+    write_params(tmp_path / "params.yaml", params)
+    data = tiny_project / "data"
+    run([sys.executable, "-m", "stages.select_replay", "--params", str(tmp_path / "params.yaml"),
+         "--scores", str(data / "tables/scores.parquet"), "--forgetting", str(data / "tables/forgetting.parquet"),
+         "--x0", str(data / "prepared/model_space.safetensors"), "--samples", str(data / "tables/samples.parquet"),
+         "--out", str(tmp_path / "selection.parquet"), "--out-dir", str(tmp_path / "selection")], tiny_project)
+    selection = pd.read_parquet(tmp_path / "selection.parquet")
+    scores = pd.read_parquet(data / "tables/scores.parquet").set_index("sample_id")
+    forgetting = pd.read_parquet(data / "tables/forgetting.parquet")
+    budget, classes = params["select_replay"]["budgets"][0], sorted(params["prepare"]["task_a"])
+    per_class = budget // len(classes)
+    for (arm, seed), buffer in selection.groupby(["strategy", "seed"]):
+        labels = scores.loc[buffer.sample_id, "label"]
+        assert labels.value_counts().to_dict() == {c: per_class for c in classes}, (arm, seed)
+        assert labels.tolist()[:len(classes)] == classes  # round-robin in ascending label
+        column = {"energy_high_per_class": "energy_a", "pixel_mass_low_per_class": "pixel_mass"}.get(arm)
+        key = (scores[column] if column else per_sample(forgetting, "relative", seed=seed)["agg"]).rename("key")
+        key = key if arm != "pixel_mass_low_per_class" else -key
+        expected = scores[["label"]].join(key).reset_index().sort_values(["key", "sample_id"], ascending=[False, True])
+        expected = expected.groupby("label").head(per_class)
+        assert set(buffer.sample_id) == set(expected.sample_id), (arm, seed)
+    assert set(selection.strategy) == set(params["select_replay"]["arms"])
 
 
 def test_a_third_seed_trains_only_its_own_runs(tiny_project):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from hopfield_replay.protocol import binned_means, buffer_overlap, decile_curves, run_protocol
+from hopfield_replay.protocol import binned_means, buffer_composition, buffer_overlap, decile_curves, run_protocol
 
 
 def _tables(n=200, seeds=(1, 2, 3), ts=(100, 500)):
@@ -151,3 +151,24 @@ def test_buffer_overlap_counts_shared_samples_per_seed():
     assert table.loc[("a", "c"), "overlap"] == 0.25 and table.loc[("a", "c"), "n_seeds"] == 1
     assert table.loc[("c", "b"), "overlap"] == 0.0 and table.loc[("b", "b"), "overlap"] == 1.0
     assert len(table) == 9
+
+
+def test_buffer_composition_is_the_class_share_per_buffer_mean_over_seeds():
+    """Labels 0 (ids 0-5) and 1 (ids 6-9). Arm a holds classes {0: 3, 1: 1} in seed 1 and {0: 1, 1: 3} in seed 2
+    (mean 0.5 each); b ran in seed 1 only, class 0 alone; rows of two timesteps count once."""
+    def rows(seed, arm, budget, picked, ts=(100, 500)):
+        return [{"sample_id": i, "seed": seed, "strategy": arm, "budget": budget, "t": t, "replayed": i in picked}
+                for i in range(10) for t in ts]
+    replay = pd.DataFrame(rows(1, "a", 4, {0, 1, 2, 6}) + rows(2, "a", 4, {0, 7, 8, 9}) + rows(1, "b", 4, {2, 3, 4, 5})
+                          + rows(1, "none", 0, set()) + rows(2, "none", 0, set()))
+    labels = pd.Series([0] * 6 + [1] * 4, index=range(10))
+    table = buffer_composition(replay, labels).set_index(["budget", "arm", "label"])
+    assert table.loc[(0, "task A", 0), "share"] == 0.6 and table.loc[(0, "task A", 1), "share"] == 0.4
+    assert table.loc[(4, "a", 0), "share"] == 0.5 and table.loc[(4, "a", 1), "share"] == 0.5
+    assert table.loc[(4, "a", 0), "n_seeds"] == 2 and table.loc[(4, "b", 0), "n_seeds"] == 1
+    assert table.loc[(4, "b", 0), "share"] == 1.0 and table.loc[(4, "b", 1), "share"] == 0.0  # absent class: 0
+    assert len(table) == 6 and "none" not in table.index.get_level_values("arm")
+    # against an independent count over the raw rows
+    picked = replay[replay.replayed & (replay.t == 100)].assign(label=lambda d: d.sample_id.map(labels))
+    for (arm, seed), g in picked.groupby(["strategy", "seed"]):
+        assert (g.label == 1).mean() in {0.25, 0.75, 0.0}

@@ -57,8 +57,8 @@ def test_oracle_takes_exactly_the_most_forgotten_k():
     for k in (1, 10, 75, 300):
         expected = ids[np.argsort(-forgetting)[:k]]  # continuous scores: no ties
         assert rank_inputs(inp, "oracle", k).tolist() == expected.tolist()
-    assert STRATEGY_INFO["oracle"].uses_task_b
-    assert not any(info.uses_task_b for name, info in STRATEGY_INFO.items() if name != "oracle")
+    assert STRATEGY_INFO["oracle"].uses_task_b and STRATEGY_INFO["oracle_per_class"].uses_task_b
+    assert not any(info.uses_task_b for name, info in STRATEGY_INFO.items() if not name.startswith("oracle"))
 
 
 # --- every strategy: row order, nesting, seeds -------------------------------------------------------------
@@ -244,13 +244,61 @@ def test_soft_temperature_limits_and_scale_invariance():
     assert stats.chisquare(np.bincount(constant, minlength=5)).pvalue > 1e-3  # std 0 -> uniform
 
 
+# --- class-stratified rankings ------------------------------------------------------------------------------
+
+def _per_class_reference(scores, ids, labels, descending: bool) -> list:
+    """Independent reference: each class sorted by (score, id) in plain Python, then dealt out round-robin, the
+    classes in ascending label in every round."""
+    by_class = {}
+    for s, i, c in sorted(zip(scores.tolist(), ids.tolist(), labels.tolist()),
+                          key=lambda r: ((-r[0] if descending else r[0]), r[1])):
+        by_class.setdefault(c, []).append(i)
+    out = []
+    for r in range(max(len(v) for v in by_class.values())):
+        out += [by_class[c][r] for c in sorted(by_class) if r < len(by_class[c])]
+    return out
+
+
+@pytest.mark.parametrize("strategy,descending", [("high_per_class", True), ("low_per_class", False),
+                                                 ("energy_high_per_class", True), ("oracle_per_class", True)])
+def test_per_class_rankings_match_a_round_robin_of_sorted_classes(strategy, descending):
+    rng = np.random.default_rng(5)
+    for n, n_classes in ((40, 3), (300, 5)):  # unequal class sizes, tied scores, shuffled ids
+        labels = rng.choice(np.array([7, 2, 4, 9, 0])[:n_classes], n, p=np.linspace(1, 2, n_classes) / np.linspace(
+            1, 2, n_classes).sum())
+        scores, ids = rng.integers(0, 8, n).astype(float), rng.permutation(n) * 5 + 3
+        got = rank_samples(scores, ids, strategy, labels=labels)
+        assert got.tolist() == _per_class_reference(scores, ids, labels, descending)
+        if descending:  # inside each class: exactly the class's own top-K order
+            for c in np.unique(labels):
+                mine = [i for i in got.tolist() if i in set(ids[labels == c].tolist())]
+                assert mine == rank_samples(scores[labels == c], ids[labels == c], "high").tolist()
+
+
+def test_per_class_buffers_have_class_balanced_shares():
+    rng = np.random.default_rng(6)
+    labels = np.repeat([0, 1, 2, 3], [30, 50, 45, 60])
+    ids, scores = rng.permutation(labels.size) + 10, rng.normal(size=labels.size) + 3 * (labels == 1)
+    order = rank_samples(scores, ids, "high_per_class", labels=labels)
+    top = rank_samples(scores, ids, "high", budget=40)
+    label_of = dict(zip(ids.tolist(), labels.tolist()))
+    for k in range(1, 121):  # until the smallest class runs out: floor or ceil of k / 4 per class
+        counts = np.bincount([label_of[i] for i in order[:k].tolist()], minlength=4)
+        assert counts.min() == k // 4 and counts.max() == -(-k // 4), (k, counts)
+        if k % 4 == 0:
+            balanced = rank_samples(scores, ids, "class_balanced", labels=labels, seed=3, budget=k)
+            assert (np.bincount([label_of[i] for i in balanced.tolist()], minlength=4) == counts).all()
+    assert np.bincount([label_of[i] for i in top.tolist()], minlength=4)[1] > 20  # the plain top-K is skewed
+
+
 # --- registry, metadata and bad input ---------------------------------------------------------------------
 
 def test_metadata_covers_every_strategy():
     assert set(STRATEGY_INFO) == set(STRATEGIES)
     assert {n for n, i in STRATEGY_INFO.items() if i.seeded} == {"random", "class_balanced", "soft"}
     assert {n for n, i in STRATEGY_INFO.items() if i.needs_features} == {"kcenter", "herding"}
-    assert {n for n, i in STRATEGY_INFO.items() if i.needs_labels} == {"class_balanced"}
+    assert {n for n, i in STRATEGY_INFO.items() if i.needs_labels} == {
+        "class_balanced", "high_per_class", "low_per_class", "energy_high_per_class", "oracle_per_class"}
     assert all(i.doc for i in STRATEGY_INFO.values())
 
 
@@ -321,6 +369,10 @@ def test_parse_arm_maps_names_to_strategy_and_score_column():
     assert parse_arm("oracle", "energy_a") == ("oracle", "oracle")
     assert parse_arm("pixel_mass_high", "energy_a") == ("high", "pixel_mass")
     assert parse_arm("recon_error_a_low", "energy_a") == ("low", "recon_error_a")
-    for bad in ("top", "_high", "highest"):
+    assert parse_arm("energy_high_per_class", "energy_a") == ("energy_high_per_class", "energy_a")
+    assert parse_arm("oracle_per_class", "energy_a") == ("oracle_per_class", "oracle")
+    assert parse_arm("pixel_mass_high_per_class", "energy_a") == ("high_per_class", "pixel_mass")
+    assert parse_arm("knn10_dist_low_per_class", "energy_a") == ("low_per_class", "knn10_dist")
+    for bad in ("top", "_high", "highest", "_high_per_class", "per_class"):
         with pytest.raises(ValueError, match=f"unknown arm '{bad}'"):
             parse_arm(bad, "energy_a")

@@ -93,19 +93,23 @@ def test_the_report_states_the_verdict_rule_the_decile_table_and_the_overlap():
     decile = {m: binned_means(x, x * (1 if m == "absolute" else -1), 2) for m in ("absolute", "relative")}
     overlap = pd.DataFrame({"budget": [5] * 4, "arm": ["a", "a", "b", "b"], "other": ["a", "b", "a", "b"],
                             "overlap": [1.0, 0.4, 0.4, 1.0], "n_seeds": [2] * 4})
+    composition = pd.DataFrame({"budget": [0, 0, 5, 5, 5, 5], "arm": ["task A", "task A", "b", "b", "a", "a"],
+                                "label": [3, 8, 3, 8, 3, 8], "share": [0.5, 0.5, 0.25, 0.75, 1.0, 0.0],
+                                "n_seeds": [0, 0, 2, 2, 2, 2]})
     check = {"verdict": "inconclusive", "detail": "none minus random forgetting ..."}
     checks = {"replay_helps": {"statement": "random beats none", "verdict": "holds", "absolute": check,
                                "relative": check},
               "ceiling_wins": {"statement": "the ceiling beats random", "verdict": "inconclusive", "absolute": check,
                                "relative": {**check, "verdict": "fails"}}}
     ev = Evidence({"absolute": table}, {"absolute": comp}, {"absolute": by_t}, {"absolute": arms}, verdicts,
-                  pd.Series(dtype=int), decile, overlap, {}, checks,
+                  pd.Series(dtype=int), decile, overlap, composition, {}, checks,
                   {"absolute": {"rho": 0.25, "lo": 0.2, "hi": 0.3, "ceiling": 0.5, "n_seeds": 2}})
     figures = {"predictors": "p.png", "scatter": "s.png", "arms_by_decile": "a.png", "image_grid": "g.png"}
     run = {"n_samples": 20, "seeds": [1, 2], "arms": [], "budgets": [], "level": 0.95, "score": "knn10_dist",
            "train_a_seed": 7}
     page = markdown_report(ev, figures, run)
-    checks_section = page.split("## Can this run show a replay effect?\n\n", 1)[1].split("\n## ", 1)[0]
+    heading = "## Can this run show a replay effect? Does claim 2 survive equal class shares?\n\n"
+    checks_section = page.split(heading, 1)[1].split("\n## ", 1)[0]
     assert checks_section.startswith("- **random beats none: HOLDS**\n  - absolute forgetting: inconclusive; none minus")
     assert "- **the ceiling beats random: INCONCLUSIVE**" in checks_section
     assert "  - relative forgetting: fails; none minus random forgetting ..." in checks_section
@@ -126,6 +130,9 @@ def test_the_report_states_the_verdict_rule_the_decile_table_and_the_overlap():
     assert "| 0 | 0 to 9 | +4.500 [+2.334, +6.666] | -4.500 [-6.666, -2.334] |" in page
     assert "| 1 | 10 to 19 | +14.500" in page
     assert "Budget 5:\n\n| arm | a | b |\n|---|---|---|\n| a | 1.00 | 0.40 |\n| b | 0.40 | 1.00 |" in page
+    assert ("## Buffer class composition" in page and "Budget 5:\n\n| arm | class 3 | class 8 |\n|---|---|---|\n"
+            "| task A | 0.50 | 0.50 |\n| a | 1.00 | 0.00 |\n| b | 0.25 | 0.75 |" in page)
+    assert page.index("## Buffer class composition") < page.index("## Buffer overlap")
     with pytest.raises(KeyError):
         markdown_report(ev, {}, run)
 

@@ -307,7 +307,7 @@ def test_the_study_table_and_report(study_runs):
     assert tables["forgetting"].groupby("cell").size().to_dict() == {good: 400, short: 400}  # 1 seed x 2 t
     assert tables["replay_forgetting"].groupby("cell").size().to_dict() == {good: 1200, short: 1200}  # 3 arms
     verdicts = tables["verdicts"]
-    assert set(verdicts.unit) == {good, short} and len(verdicts) == 2 * 4 * 2  # cells x (claims + checks) x measures
+    assert set(verdicts.unit) == {good, short} and len(verdicts) == 2 * 5 * 2  # cells x (claims + checks) x measures
     # the protocol as the report stage applies it: the same verdicts and effects as each cell's own metrics
     for cell in (good, short):
         own = json.loads((study_runs["root"] / cell / "data" / "metrics" / "verdicts.json").read_text())

@@ -102,3 +102,31 @@ def test_design_checks_read_random_vs_none_and_the_ceiling_vs_random():
 def test_design_meaning_follows_the_verdicts(replay, ceiling, says, adds_noise):
     text = design_meaning({"replay_helps": {"verdict": replay}, "ceiling_wins": {"verdict": ceiling}})
     assert says in text and ("cannot be told from noise" in text) == adds_noise
+
+
+def test_the_class_control_reads_energy_high_per_class_against_class_balanced():
+    arms = pd.DataFrame([
+        _arm_row("energy_high_per_class", "class_balanced", 250, -0.2, -0.3, -0.1),
+        _arm_row("energy_high_per_class", "random", 250, 0.4, 0.3, 0.5),  # another reference: never read
+        _arm_row("energy_high", "random", 250, -0.3, -0.4, -0.2)])
+    control = design_checks(arms)["class_control"]
+    assert control["verdict"] == "fails" and control["per_budget"][250]["effect"] == -0.2
+    assert "energy_high_per_class" in control["statement"] and "class_balanced" in control["statement"]
+    assert control["detail"].startswith("class_balanced minus energy_high_per_class forgetting")
+    missing = design_checks(arms[arms.reference != "class_balanced"])["class_control"]
+    assert missing["verdict"] == "not run" and "no energy_high_per_class arm with a class_balanced arm" in missing[
+        "detail"]
+
+
+@pytest.mark.parametrize("control, claim2, says", [
+    ("fails", "fails", "not an artefact of the buffer's class composition"),
+    ("holds", "holds", "also forgot less"),
+    ("fails", "inconclusive", "while claim 2 inconclusive: part of claim 2's verdict comes from which classes"),
+    ("inconclusive", "fails", "is open"),
+    ("not run", "fails", "add `energy_high_per_class` and `class_balanced`"),
+])
+def test_design_meaning_says_what_the_class_control_means_for_claim_2(control, claim2, says):
+    checks = {"replay_helps": {"verdict": "holds"}, "ceiling_wins": {"verdict": "holds"},
+              "class_control": {"verdict": control}}
+    assert says in design_meaning(checks, claim2)
+    assert "class composition control did not run" not in design_meaning(checks) or control == "not run"

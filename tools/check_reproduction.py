@@ -24,7 +24,8 @@ from pathlib import Path
 from hopfield_replay.errors import UserError
 
 DETAILS = ("data/metrics/details.json", "data/mhn/closed_form/details.json", "data/mhn/trained/details.json")
-ROW_KEYS = ("predictor", "strategy", "budget", "subset", "reference", "arm", "other", "t", "bin")  # a row's name
+# a table row's name: its values of these columns
+ROW_KEYS = ("predictor", "strategy", "budget", "subset", "reference", "arm", "other", "label", "t", "bin")
 
 
 def _row_names(rows: list) -> list[str] | None:

@@ -200,10 +200,11 @@ ARM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 class SelectParams(Section):
     """``select_replay``: the replay arms. An arm is a registered strategy (energy_high, energy_low, random,
-    class_balanced, kcenter, soft, oracle, ...) or ``<predictor>_high`` / ``<predictor>_low`` for any column of
-    the scores table."""
+    class_balanced, kcenter, soft, oracle, energy_high_per_class, ...) or ``<predictor>_high`` / ``_low`` /
+    ``_high_per_class`` / ``_low_per_class`` for any column of the scores table (replay.parse_arm)."""
 
-    arms: Annotated[list[str], Field(min_length=1)] = ["energy_high", "random", "pixel_mass_high", "oracle"]
+    arms: Annotated[list[str], Field(min_length=1)] = ["energy_high", "random", "pixel_mass_high", "oracle",
+                                                       "class_balanced", "energy_high_per_class"]
     budgets: Annotated[list[PosInt], Field(min_length=1)] = [250]
     score: str = "energy_a"
     temperature: Annotated[float, Field(gt=0)] = 1.0
@@ -217,12 +218,16 @@ class SelectParams(Section):
     @field_validator("arms")
     @classmethod
     def _arms(cls, v):
-        from .replay import STRATEGIES
+        from .replay import STRATEGIES, parse_arm
 
         for arm in v:
-            if not ARM_NAME.match(arm) or (arm not in STRATEGIES and not arm.endswith(("_high", "_low"))):
+            try:
+                known = bool(ARM_NAME.match(arm)) and bool(parse_arm(arm, ""))
+            except ValueError:
+                known = False
+            if not known:
                 raise ValueError(f"unknown arm {arm!r}; use one of {', '.join(STRATEGIES)} or <predictor>_high / "
-                                 "<predictor>_low (a column of the scores table)")
+                                 "_low / _high_per_class / _low_per_class (a column of the scores table)")
         return _unique(v, "an arm")
 
 

@@ -23,6 +23,7 @@ import pandas as pd
 import scipy.stats
 
 from .forgetting import MEASURES, add_measures
+from .replay import PER_CLASS
 from .stats import auroc, percentile_interval, precision_at, t_interval, top_k
 from .verdicts import verdict
 
@@ -220,7 +221,9 @@ def per_sample_arms(replay: pd.DataFrame, measure: str, standardise: bool = True
 
 def arm_effects(replay: pd.DataFrame, deciles: pd.Series, measure: str, *, standardise: bool = True,
                 level: float = 0.95) -> pd.DataFrame:
-    """Paired effect of every replay arm against random replay at the same budget and against no replay.
+    """Paired effect of every replay arm against random replay at the same budget and against no replay; a
+    class-stratified arm (name ending in ``_per_class``) also against class_balanced at the same budget, which
+    has its class shares.
 
     replay: columns sample_id, seed, strategy, budget, t, replayed and ``measure`` (or error_a/error); strategy
     "none" (budget 0) is no replay, one per seed. deciles: sample_id -> energy decile (top = highest value).
@@ -228,10 +231,10 @@ def arm_effects(replay: pd.DataFrame, deciles: pd.Series, measure: str, *, stand
     at t (standardise=True; else the plain mean). Subsets are defined by the arm (its replayed samples in that
     seed) and applied to both arm and reference: overall, replayed, not_replayed, top_decile.
 
-    Columns: strategy, budget, subset, reference ("random" | "none"), effect = forgetting(reference) -
-    forgetting(arm) (> 0: the arm forgets less), lo, hi (t interval over seeds; NaN with one seed), n_seeds,
-    n_agree (seeds whose effect has the sign of the mean), forgetting, reference_forgetting (means over seeds),
-    n_samples (mean subset size), verdict.
+    Columns: strategy, budget, subset, reference ("random" | "none" | "class_balanced"), effect =
+    forgetting(reference) - forgetting(arm) (> 0: the arm forgets less), lo, hi (t interval over seeds; NaN with
+    one seed), n_seeds, n_agree (seeds whose effect has the sign of the mean), forgetting, reference_forgetting
+    (means over seeds), n_samples (mean subset size), verdict.
     """
     if measure not in MEASURES:
         raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
@@ -243,6 +246,8 @@ def arm_effects(replay: pd.DataFrame, deciles: pd.Series, measure: str, *, stand
         if strategy == "none":
             continue
         refs = [("none", ("none", 0))] + ([("random", ("random", budget))] if strategy != "random" else [])
+        if strategy.endswith(PER_CLASS):  # a class-stratified arm: also against random within the same class shares
+            refs.append(("class_balanced", ("class_balanced", budget)))
         for ref_name, ref in refs:
             if ref not in arms:
                 continue

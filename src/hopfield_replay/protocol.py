@@ -15,6 +15,8 @@ none does, or with ``aggregate_t="all"``):
                  (evidence.arm_effects)
     overlap      how many samples the arms' buffers share (buffer_overlap): an arm that picks the same samples as
                  another cannot be told apart from it by its effect
+    composition  the share of each class in every arm's buffer (buffer_composition): a buffer skewed toward some
+                 classes; the *_per_class arms hold class_balanced's shares (replay.py)
     verdicts     the paper's two claims (verdicts.claims), then combined over both measures
                  (holds only if it holds under both, fails only if it fails under both)
     checks       can the replay experiment show an effect at all (verdicts.design_checks): does random replay
@@ -47,6 +49,7 @@ class Evidence:
     deciles: pd.Series  # sample_id -> decile of the energy the arms rank by
     by_decile: dict[str, pd.DataFrame]  # measure -> no-replay forgetting per energy decile (binned_means)
     overlap: pd.DataFrame  # one row per (budget, arm, other arm): buffer_overlap
+    composition: pd.DataFrame  # one row per (budget, arm, class): buffer_composition
     agg: dict[str, pd.Series]  # measure -> no-replay per-sample aggregate over the used t, seeds averaged
     checks: dict  # replay_helps / ceiling_wins -> statement, verdict (combined), and each measure's check
     agreement: dict[str, dict]  # measure -> seed_agreement of the no-replay per-sample aggregates
@@ -68,7 +71,7 @@ class Evidence:
                 **{m: {"predictors": records(self.predictors[m]), "vs_best_baseline": records(self.comparison[m]),
                        "forgetting_by_t": records(self.by_t[m]), "forgetting_by_decile": records(self.by_decile[m]),
                        "arms": records(self.arms[m]), "seed_agreement": _plain(self.agreement[m])} for m in MEASURES},
-                "buffer_overlap": records(self.overlap)}
+                "buffer_overlap": records(self.overlap), "buffer_composition": records(self.composition)}
 
 
 def _number(v, fmt: str = ".6g"):
@@ -114,7 +117,7 @@ def run_protocol(scores: pd.DataFrame, forgetting: pd.DataFrame, replay: pd.Data
         per_measure[m] = claims(tables[m], comparison[m], arms[m], predictor=energy)
         per_check[m] = design_checks(arms[m])
     return Evidence(tables, comparison, by_t, arms, _combined(per_measure), bins, by_decile, buffer_overlap(replay),
-                    agg, _combined(per_check), agreement)
+                    buffer_composition(replay, scores["label"]), agg, _combined(per_check), agreement)
 
 
 def _combined(per_measure: dict) -> dict:
@@ -150,6 +153,27 @@ def buffer_overlap(replay: pd.DataFrame) -> pd.DataFrame:
             out.append({"budget": budget, "arm": a, "other": b, "overlap": float(np.mean(shares)) if shares else np.nan,
                         "n_seeds": len(shares)})
     return pd.DataFrame(out, columns=["budget", "arm", "other", "overlap", "n_seeds"])
+
+
+def buffer_composition(replay: pd.DataFrame, labels: pd.Series) -> pd.DataFrame:
+    """Per budget and arm, the share of each class in the buffer, mean over seeds; first the task-A samples
+    themselves (arm "task A", budget 0). labels: sample_id -> class.
+
+        share(A, c) = mean_s |{i in R_A,s : y_i = c}| / |R_A,s|
+
+    A top-K buffer skewed toward some classes protects those and leaves the others, so its effect mixes which
+    samples it holds with which classes. Columns: budget, arm, label, share, n_seeds."""
+    classes = np.sort(labels.unique())
+    out = [{"budget": 0, "arm": "task A", "label": c, "share": float(np.mean(labels == c)), "n_seeds": 0}
+           for c in classes]
+    rows = replay.loc[replay["replayed"] & (replay["budget"] > 0), ["seed", "strategy", "budget", "sample_id"]]
+    rows = rows.drop_duplicates().assign(label=lambda d: d["sample_id"].map(labels))
+    for (budget, arm), g in rows.groupby(["budget", "strategy"], sort=True):
+        shares = g.groupby("seed")["label"].value_counts(normalize=True).unstack(fill_value=0.0)
+        shares = shares.reindex(columns=classes, fill_value=0.0)
+        out += [{"budget": int(budget), "arm": arm, "label": c, "share": float(shares[c].mean()),
+                 "n_seeds": len(shares)} for c in classes]
+    return pd.DataFrame(out, columns=["budget", "arm", "label", "share", "n_seeds"])
 
 
 def binned_means(x: pd.Series, y: pd.Series, bins: int, level: float = 0.95) -> pd.DataFrame:

@@ -17,6 +17,11 @@ buffer (for the seeded selectors: with the same seed). s_i is the arm's score, x
     random:             a seeded permutation of the sorted sample_ids (reservoir-style baseline)
     class_balanced:     a seeded random order within each class, classes visited round-robin in a seeded order,
                         so any prefix of K holds floor(K/C) or ceil(K/C) per class (until a class runs out)
+    high_per_class, low_per_class, energy_high_per_class, oracle_per_class:
+                        the same ranking inside each class (descending / ascending s_i), classes visited
+                        round-robin in ascending label: round r takes the r-th of every class, so the buffer has
+                        class_balanced's class shares and differs from it only in which samples of a class it
+                        holds (the control for a top-K buffer that is skewed toward some classes)
     kcenter:            farthest-first traversal: x_1 = argmin_i ||x_i - mean(x)||, then
                         x_{t+1} = argmax_i min_{j<=t} ||x_i - x_j||  (running min distances: O(N K d), never N x N)
     herding:            Welling / iCaRL herding toward mu = mean(x):
@@ -28,7 +33,8 @@ buffer (for the seeded selectors: with the same seed). s_i is the arm's score, x
                         tau -> inf gives uniform random.
 
 An arm of the pipeline is ``(strategy, score column)``, written as a strategy name (it ranks by the default score;
-the oracle by the measured forgetting) or as ``<column>_high`` / ``<column>_low`` (``parse_arm``). A new strategy
+the oracle by the measured forgetting) or as ``<column>_high`` / ``<column>_low`` / ``<column>_high_per_class`` /
+``<column>_low_per_class`` (``parse_arm``). A new strategy
 plugs in with ``@register_strategy("name", needs_labels=..., needs_features=..., seeded=...)``.
 """
 
@@ -205,6 +211,42 @@ register_strategy("oracle", uses_task_b=True,
                   doc="descending measured forgetting without replay (a ceiling)")(rank_high)
 
 
+def _per_class(keys: np.ndarray, inputs: SelectionInputs, budget: int) -> np.ndarray:
+    """Ascending ``keys`` inside each class (ties by sample_id), classes round-robin in ascending label: the r-th
+    of every class before the (r+1)-th of any, so a prefix of K holds floor(K/C) or ceil(K/C) per class."""
+    classes, rows = np.unique(inputs.labels, return_inverse=True)
+    order = np.lexsort((inputs.sample_ids, keys))  # every sample in ascending key
+    within = np.empty(len(inputs), dtype=np.int64)  # rank of each sample inside its class
+    for c in range(classes.size):
+        members = order[rows[order] == c]
+        within[members] = np.arange(members.size)
+    return inputs.sample_ids[np.lexsort((rows, within))][:budget]  # round = within-class rank, then class
+
+
+def rank_high_per_class(inputs: SelectionInputs, budget: int) -> np.ndarray:
+    return _per_class(-inputs.scores, inputs, budget)
+
+
+def rank_low_per_class(inputs: SelectionInputs, budget: int) -> np.ndarray:
+    return _per_class(inputs.scores, inputs, budget)
+
+
+register_strategy("high_per_class", needs_labels=True,
+                  doc="descending score inside each class, classes round-robin (class_balanced's shares)")(
+    rank_high_per_class)
+register_strategy("low_per_class", needs_labels=True,
+                  doc="ascending score inside each class, classes round-robin (class_balanced's shares)")(
+    rank_low_per_class)
+register_strategy("energy_high_per_class", needs_labels=True,
+                  doc="the paper's rule inside each class: descending energy, classes round-robin")(
+    rank_high_per_class)
+register_strategy("oracle_per_class", needs_labels=True, uses_task_b=True,
+                  doc="descending measured forgetting inside each class, classes round-robin (a ceiling)")(
+    rank_high_per_class)
+
+PER_CLASS = "_per_class"  # the name ending of every class-stratified arm; its reference is class_balanced
+
+
 def _check_budget(budget, n: int) -> int:
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or not 1 <= budget <= n:
         raise ValueError(f"{budget!r} is not a valid budget; use an integer in [1, {n}] (the number of task-A samples)")
@@ -267,13 +309,16 @@ def select_replay(inputs: SelectionInputs, strategy: str, budget: int, *,
 
 def parse_arm(arm: str, score: str) -> tuple[str, str]:
     """An arm as ``(strategy, score column)``: a registered strategy ranks by ``score`` (the oracle by the column
-    ``"oracle"``, the measured forgetting); ``<column>_high`` / ``<column>_low`` is high / low on that column."""
+    ``"oracle"``, the measured forgetting); ``<column>_high`` / ``<column>_low`` is high / low on that column, and
+    ``<column>_high_per_class`` / ``<column>_low_per_class`` the same inside each class."""
     if arm in STRATEGIES:
         return arm, "oracle" if STRATEGY_INFO[arm].uses_task_b else score
-    for suffix, strategy in (("_high", "high"), ("_low", "low")):
+    for suffix, strategy in (("_high_per_class", "high_per_class"), ("_low_per_class", "low_per_class"),
+                             ("_high", "high"), ("_low", "low")):
         if arm.endswith(suffix) and len(arm) > len(suffix):
             return strategy, arm[: -len(suffix)]
-    raise ValueError(f"unknown arm {arm!r}; use one of {', '.join(STRATEGIES)} or <score column>_high / _low")
+    raise ValueError(f"unknown arm {arm!r}; use one of {', '.join(STRATEGIES)} or <score column>_high / _low / "
+                     "_high_per_class / _low_per_class")
 
 
 def arm_name(strategy: str, budget: int) -> str:

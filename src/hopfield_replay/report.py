@@ -188,14 +188,14 @@ def verdict_lines(verdicts: dict) -> list[str]:
     return lines
 
 
-def check_lines(checks: dict) -> list[str]:
+def check_lines(checks: dict, claim2: str | None = None) -> list[str]:
     """The design checks (also printed by the flow): one block per check, both measures, then what they mean for
-    claim 2."""
+    claim 2 (claim2: its combined verdict)."""
     lines = []
     for check in checks.values():
         lines.append(f"- **{check['statement']}: {check['verdict'].upper()}**")
         lines += [f"  - {m} forgetting: {check[m]['verdict']}; {check[m]['detail']}" for m in MEASURES]
-    return lines + ["", design_meaning(checks)]
+    return lines + ["", design_meaning(checks, claim2)]
 
 
 def scope_text(run: dict) -> str:
@@ -239,6 +239,20 @@ def overlap_lines(overlap: pd.DataFrame) -> list[str]:
     return lines
 
 
+def composition_lines(composition: pd.DataFrame) -> list[str]:
+    """Per budget, a matrix: the share of each class (columns) in each arm's buffer (rows), task A's first."""
+    task_a = composition[composition["arm"] == "task A"]
+    lines = []
+    for budget, g in composition[composition["budget"] > 0].groupby("budget", sort=True):
+        table = pd.concat([task_a, g]).pivot(index="arm", columns="label", values="share")
+        table = table.reindex(["task A", *sorted(g["arm"].unique())])
+        lines += [f"Budget {budget}:", "", "| arm | " + " | ".join(f"class {c}" for c in table.columns) + " |",
+                  "|---|" + "---|" * len(table.columns)]
+        lines += [f"| {arm} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for arm, row in table.iterrows()]
+        lines.append("")
+    return lines
+
+
 def markdown_report(ev: Evidence, figures: dict[str, str], run: dict) -> str:
     """One page: verdicts first, then the design checks and what the intervals cover, predictors, forgetting by t
     and by energy decile, arms, buffer overlap and the figures (paths relative). run: n_samples, seeds, arms,
@@ -254,8 +268,8 @@ def markdown_report(ev: Evidence, figures: dict[str, str], run: dict) -> str:
               "the best baseline's, and its partial Spearman) lie above 0, and fails when either lies below 0; claim 2 "
               "holds when its interval lies above 0 at every budget, and fails when it lies below 0 at some budget and "
               "above 0 at none. A claim holds (fails) when it holds (fails) under both measures; otherwise it is "
-              "inconclusive.", "", "## Can this run show a replay effect?", ""]
-    lines += check_lines(ev.checks)
+              "inconclusive.", "", "## Can this run show a replay effect? Does claim 2 survive equal class shares?", ""]
+    lines += check_lines(ev.checks, verdicts["claim2"]["verdict"])
     lines += ["", scope_text(run), "", "## Predictors of forgetting", ""]
     for measure, table in predictors.items():
         comp = comparison[measure]
@@ -308,7 +322,13 @@ def markdown_report(ev: Evidence, figures: dict[str, str], run: dict) -> str:
                          f"{cells.get('top_decile', '-')} | {overall.n_agree}/{overall.n_seeds} |")
     lines += ["", "The oracle ranks by the forgetting measured without replay: it uses task-B information and is a "
               "ceiling, not a method.", "", f"![arms by decile]({figures['arms_by_decile']})", "",
-              "## Buffer overlap", "",
+              "## Buffer class composition", "",
+              "The share of each task-A class in each arm's buffer, mean over seeds (task A's own shares first). A "
+              "buffer skewed toward some classes protects those and leaves the others, so its effect mixes which "
+              "samples it holds with which classes; an arm ending in `_per_class` ranks inside each class with "
+              "class_balanced's shares, and the arm table compares it with class_balanced.", ""]
+    lines += composition_lines(ev.composition)
+    lines += ["## Buffer overlap", "",
               "The share of the row arm's buffer that is also in the column arm's buffer, mean over seeds: two arms "
               "whose buffers mostly coincide test nearly the same thing, whatever their names.", ""]
     lines += overlap_lines(ev.overlap)

@@ -25,10 +25,10 @@ from .forgetting import MEASURES, add_measures
 from .params_file import read_yaml_file, validation_line
 from .protocol import Evidence, run_protocol
 from .tables import params_hash, read_table
+from .verdicts import CHECKS
 
 TABLES = ("scores", "forgetting", "replay_forgetting")  # the per-sample tables a study stacks
-CLAIMS = ("claim1", "claim2")
-CHECKS = ("replay_helps", "ceiling_wins")  # the design checks (verdicts.design_checks), rows of the verdicts table too
+CLAIMS = ("claim1", "claim2")  # rows of the verdicts table, then the design checks (verdicts.CHECKS)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a study name: a folder name and part of a git ref
 
 
@@ -262,7 +262,7 @@ def agreement_rows(ev: Evidence, unit: str, seeds: list[int]) -> list[dict]:
 # --------------------------------------------------------------------------------------------------- the report
 VERDICT_COLOUR = {"holds": "tab:green", "fails": "tab:red", "inconclusive": "tab:gray"}
 LABELS = {"claim1": "claim 1", "claim2": "claim 2", "replay_helps": "random beats no replay",
-          "ceiling_wins": "oracle beats random"}
+          "ceiling_wins": "oracle beats random", "class_control": "top-energy beats random inside classes"}
 EFFECT_LABEL = {"claim1": "energy's Spearman minus the best baseline's", "claim2": "forgetting: random minus top-energy"}
 
 
@@ -327,7 +327,8 @@ def study_markdown(name: str, description: str | None, head: str, grid: pd.DataF
         lines += ["", "## Design checks", "", "Can each run show a replay effect at all: random replay against no "
                   "replay, and the oracle ceiling against random replay (claim 2's positive control; effect: the "
                   "budget with the lowest lower bound). Where the ceiling does not beat random, that run's claim 2 "
-                  "has no demonstrated power (docs/pipeline.md).", ""]
+                  "has no demonstrated power (docs/pipeline.md). Then claim 2 with the class shares held equal: "
+                  "energy_high_per_class against class_balanced (*not run* without those arms).", ""]
         lines += _unit_table(per_cell, grid, CHECKS) if len(per_cell) else []
         lines += ["", *_unit_table(pooled, None, CHECKS)] if len(pooled) else []
     if agreement is not None and len(agreement):

@@ -6,8 +6,9 @@ tables (evidence.py), and the design checks that say whether the replay experime
                            either fails
     claim 2 (one measure): the verdict of random minus energy_high forgetting at each budget; holds if it holds at
                            every budget, fails if it fails at some and holds at none
-    design checks        : claim 2's rule on random minus none (replay_helps) and on oracle minus random
-                           (ceiling_wins: claim 2's positive control)
+    design checks        : claim 2's rule on random minus none (replay_helps), on oracle minus random
+                           (ceiling_wins: claim 2's positive control), and on class_balanced minus
+                           energy_high_per_class (class_control: claim 2 with the buffer's class shares held equal)
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import pandas as pd
 
 VERDICTS = ("holds", "fails", "inconclusive")
 CLAIM2_ARM = "energy_high"  # the paper's rule, the arm claim 2 tests
+CLASS_CONTROL = ("energy_high_per_class", "class_balanced")  # claim 2 inside each class: arm, reference
+CHECKS = ("replay_helps", "ceiling_wins", "class_control")  # the keys of design_checks, in the order shown
 
 
 def verdict(estimate: float, lo: float, hi: float) -> str:
@@ -88,14 +91,21 @@ def design_checks(arm_table: pd.DataFrame, *, ceiling: str = "oracle") -> dict:
     ceiling_wins   the ceiling arm (the oracle: it ranks by the measured task-B forgetting) forgets less than
                    random replay: effect(ceiling vs random) per budget. If even the ceiling does not beat random,
                    the run has not shown that any buffer can, and claim 2 has no demonstrated power.
+    class_control  claim 2 with the class shares held equal: top-energy replay inside each class
+                   (energy_high_per_class) forgets less than random replay inside each class (class_balanced).
+                   The top-K buffer can be skewed toward some classes; this says whether claim 2's verdict
+                   survives without that skew.
     Each: statement, verdict (claim 2's rule over budgets; "not run" when the arms are missing), effect/lo/hi (the
     budget with the lowest lower bound, as claim 2; NaN when not run), per_budget, detail.
     """
     checks = {}
+    arm_b, reference_b = CLASS_CONTROL
     for key, arm, reference, statement in (
             ("replay_helps", "random", "none", "random replay forgets less than no replay"),
             ("ceiling_wins", ceiling, "random",
-             f"the ceiling ({ceiling}, ranks by task-B forgetting) forgets less than random replay")):
+             f"the ceiling ({ceiling}, ranks by task-B forgetting) forgets less than random replay"),
+            ("class_control", arm_b, reference_b,
+             f"inside each class, top-energy replay ({arm_b}) forgets less than random replay ({reference_b})")):
         per_budget = _per_budget(arm_table, arm, reference)
         checks[key] = {"statement": statement, "verdict": _over_budgets(per_budget) if per_budget else "not run",
                        **_worst(per_budget), "per_budget": per_budget,
@@ -105,8 +115,9 @@ def design_checks(arm_table: pd.DataFrame, *, ceiling: str = "oracle") -> dict:
     return checks
 
 
-def design_meaning(checks: dict) -> str:
-    """What the design checks (combined over measures: key -> {"verdict": ...}) mean for claim 2, in words."""
+def design_meaning(checks: dict, claim2: str | None = None) -> str:
+    """What the design checks (combined over measures: key -> {"verdict": ...}) mean for claim 2 (its combined
+    verdict, when given), in words."""
     replay, ceiling = checks["replay_helps"]["verdict"], checks["ceiling_wins"]["verdict"]
     if ceiling == "holds":
         text = ("The ceiling beat random replay, so this run can show a buffer better than random: claim 2's test "
@@ -121,7 +132,26 @@ def design_meaning(checks: dict) -> str:
     if replay != "holds":
         text += (" Random replay did not reduce forgetting with an interval above 0: with these seeds an arm's effect "
                  "against no replay cannot be told from noise.")
-    return text
+    return text + _class_meaning(checks.get("class_control", {}).get("verdict", "not run"), claim2)
+
+
+def _class_meaning(control: str, claim2: str | None) -> str:
+    arm, reference = CLASS_CONTROL
+    if control == "not run":
+        return (f" The class-composition control did not run (add `{arm}` and `{reference}` to `select_replay.arms`), "
+                "so claim 2's verdict may come from which classes the top-energy buffer holds (the buffer class "
+                "composition table).")
+    if control == "inconclusive":
+        return (" Inside each class, with the class shares held equal, top-energy replay neither beat nor lost to "
+                "random replay with an interval clear of 0: whether claim 2's verdict survives equal class shares "
+                "is open.")
+    direction = "less" if control == "holds" else "more"
+    if claim2 == control:
+        return (f" Inside each class, with the class shares held equal, top-energy replay also forgot {direction} "
+                "than random replay: claim 2's verdict is not an artefact of the buffer's class composition.")
+    return (f" Inside each class, with the class shares held equal, top-energy replay forgot {direction} than random "
+            "replay" + (f", while claim 2 {claim2}: part of claim 2's verdict comes from which classes the top-energy "
+                        "buffer holds." if claim2 else "."))
 
 
 def _per_budget(arm_table: pd.DataFrame, arm: str, reference: str) -> dict:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.utils import logging as diffusers_logging
 
 from ..errors import UserError
 from .base import DenoisingModel, register_family
@@ -70,8 +71,13 @@ class PixelDDPM(DenoisingModel):
     @classmethod
     def from_pretrained(cls, path) -> "PixelDDPM":
         path = Path(path)
-        unet, info = UNet2DModel.from_pretrained(path / "unet", local_files_only=True, use_safetensors=True,
-                                                 output_loading_info=True)
+        verbosity = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # its mismatched-weights warnings: the check below gives one line
+        try:
+            unet, info = UNet2DModel.from_pretrained(path / "unet", local_files_only=True, use_safetensors=True,
+                                                     output_loading_info=True)
+        finally:
+            diffusers_logging.set_verbosity(verbosity)
         wrong = {k: v for k, v in info.items() if v}
         if wrong:  # diffusers would only log it and leave those weights at their random initial values
             kind, keys = next(iter(wrong.items()))
