@@ -51,7 +51,7 @@ class Evidence:
     overlap: pd.DataFrame  # one row per (budget, arm, other arm): buffer_overlap
     composition: pd.DataFrame  # one row per (budget, arm, class): buffer_composition
     agg: dict[str, pd.Series]  # measure -> no-replay per-sample aggregate over the used t, seeds averaged
-    checks: dict  # replay_helps / ceiling_wins -> statement, verdict (combined), and each measure's check
+    checks: dict  # verdicts.CHECKS -> statement, verdict (combined), and each measure's check
     agreement: dict[str, dict]  # measure -> seed_agreement of the no-replay per-sample aggregates
 
     def headline(self) -> dict:

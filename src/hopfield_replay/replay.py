@@ -19,9 +19,9 @@ buffer (for the seeded selectors: with the same seed). s_i is the arm's score, x
                         so any prefix of K holds floor(K/C) or ceil(K/C) per class (until a class runs out)
     high_per_class, low_per_class, energy_high_per_class, oracle_per_class:
                         the same ranking inside each class (descending / ascending s_i), classes visited
-                        round-robin in ascending label: round r takes the r-th of every class, so the buffer has
-                        class_balanced's class shares and differs from it only in which samples of a class it
-                        holds (the control for a top-K buffer that is skewed toward some classes)
+                        round-robin in ascending label: round r takes the r-th of every class, so any prefix of
+                        K holds floor(K/C) or ceil(K/C) per class, as class_balanced's, and differs from it only in
+                        which samples of a class it holds (the control for a top-K buffer skewed toward some classes)
     kcenter:            farthest-first traversal: x_1 = argmin_i ||x_i - mean(x)||, then
                         x_{t+1} = argmax_i min_{j<=t} ||x_i - x_j||  (running min distances: O(N K d), never N x N)
     herding:            Welling / iCaRL herding toward mu = mean(x):
@@ -34,8 +34,8 @@ buffer (for the seeded selectors: with the same seed). s_i is the arm's score, x
 
 An arm of the pipeline is ``(strategy, score column)``, written as a strategy name (it ranks by the default score;
 the oracle by the measured forgetting) or as ``<column>_high`` / ``<column>_low`` / ``<column>_high_per_class`` /
-``<column>_low_per_class`` (``parse_arm``). A new strategy
-plugs in with ``@register_strategy("name", needs_labels=..., needs_features=..., seeded=...)``.
+``<column>_low_per_class`` (``parse_arm``). A new strategy plugs in with
+``@register_strategy("name", needs_labels=..., needs_features=..., seeded=...)``.
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ def _class_meaning(control: str, claim2: str | None) -> str:
         return (f" Inside each class, with the class shares held equal, top-energy replay also forgot {direction} "
                 "than random replay: claim 2's verdict is not an artefact of the buffer's class composition.")
     return (f" Inside each class, with the class shares held equal, top-energy replay forgot {direction} than random "
-            "replay" + (f", while claim 2 {claim2}: part of claim 2's verdict comes from which classes the top-energy "
+            "replay" + (f", while claim 2's verdict is {claim2}: part of it comes from which classes the top-energy "
                         "buffer holds." if claim2 else "."))
 
 
