@@ -62,6 +62,37 @@ def test_save_and_load_round_trip(tmp_path):
     assert again.scheduler.config.num_train_timesteps == 1000 and again.scheduler.config.beta_schedule == "linear"
 
 
+def test_foreign_weights_are_one_error_without_diffusers_warnings(tmp_path):
+    """A weight under another name: diffusers alone would log two warnings and keep a random weight; the loader
+    raises one UserError, diffusers logs nothing, and diffusers' verbosity is as it was."""
+    import logging
+
+    import pytest
+    from diffusers.utils import logging as diffusers_logging
+    from safetensors.torch import load_file, save_file
+
+    from hopfield_replay.errors import UserError
+
+    PixelDDPM.from_config(TINY).save_pretrained(tmp_path / "m")
+    weights = next((tmp_path / "m" / "unet").glob("*.safetensors"))
+    tensors = load_file(weights)
+    tensors["conv_in.bias_renamed"] = tensors.pop("conv_in.bias")
+    save_file(tensors, weights)
+    records = []
+    handler = logging.Handler(level=logging.DEBUG)
+    handler.emit = records.append
+    before = diffusers_logging.get_verbosity()
+    diffusers_logging.get_logger("diffusers").addHandler(handler)
+    diffusers_logging.set_verbosity_warning()
+    try:
+        with pytest.raises(UserError, match=r"unet: its weights do not fit its config \(missing_keys: conv_in.bias"):
+            load_model(tmp_path / "m")
+        assert records == [] and diffusers_logging.get_verbosity() == logging.WARNING
+    finally:
+        diffusers_logging.get_logger("diffusers").removeHandler(handler)
+        diffusers_logging.set_verbosity(before)
+
+
 def test_build_model_is_seeded_and_checks_the_model_space():
     import pytest
 
