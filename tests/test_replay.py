@@ -271,7 +271,8 @@ def test_per_class_rankings_match_a_round_robin_of_sorted_classes(strategy, desc
         assert got.tolist() == _per_class_reference(scores, ids, labels, descending)
         if descending:  # inside each class: exactly the class's own top-K order
             for c in np.unique(labels):
-                mine = [i for i in got.tolist() if i in set(ids[labels == c].tolist())]
+                members = set(ids[labels == c].tolist())
+                mine = [i for i in got.tolist() if i in members]
                 assert mine == rank_samples(scores[labels == c], ids[labels == c], "high").tolist()
 
 
