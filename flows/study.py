@@ -226,12 +226,13 @@ def save_experiment(cell: Cell, head: str, targets: list[str], ran: bool) -> str
 # ----------------------------------------------------------------------------------------------------- results
 def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root: Path, head: str) -> dict:
     """The study's results folder: the stacked per-sample tables, one row per cell (cells.parquet), the verdicts per
-    cell and per seed-block pool (verdicts.parquet), their seed agreement (agreement.parquet), and report/
-    (report.md, plots/effects.png)."""
+    cell and per seed-block pool (verdicts.parquet), their seed agreement (agreement.parquet), every replay arm
+    against random replay (arms.parquet), and report/ (report.md, plots/effects.png, plots/arms.png)."""
     import pandas as pd
     from prefect import get_run_logger
 
     from hopfield_replay import study as S
+    from hopfield_replay import study_report as R
     from hopfield_replay.tables import package_versions, params_hash, read_table, write_table
 
     grid = S.grid_columns({c.id: c.values for c in cells})
@@ -245,7 +246,7 @@ def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root
                   if S.table_paths(tables_dir[c.id])[table].is_file()}
         write_table(S.stack_tables(frames, grid), out / f"{table}.parquet", table=f"study_{table}",
                     meta={**meta, "table": f"study_{table}"})
-    verdicts, agreement, inputs = [], [], {}
+    verdicts, agreement, arms, inputs = [], [], [], {}
     configs = {c.id: validate_config(c.params) for c in done}
     for c in done:
         if not all(p.is_file() for p in S.table_paths(tables_dir[c.id]).values()):
@@ -259,6 +260,7 @@ def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root
         ev = S.evidence(*inputs[c.id], configs[c.id], configs[c.id].seeds)
         verdicts += S.verdict_rows(ev, c.id, configs[c.id].seeds)
         agreement += S.agreement_rows(ev, c.id, configs[c.id].seeds)
+        arms += S.arm_rows(ev, c.id, configs[c.id].seeds)
     for group in S.seed_blocks({c.id: c.params for c in done if c.id in inputs}):
         try:
             scores, forgetting, replay, seeds = S.pool_seed_blocks({c: inputs[c] for c in group})
@@ -268,20 +270,25 @@ def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root
         ev = S.evidence(scores, forgetting, replay, configs[group[0]], seeds)
         verdicts += S.verdict_rows(ev, "pooled:" + "+".join(group), seeds)
         agreement += S.agreement_rows(ev, "pooled:" + "+".join(group), seeds)
+        arms += S.arm_rows(ev, "pooled:" + "+".join(group), seeds)
     columns = ["unit", "seeds", "claim", "verdict", "measure", "measure_verdict", "effect", "lo", "hi", "statement"]
     verdicts = pd.DataFrame(verdicts, columns=columns)
     agreement = pd.DataFrame(agreement, columns=S.AGREEMENT_COLUMNS)
+    arms = pd.DataFrame(arms, columns=S.ARM_COLUMNS)
     table = pd.DataFrame([records[c.id] for c in cells], columns=CELL_COLUMNS).set_index("cell").join(grid)
     table = table.reset_index()
     table["ran"] = [json.dumps(v) if isinstance(v, list) else None for v in table["ran"]]
     write_table(table, out / "cells.parquet", table="study_cells", meta={**meta, "table": "study_cells"})
     write_table(verdicts, out / "verdicts.parquet", table="study_verdicts", meta={**meta, "table": "study_verdicts"})
     write_table(agreement, out / "agreement.parquet", table="study_agreement", meta={**meta, "table": "study_agreement"})
+    write_table(arms, out / "arms.parquet", table="study_arms", meta={**meta, "table": "study_arms"})
     with atomic_path(root / "report", is_dir=True) as tmp:
         (tmp / "plots").mkdir(parents=True)
         if len(verdicts):
-            S.plot_effects(verdicts, tmp / "plots" / "effects.png")
-        report = S.study_markdown(name, spec.description, head, grid, table, verdicts, agreement)
+            R.plot_effects(verdicts, tmp / "plots" / "effects.png")
+        if len(arms):
+            R.plot_arms(arms, tmp / "plots" / "arms.png")
+        report = R.study_markdown(name, spec.description, head, grid, table, verdicts, agreement, arms)
         (tmp / "report.md").write_text(report)
     return {"results": str(out), "report": str(root / "report" / "report.md")}
 

@@ -18,9 +18,9 @@ import yaml
 
 from hopfield_replay.params_file import validate_config
 from hopfield_replay.errors import UserError
-from hopfield_replay.study import (AGREEMENT_COLUMNS, agreement_rows, cell_id, evidence, expand, grid_columns,
-                                   load_study, pool_seed_blocks, seed_blocks, stack_tables, study_markdown,
-                                   verdict_rows)
+from hopfield_replay.study import (AGREEMENT_COLUMNS, ARM_COLUMNS, agreement_rows, arm_rows, cell_id, evidence, expand, grid_columns,
+                                   load_study, pool_seed_blocks, seed_blocks, stack_tables, verdict_rows)
+from hopfield_replay.study_report import plot_arms, study_markdown
 from tests.conftest import ROOT, TINY_PARAMS, make_project, run, write_params
 from tests.test_protocol import finish_replay, replay_rows
 
@@ -176,7 +176,7 @@ def _run_tables(seeds, n=120, ts=(100, 500)):
     return finish_replay(scores, rows)
 
 
-def test_seed_blocks_pool_into_one_run_with_an_interval_over_all_seeds(tiny_params):
+def test_seed_blocks_pool_into_one_run_with_an_interval_over_all_seeds(tiny_params, tmp_path):
     params = {"a": {"seeds": [1], "x": 1}, "b": {"seeds": [2], "x": 1}, "c": {"seeds": [3], "x": 1},
               "d": {"seeds": [1], "x": 2}}
     assert seed_blocks(params) == [["a", "b", "c"]]
@@ -214,6 +214,21 @@ def test_seed_blocks_pool_into_one_run_with_an_interval_over_all_seeds(tiny_para
         want.append(f"{a['rho']:+.3f} [{a['lo']:+.3f}, {a['hi']:+.3f}] ({ceiling})")
     assert "| a | [1] | one seed: none | one seed: none |" in section
     assert f"| a, b, c | [1, 2, 3] | {want[0]} | {want[1]} |" in section
+    # the arm table: the protocol's own arm effects over all samples, every reference, one row each
+    arms = pd.DataFrame(arm_rows(ev, "pooled:a+b+c", seeds), columns=ARM_COLUMNS)
+    for m in ("absolute", "relative"):
+        want = ev.arms[m][ev.arms[m]["subset"] == "overall"]
+        got = arms[arms["measure"] == m]
+        assert len(got) == len(want) == 3  # energy_high vs random and vs none, random vs none
+        assert got[["strategy", "reference"]].values.tolist() == want[["strategy", "reference"]].values.tolist()
+        assert np.allclose(got[["effect", "lo", "hi"]].to_numpy(), want[["effect", "lo", "hi"]].to_numpy())
+    vs_random = arms[(arms.reference == "random") & (arms.measure == "absolute")].iloc[0]
+    report = study_markdown("s", None, "0" * 10, pd.DataFrame(index=["a"]),
+                            pd.DataFrame({"cell": ["a"], "status": ["completed"]}), pd.DataFrame(pooled), agreement,
+                            arms)
+    assert (f"| a, b, c | energy_high | 12 | random | {vs_random['effect']:+.3f} [{vs_random['lo']:+.3f}, "
+            f"{vs_random['hi']:+.3f}] |") in report
+    assert plot_arms(arms, tmp_path / "arms.png").stat().st_size > 5000
     other = _run_tables([4])
     with pytest.raises(ValueError, match="different scores tables"):
         pool_seed_blocks({"a": runs["a"], "x": (other[0] * 2, *other[1:])})
@@ -246,7 +261,7 @@ def snapshot(root, project, proc):
     return {"proc": proc, "cells": cells, "logs": logs, "exps": exp_show(project),
             "report": (root / "report" / "report.md").read_text(),
             "tables": {t: pd.read_parquet(root / "results" / f"{t}.parquet")
-                       for t in ("scores", "forgetting", "replay_forgetting", "verdicts", "agreement")}}
+                       for t in ("scores", "forgetting", "replay_forgetting", "verdicts", "agreement", "arms")}}
 
 
 @pytest.fixture(scope="module")
@@ -328,6 +343,24 @@ def test_the_study_table_and_report(study_runs):
     missing = report.split("## Missing cells")[1]
     assert bad in missing and str(study_runs["root"] / "logs" / f"{bad}.log") in missing and good not in missing
     assert (study_runs["root"] / "report" / "plots" / "effects.png").stat().st_size > 5000
+    # every arm against its references: the report stage's own arm table of each cell, over all samples
+    arms = tables["arms"]
+    for cell in (good, short):
+        own = json.loads((study_runs["root"] / cell / "data" / "metrics" / "details.json").read_text())
+        for m in ("absolute", "relative"):
+            want = [r for r in own[m]["arms"] if r["subset"] == "overall"]
+            got = arms[(arms.unit == cell) & (arms.measure == m)]
+            assert len(got) == len(want) == 3  # energy_high vs random and vs none, random vs none
+            for r in want:
+                row = got[(got.strategy == r["strategy"]) & (got.reference == r["reference"])].iloc[0]
+                assert row["effect"] == pytest.approx(r["effect"], rel=1e-5) and row["n_seeds"] == r["n_seeds"] == 1
+    assert report.index("## Seed agreement") < report.index("## Replay arms against random replay") < report.index(
+        "## Verdicts per grid value")
+    row = arms[(arms.unit == good) & (arms.strategy == "energy_high") & (arms.reference == "random")].set_index(
+        "measure")
+    assert (f"| {good} | {json.dumps(GOOD)} | energy_high | 10 | random | {row.at['absolute', 'effect']:+.3f} [no "
+            f"interval] | {row.at['relative', 'effect']:+.3f} [no interval] | 1/1 / 1/1 |") in report
+    assert (study_runs["root"] / "report" / "plots" / "arms.png").stat().st_size > 5000
 
 
 @pytest.mark.slow
@@ -348,3 +381,88 @@ def test_a_rerun_recomputes_nothing_and_respects_the_concurrency_limit(study_run
     assert min(f1, f2) <= max(s1, s2)  # --max-parallel 1: one cell at a time
     assert second["exps"] == study_runs["first"]["exps"]
     assert second["tables"]["verdicts"].equals(study_runs["first"]["tables"]["verdicts"])
+
+
+# ------------------------------------------------------------------------------------------------ publishing
+def publish(*args):
+    cmd = [sys.executable, "-m", "tools.publish_study", *map(str, args)]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_a_study_with_a_failed_cell_is_not_published(study_runs, tmp_path):
+    root, out = study_runs["root"], tmp_path / "published"
+    bad = cell_of(study_runs["first"]["cells"], BAD)
+    proc = publish(study_runs["project"].parent / "studies" / "e2e.yaml", "--results", root / "results", "--out", out)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"cell {bad} did not complete (failed); run the study again" in proc.stderr and not out.exists()
+
+
+@pytest.mark.slow
+def test_a_published_study_is_its_tables_without_machine_paths_and_a_report_made_from_them(study_runs, tmp_path):
+    from tools.publish_study import PRIVATE, published_report
+    from tools.render_results import render_study
+
+    root, out = study_runs["root"], tmp_path / "published"
+    results = tmp_path / "results"
+    shutil.copytree(root / "results", results)
+    cells = pd.read_parquet(results / "cells.parquet")
+    done = cells[cells["status"] == "completed"]
+    from hopfield_replay.tables import read_meta, write_table
+
+    write_table(done, results / "cells.parquet", table="study_cells", meta=read_meta(root / "results" / "cells.parquet"))
+    proc = publish(study_runs["project"].parent / "studies" / "e2e.yaml", "--results", results, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["agreement.parquet", "arms.parquet", "cells.parquet", "plots",
+                                                    "report.md", "verdicts.parquet"]
+    published = pd.read_parquet(out / "cells.parquet")
+    assert not set(PRIVATE) & set(published.columns) and published["cell"].tolist() == done["cell"].tolist()
+    assert published["prepare.task_b"].tolist() == done["prepare.task_b"].tolist()
+    for table in ("verdicts", "arms", "agreement"):
+        pd.testing.assert_frame_equal(pd.read_parquet(out / f"{table}.parquet"), study_runs["first"]["tables"][table])
+    report = (out / "report.md").read_text()
+    assert report == published_report(out)
+    assert "2 cells" in report and "None: every cell completed." in report and "## Replay arms against random" in report
+    for path in out.rglob("*"):  # nothing names this machine's folders
+        if path.is_file() and path.suffix in (".md", ".parquet"):
+            text = path.read_bytes()
+            assert str(tmp_path).encode() not in text and str(study_runs["project"]).encode() not in text, path
+    assert (out / "plots" / "arms.png").stat().st_size > 5000 and (out / "plots" / "effects.png").is_file()
+    readme = render_study(out)
+    verdicts = study_runs["first"]["tables"]["verdicts"]
+    for cell in done["cell"]:
+        claim2 = verdicts[(verdicts.unit == cell) & (verdicts.claim == "claim2")]["verdict"].iloc[0]
+        value = done.set_index("cell").at[cell, "prepare.task_b"]
+        assert f"| {value} | **{claim2}** |" in readme
+
+
+def test_publishing_without_results_or_with_a_damaged_table_is_one_line_and_writes_nothing(tmp_path):
+    from hopfield_replay.tables import write_table
+
+    study = write_study(tmp_path / "studies" / "s.yaml", grid={"seeds": [[1], [2]]})
+    out = tmp_path / "published"
+    proc = publish(study, "--results", tmp_path / "none", "--out", out)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "run the study first" in proc.stderr
+    results = tmp_path / "results"
+    write_table(pd.DataFrame({"cell": ["a", "b"], "status": ["completed"] * 2, "seeds": ["[1]", "[2]"],
+                              "workspace": ["/x/a", "/x/b"]}), results / "cells.parquet", table="study_cells",
+                meta={"study": "s", "commit": "0" * 40})
+    (results / "verdicts.parquet").write_bytes(b"not parquet")
+    proc = publish(study, "--results", results, "--out", out)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"{results / 'verdicts.parquet'}: not a readable Parquet table" in proc.stderr and not out.exists()
+    assert not list(tmp_path.glob(".published*"))  # no half-written folder beside it
+
+
+def test_the_committed_published_studies_are_their_tables():
+    from tools.publish_study import PRIVATE, PUBLISHED, published_report
+    from tools.render_results import STUDIES_BEGIN, STUDIES_END, render_studies, splice
+
+    folders = sorted(p.parent for p in (ROOT / PUBLISHED).glob("*/cells.parquet"))
+    for folder in folders:
+        assert (folder / "report.md").read_text() == published_report(folder), f"{folder}: rerun tools.publish_study"
+        assert not set(PRIVATE) & set(pd.read_parquet(folder / "cells.parquet").columns)
+        assert (ROOT / "studies" / f"{folder.name}.yaml").is_file()  # its study file is committed beside it
+    readme = (ROOT / "README.md").read_text()
+    section = render_studies(ROOT / PUBLISHED)
+    assert splice(readme, section, STUDIES_BEGIN, STUDIES_END) == readme, "run python -m tools.render_results"

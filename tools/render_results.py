@@ -1,9 +1,10 @@
-"""Regenerate the README's results section from the run's metrics (never typed by hand).
+"""Regenerate the README's results sections from the run's metrics and the published studies (never typed by hand).
 
-    python -m tools.render_results            # rewrite the section between the markers in README.md
-    python -m tools.render_results --check    # exit 1 if README.md does not match data/metrics/*.json
+    python -m tools.render_results            # rewrite the sections between the markers in README.md
+    python -m tools.render_results --check    # exit 1 if README.md does not match them
 
-Reads data/metrics/details.json (written by the report stage: the verdicts with their intervals, every table).
+Reads data/metrics/details.json (written by the report stage: the verdicts with their intervals, every table) and
+every published study under studies/results/ (tools/publish_study.py: its verdicts and arms tables).
 """
 
 from __future__ import annotations
@@ -13,13 +14,18 @@ import json
 import sys
 from pathlib import Path
 
-from hopfield_replay.verdicts import CHECKS, design_meaning
+from hopfield_replay.study_report import LABELS
+from hopfield_replay.tables import read_meta, read_table
+from hopfield_replay.verdicts import CHECKS, CLASS_CONTROL, design_meaning
+from tools.publish_study import PUBLISHED
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+STUDIES_BEGIN, STUDIES_END = "<!-- studies:begin -->", "<!-- studies:end -->"
 MEASURES = ("absolute", "relative")
 
 
 def _ci(est, lo, hi, digits: int = 3) -> str:
+    est, lo, hi = (None if v is None or v != v else v for v in (est, lo, hi))  # NaN (a Parquet table's null): None
     if est is None:
         return "n/a"
     if lo is None or hi is None:
@@ -94,26 +100,70 @@ def render(details: dict) -> str:
     return "\n".join(lines)
 
 
-def splice(readme: str, section: str) -> str:
-    if readme.count(BEGIN) != 1 or readme.count(END) != 1:
-        raise SystemExit(f"README.md must hold exactly one {BEGIN} and one {END}")
-    head, rest = readme.split(BEGIN)
-    _, tail = rest.split(END)
-    return f"{head}{BEGIN}\n{section}\n{END}{tail}"
+def render_study(folder: Path) -> str:
+    """One published study (tools/publish_study.py) in the README: per cell, claim 2's verdict and every arm's
+    effect on relative forgetting against its reference, then how often each claim and check held."""
+    meta, cells = read_meta(folder / "cells.parquet"), read_table(folder / "cells.parquet").set_index("cell")
+    verdicts, arms = read_table(folder / "verdicts.parquet"), read_table(folder / "arms.parquet")
+    keys, seeds = meta["grid_keys"], sorted(set(verdicts["seeds"]))
+    rel = arms[arms["measure"] == "relative"]
+    columns = [(s, "random") for s in dict.fromkeys(rel["strategy"]) if s != "random"]
+    columns += [(s, "class_balanced") for s in dict.fromkeys(rel.loc[rel["reference"] == "class_balanced", "strategy"])]
+    columns += [("random", "none")]
+    lines = [f"**{meta['study']}**: {meta.get('description') or ''} (`studies/{meta['study']}.yaml`, every cell from "
+             f"commit {meta['commit'][:10]}, seeds {', '.join(seeds)}; report and figures: "
+             f"`{PUBLISHED.as_posix()}/{folder.name}/report.md`). Relative forgetting, the reference minus the arm (> 0: the arm "
+             "forgets less), 95% t interval over seeds; claim 2's verdict combines both measures.", "",
+             "| " + " | ".join([*keys, "claim 2", *(f"{s} vs {r}" if r != "none" else "random vs no replay"
+                                                   for s, r in columns)]) + " |",
+             "|" + "---|" * (len(keys) + 1 + len(columns))]
+    for unit, rows in verdicts.groupby("unit", sort=False):
+        claim2 = rows.loc[rows["claim"] == "claim2", "verdict"].iloc[0]
+        label = [str(cells.at[unit, k]) if unit in cells.index else "pooled" for k in keys]
+        effects = []
+        for strategy, reference in columns:
+            r = rel[(rel["unit"] == unit) & (rel["strategy"] == strategy) & (rel["reference"] == reference)]
+            effects += [_ci(*r[["effect", "lo", "hi"]].iloc[0]) if len(r) else "-"]
+        lines.append("| " + " | ".join([*label, f"**{claim2}**", *effects]) + " |")
+    combined = verdicts.drop_duplicates(["unit", "claim"])
+    counts = []
+    for claim in ("claim2", *CHECKS):
+        got = combined.loc[combined["claim"] == claim, "verdict"].value_counts()
+        counts.append(f"{LABELS[claim]}: " + ", ".join(f"{v} in {n}" for v, n in got.items()))
+    lines += ["", f"Verdicts over the {combined['unit'].nunique()} cells: " + "; ".join(counts) + ". "
+              f"(Class control: {CLASS_CONTROL[0]} against {CLASS_CONTROL[1]}.)"]
+    return "\n".join(lines)
+
+
+def render_studies(root: Path) -> str:
+    folders = sorted(p.parent for p in root.glob("*/cells.parquet"))
+    if not folders:
+        return f"No study is published yet (`python -m tools.publish_study <study file>` writes {PUBLISHED.as_posix()}/)."
+    return "\n\n".join(render_study(f) for f in folders)
+
+
+def splice(readme: str, section: str, begin: str = BEGIN, end: str = END) -> str:
+    if readme.count(begin) != 1 or readme.count(end) != 1:
+        raise SystemExit(f"README.md must hold exactly one {begin} and one {end}")
+    head, rest = readme.split(begin)
+    _, tail = rest.split(end)
+    return f"{head}{begin}\n{section}\n{end}{tail}"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--readme", type=Path, default=Path("README.md"))
     ap.add_argument("--metrics-dir", type=Path, default=Path("data/metrics"))
+    ap.add_argument("--studies-dir", type=Path, default=PUBLISHED)
     ap.add_argument("--check", action="store_true", help="exit 1 if the README is not what the metrics give")
     args = ap.parse_args(argv)
     details = json.loads((args.metrics_dir / "details.json").read_text())
     text = splice(args.readme.read_text(), render(details))
+    text = splice(text, render_studies(args.studies_dir), STUDIES_BEGIN, STUDIES_END)
     if args.check:
         if text != args.readme.read_text():
-            print(f"{args.readme}: the results section differs from {args.metrics_dir}; run python -m tools.render_results",
-                  file=sys.stderr)
+            print(f"{args.readme}: the results sections differ from {args.metrics_dir} or {args.studies_dir}; run "
+                  "python -m tools.render_results", file=sys.stderr)
             return 1
         return 0
     args.readme.write_text(text)

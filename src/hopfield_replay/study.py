@@ -259,136 +259,21 @@ def agreement_rows(ev: Evidence, unit: str, seeds: list[int]) -> list[dict]:
              "n_seeds": int(ev.agreement[m]["n_seeds"])} for m in MEASURES]
 
 
-# --------------------------------------------------------------------------------------------------- the report
-VERDICT_COLOUR = {"holds": "tab:green", "fails": "tab:red", "inconclusive": "tab:gray"}
-LABELS = {"claim1": "claim 1", "claim2": "claim 2", "replay_helps": "random beats no replay",
-          "ceiling_wins": "oracle beats random", "class_control": "top-energy beats random inside classes"}
-EFFECT_LABEL = {"claim1": "energy's Spearman minus the best baseline's", "claim2": "forgetting: random minus top-energy"}
+ARM_COLUMNS = ["unit", "seeds", "measure", "strategy", "budget", "reference", "effect", "lo", "hi", "n_seeds",
+               "n_agree", "forgetting", "reference_forgetting"]
 
 
-def _ci(effect: float, lo: float, hi: float) -> str:
-    if pd.isna(effect):
-        return "not run"
-    return f"{effect:+.3f} [{lo:+.3f}, {hi:+.3f}]" if pd.notna(lo) and pd.notna(hi) else f"{effect:+.3f} [no interval]"
-
-
-def _unit_table(verdicts: pd.DataFrame, grid: pd.DataFrame | None, claims: tuple = CLAIMS) -> list[str]:
-    keys = list(grid.columns) if grid is not None else []
-    head = ["cell" if grid is not None else "cells", "seeds", *keys]
-    for claim in claims:
-        head += [LABELS[claim], f"{LABELS[claim]} absolute", f"{LABELS[claim]} relative"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for unit, rows in verdicts.groupby("unit", sort=False):
-        cells = [unit.removeprefix("pooled:").replace("+", ", "), rows["seeds"].iloc[0],
-                 *(str(grid.at[unit, k]) for k in keys)]
-        for claim in claims:
-            r = rows[rows["claim"] == claim].set_index("measure")
-            cells += [f"**{r['verdict'].iloc[0]}**", *(_ci(r.at[m, "effect"], r.at[m, "lo"], r.at[m, "hi"])
-                                                      for m in MEASURES)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def _agreement_table(agreement: pd.DataFrame) -> list[str]:
-    lines = ["| cells | seeds | absolute: Spearman (ceiling) | relative: Spearman (ceiling) |", "|---|---|---|---|"]
-    for unit, rows in agreement.groupby("unit", sort=False):
-        r = rows.set_index("measure")
-        cells = [unit.removeprefix("pooled:").replace("+", ", "), rows["seeds"].iloc[0]]
-        for m in MEASURES:
-            if r.at[m, "n_seeds"] < 2:
-                cells.append("one seed: none")
-            else:
-                ceiling = f"{r.at[m, 'ceiling']:.2f}" if pd.notna(r.at[m, "ceiling"]) else "none"
-                cells.append(f"{_ci(r.at[m, 'rho'], r.at[m, 'lo'], r.at[m, 'hi'])} ({ceiling})")
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def study_markdown(name: str, description: str | None, head: str, grid: pd.DataFrame, cells: pd.DataFrame,
-                   verdicts: pd.DataFrame, agreement: pd.DataFrame | None = None) -> str:
-    """The study report: verdicts and effects (with their intervals) per cell, pooled over seed blocks and per grid
-    value, the design checks, the seed agreement (agreement_rows), then the missing cells with their logs.
-    cells: one row per cell (status, attempts, log, exp)."""
-    done = cells[cells["status"] == "completed"]
-    missing = cells[cells["status"] != "completed"]
-    per_cell = verdicts[~verdicts["unit"].str.startswith("pooled:")] if len(verdicts) else verdicts
-    pooled = verdicts[verdicts["unit"].str.startswith("pooled:")] if len(verdicts) else verdicts
-    lines = [f"# Study {name}", ""] + ([description, ""] if description else []) + [
-        f"{len(cells)} cells ({' x '.join(f'{grid[k].nunique()} values of {k}' for k in grid.columns) or 'no grid'}): "
-        f"{len(done)} completed, {len(missing)} missing. Every cell started from commit {head[:10]}; each completed "
-        "cell is a DVC experiment (`dvc exp show` in the repository lists it). Effects are claim 1's Spearman minus "
-        "the best baseline's and claim 2's forgetting under random minus top-energy replay, with their intervals "
-        "(stages/report.py's protocol and settings; docs/pipeline.md).", "", "## Verdicts per cell", ""]
-    lines += _unit_table(per_cell, grid) if len(per_cell) else ["No cell produced the tables the protocol needs."]
-    if len(pooled):
-        lines += ["", "## Pooled over seed blocks", "", "Cells that differ only in `seeds`, as one run over all their "
-                  "seeds (their scores tables are identical):", ""] + _unit_table(pooled, None)
-    if len(verdicts):
-        lines += ["", "## Design checks", "", "Can each run show a replay effect at all: random replay against no "
-                  "replay, and the oracle ceiling against random replay (claim 2's positive control; effect: the "
-                  "budget with the lowest lower bound). Where the ceiling does not beat random, that run's claim 2 "
-                  "has no demonstrated power (docs/pipeline.md). Then claim 2 with the class shares held equal: "
-                  "energy_high_per_class against class_balanced (*not run* without those arms).", ""]
-        lines += _unit_table(per_cell, grid, CHECKS) if len(per_cell) else []
-        lines += ["", *_unit_table(pooled, None, CHECKS)] if len(pooled) else []
-    if agreement is not None and len(agreement):
-        lines += ["", "## Seed agreement", "", "How far the task-B seeds of each run agree on which samples are "
-                  "forgotten: the Spearman between two seeds' per-sample no-replay forgetting, averaged over pairs of "
-                  "seeds, with a bootstrap interval over samples. Its square root (in brackets) is about what the best "
-                  "possible predictor would reach with independent seed noise: the noise ceiling of that run's "
-                  "predictor table. The seeds share their task-A model, so this is reproducibility given it.", ""]
-        lines += _agreement_table(agreement)
-    lines += ["", "## Verdicts per grid value", ""]
-    if len(per_cell) and len(grid.columns):
-        lines += ["| grid key | value | cells | claim 1 holds / fails / inconclusive | claim 2 holds / fails / "
-                  "inconclusive |", "|---|---|---|---|---|"]
-        combined = per_cell.drop_duplicates(["unit", "claim"]).pivot(index="unit", columns="claim", values="verdict")
-        for key in grid.columns:
-            for value, units in grid.loc[[u for u in grid.index if u in combined.index]].groupby(
-                    key, sort=False).groups.items():
-                counts = [" / ".join(str((combined.loc[units, c] == v).sum()) for v in VERDICT_COLOUR)
-                          for c in CLAIMS]
-                lines.append(f"| {key} | {value} | {len(units)} | {counts[0]} | {counts[1]} |")
-    else:
-        lines.append("No grid, or no completed cell.")
-    lines += ["", "## Missing cells", ""]
-    if len(missing):
-        lines += ["| cell | params | status | attempts | error | log |", "|---|---|---|---|---|---|"]
-        for r in missing.itertuples():
-            params = ", ".join(f"{k}={grid.at[r.cell, k]}" for k in grid.columns)
-            error = str(r.error).replace("|", "\\|")
-            lines.append(f"| {r.cell} | {params} | {r.status} | {r.attempts} | {error} | `{r.log}` |")
-    else:
-        lines.append("None: every cell completed.")
-    lines += ["", "## Figure", "", "![effects per cell](plots/effects.png)", ""]
-    return "\n".join(lines)
-
-
-def plot_effects(verdicts: pd.DataFrame, path: str | Path) -> Path:
-    """Forest plot: per claim (rows) and forgetting measure (columns), every cell's and pooled run's effect with
-    its interval, coloured by that measure's verdict."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    units = list(dict.fromkeys(verdicts["unit"]))
-    fig, axes = plt.subplots(len(CLAIMS), len(MEASURES), figsize=(10, 1.2 + 0.32 * len(units) * len(CLAIMS)),
-                             squeeze=False)
-    for i, claim in enumerate(CLAIMS):
-        for j, m in enumerate(MEASURES):
-            ax = axes[i, j]
-            rows = verdicts[(verdicts["claim"] == claim) & (verdicts["measure"] == m)].set_index("unit").loc[units]
-            y = range(len(units))
-            colours = [VERDICT_COLOUR[v] for v in rows["measure_verdict"]]
-            err = [(rows["effect"] - rows["lo"]).fillna(0), (rows["hi"] - rows["effect"]).fillna(0)]
-            ax.errorbar(rows["effect"], y, xerr=err, fmt="none", ecolor=colours)
-            ax.scatter(rows["effect"], y, c=colours, s=20, zorder=3)
-            ax.axvline(0, color="k", lw=0.6)
-            ax.set_yticks(list(y), [u if len(u) < 40 else u[:37] + "..." for u in units], fontsize=7)
-            ax.set_title(f"{claim}, {m} forgetting", fontsize=9)
-            ax.set_xlabel(EFFECT_LABEL[claim], fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+def arm_rows(ev: Evidence, unit: str, seeds: list[int]) -> list[dict]:
+    """One row per forgetting measure, replay arm, budget and reference (random, none, class_balanced): the arm
+    table of the report (evidence.arm_effects) over all samples, effect = forgetting(reference) - forgetting(arm)
+    with its t interval over seeds (> 0: the arm forgets less)."""
+    rows = []
+    for m in MEASURES:
+        table = ev.arms[m]
+        for r in table[table["subset"] == "overall"].itertuples():
+            rows.append({"unit": unit, "seeds": json.dumps(seeds), "measure": m, "strategy": r.strategy,
+                         "budget": int(r.budget), "reference": r.reference,
+                         **{k: float(getattr(r, k)) for k in ("effect", "lo", "hi")},
+                         "n_seeds": int(r.n_seeds), "n_agree": int(r.n_agree), "forgetting": float(r.forgetting),
+                         "reference_forgetting": float(r.reference_forgetting)})
+    return rows
