@@ -121,6 +121,23 @@ def test_a_cell_stops_what_an_interrupted_study_left_in_its_worktree(tmp_path):
         subprocess.run(["kill", "-9", str(pid)], capture_output=True)
 
 
+def _worker_env():
+    import os
+
+    from flows.study import cell_env
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), cell_env().get("MALLOC_TRIM_THRESHOLD_")
+
+
+def test_a_cell_does_not_inherit_the_memory_trimming_a_dask_nanny_sets_for_its_worker():
+    from dask.distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        worker, cell = client.submit(_worker_env).result(timeout=60)
+    assert worker is not None and cell is None  # the nanny set it for its worker; the cell's dvc repro lacks it
+
+
 def test_the_shipped_studies_expand_into_valid_cells(capsys, monkeypatch):
     from flows.study import main
 
