@@ -67,3 +67,53 @@ def test_render_states_the_verdicts_and_the_numbers_it_is_given():
     assert "| energy_high | 250 | -0.030 [-0.020, +0.040] | +0.010 [-0.020, +0.040] | 1/2 |" in text
     readme = f"intro\n{BEGIN}\nold\n{END}\noutro\n"
     assert splice(readme, "new") == f"intro\n{BEGIN}\nnew\n{END}\noutro\n"
+
+
+def test_an_interval_reads_the_same_everywhere():
+    from hopfield_replay.report import format_interval
+
+    assert format_interval(0.1234, -0.01, 0.25) == "+0.123 [-0.010, +0.250]"
+    assert format_interval(1.5, 1.0, 2.0, digits=1) == "+1.5 [+1.0, +2.0]"
+    assert format_interval(0.2, float("nan"), float("nan")) == format_interval(0.2, None, None) == "+0.200 [no interval]"
+    assert format_interval(None, None, None) == format_interval(float("nan"), 0.0, 1.0) == "n/a"
+    assert format_interval(float("nan"), 0.0, 1.0, missing="not run") == "not run"
+
+
+def test_a_published_study_gives_a_row_per_cell_and_budget_with_the_claim_arm_first(tmp_path):
+    """A hand-built published study: cell x has two budgets, cell y one and no oracle; claim 2's arm leads, the
+    class control and random against no replay close the row, a missing arm is '-'."""
+    import pandas as pd
+
+    from hopfield_replay.tables import write_table
+    from tools.render_results import render_study
+
+    meta = {"study": "s", "commit": "a" * 40, "grid_keys": ["prepare.task_b"], "description": "two cells"}
+    write_table(pd.DataFrame({"cell": ["x", "y"], "prepare.task_b": ["[1]", "[2]"]}), tmp_path / "cells.parquet",
+                table="study_cells", meta=meta)
+    verdicts = pd.DataFrame([{"unit": u, "seeds": "[1, 2]", "claim": c, "measure": m, "verdict": v}
+                             for u, v in (("x", "holds"), ("y", "fails")) for c in ("claim2", "replay_helps")
+                             for m in ("absolute", "relative")])
+    write_table(verdicts, tmp_path / "verdicts.parquet", table="study_verdicts", meta=meta)
+    rows = []
+    for unit, budget, arms in (("x", 10, ("oracle", "energy_high", "class_balanced", "energy_high_per_class")),
+                               ("x", 20, ("oracle", "energy_high")), ("y", 10, ("energy_high",))):
+        for i, arm in enumerate(arms):
+            refs = ["random", "none"] + (["class_balanced"] if arm.endswith("_per_class") else [])
+            rows += [{"unit": unit, "budget": budget, "strategy": arm, "reference": r, "measure": m,
+                      "effect": budget / 100 + i / 10 + (m == "absolute"), "lo": 0.0, "hi": 1.0}
+                     for r in refs for m in ("absolute", "relative")]
+        rows += [{"unit": unit, "budget": budget, "strategy": "random", "reference": "none", "measure": m,
+                  "effect": -budget / 100, "lo": float("nan"), "hi": float("nan")} for m in ("absolute", "relative")]
+    write_table(pd.DataFrame(rows), tmp_path / "arms.parquet", table="study_arms", meta=meta)
+    text = render_study(tmp_path)
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert table[0] == ("| prepare.task_b | budget | claim 2 | energy_high vs random | oracle vs random | "
+                        "class_balanced vs random | energy_high_per_class vs random | "
+                        "energy_high_per_class vs class_balanced | random vs no replay |")
+    assert table[2] == ("| [1] | 10 | **holds** | +0.200 [+0.000, +1.000] | +0.100 [+0.000, +1.000] | "
+                        "+0.300 [+0.000, +1.000] | +0.400 [+0.000, +1.000] | +0.400 [+0.000, +1.000] | "
+                        "-0.100 [no interval] |")
+    assert table[3] == ("| [1] | 20 | **holds** | +0.300 [+0.000, +1.000] | +0.200 [+0.000, +1.000] | - | - | - | "
+                        "-0.200 [no interval] |")
+    assert table[4] == "| [2] | 10 | **fails** | +0.100 [+0.000, +1.000] | - | - | - | - | -0.100 [no interval] |"
+    assert len(table) == 5 and "Verdicts over the 2 cells: claim 2: holds in 1, fails in 1" in text

@@ -20,7 +20,7 @@ from hopfield_replay.params_file import validate_config
 from hopfield_replay.errors import UserError
 from hopfield_replay.study import (AGREEMENT_COLUMNS, ARM_COLUMNS, agreement_rows, arm_rows, cell_id, evidence, expand, grid_columns,
                                    load_study, pool_seed_blocks, seed_blocks, stack_tables, verdict_rows)
-from hopfield_replay.study_report import plot_arms, study_markdown
+from hopfield_replay.study_report import arm_plot_rows, plot_arms, study_markdown
 from tests.conftest import ROOT, TINY_PARAMS, make_project, run, write_params
 from tests.test_protocol import finish_replay, replay_rows
 
@@ -483,3 +483,19 @@ def test_the_committed_published_studies_are_their_tables():
     readme = (ROOT / "README.md").read_text()
     section = render_studies(ROOT / PUBLISHED)
     assert splice(readme, section, STUDIES_BEGIN, STUDIES_END) == readme, "run python -m tools.render_results"
+
+
+def test_the_arms_figure_shows_every_arm_against_random_and_the_class_control(tmp_path):
+    arms = pd.DataFrame([{"unit": "a", "budget": 5, "measure": m, "strategy": s, "reference": r, "effect": e,
+                          "lo": e - 0.1, "hi": e + 0.1}
+                         for m in ("absolute", "relative")
+                         for s, r, e in (("energy_high", "random", -0.2), ("energy_high", "none", 0.3),
+                                         ("random", "none", 0.5), ("energy_high_per_class", "random", -0.1),
+                                         ("energy_high_per_class", "class_balanced", -0.25),
+                                         ("class_balanced", "random", 0.05))])
+    rows = arm_plot_rows(arms)
+    assert sorted(set(rows["strategy"])) == ["class_balanced", "energy_high", "energy_high_per_class",
+                                             "energy_high_per_class vs class_balanced"]
+    control = rows[rows["strategy"] == "energy_high_per_class vs class_balanced"]
+    assert len(control) == 2 and (control["effect"] == -0.25).all()  # both measures, the control's own effect
+    assert plot_arms(arms, tmp_path / "arms.png").stat().st_size > 5000

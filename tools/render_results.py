@@ -14,23 +14,15 @@ import json
 import sys
 from pathlib import Path
 
+from hopfield_replay.report import format_interval
 from hopfield_replay.study_report import LABELS
 from hopfield_replay.tables import read_meta, read_table
-from hopfield_replay.verdicts import CHECKS, CLASS_CONTROL, design_meaning
+from hopfield_replay.verdicts import CHECKS, CLAIM2_ARM, CLASS_CONTROL, design_meaning
 from tools.publish_study import PUBLISHED
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 STUDIES_BEGIN, STUDIES_END = "<!-- studies:begin -->", "<!-- studies:end -->"
 MEASURES = ("absolute", "relative")
-
-
-def _ci(est, lo, hi, digits: int = 3) -> str:
-    est, lo, hi = (None if v is None or v != v else v for v in (est, lo, hi))  # NaN (a Parquet table's null): None
-    if est is None:
-        return "n/a"
-    if lo is None or hi is None:
-        return f"{est:+.{digits}f} (no interval)"
-    return f"{est:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
 def render(details: dict) -> str:
@@ -47,9 +39,9 @@ def render(details: dict) -> str:
         cells = []
         for m in MEASURES:
             c = v[m]
-            cell = f"{c['verdict']}: {_ci(c['effect'], c['lo'], c['hi'])}"
+            cell = f"{c['verdict']}: {format_interval(c['effect'], c['lo'], c['hi'])}"
             if key == "claim1":
-                cell += f"; partial {_ci(c['partial'], c['partial_lo'], c['partial_hi'])}"
+                cell += f"; partial {format_interval(c['partial'], c['partial_lo'], c['partial_hi'])}"
             cells.append(cell)
         lines.append(f"| {names[key]} | **{v['verdict']}** | {cells[0]} | {cells[1]} |")
     rows = {r["predictor"]: r for r in details["relative"]["predictors"]}
@@ -67,8 +59,8 @@ def render(details: dict) -> str:
     lines += ["Can this run show a replay effect at all? Does claim 2 survive equal class shares? (overall, per "
               "budget)", "", "| check | verdict | absolute forgetting | relative forgetting |", "|---|---|---|---|"]
     for check in (checks[key] for key in CHECKS if key in checks):
-        cells = ["; ".join(f"{b}: {_ci(d['effect'], d['lo'], d['hi'])}" for b, d in check[m]["per_budget"].items())
-                 or "not run" for m in MEASURES]
+        cells = ["; ".join(f"{b}: {format_interval(d['effect'], d['lo'], d['hi'])}"
+                           for b, d in check[m]["per_budget"].items()) or "not run" for m in MEASURES]
         lines.append(f"| {check['statement']} | **{check['verdict']}** | {cells[0]} | {cells[1]} |")
     lines += ["", design_meaning(checks, details["verdicts"]["claim2"]["verdict"]), ""]
     lines += [f"Predictors of relative forgetting (Spearman, and partial Spearman given {covariates}):", "",
@@ -77,13 +69,14 @@ def render(details: dict) -> str:
         r = rows[p]
         tag = (" (best baseline" + (", reversed)" if best_name.startswith("-") else ")")) if p == best else ""
         tag += " (uses task-B data)" if r.get("kind") == "energy_task_b" else ""
-        lines.append(f"| {p}{tag} | "
-                     f"{_ci(r['spearman'], r['spearman_lo'], r['spearman_hi'])} | "
-                     f"{_ci(r['partial'], r['partial_lo'], r['partial_hi'])} | {r['precision_at_10']:.2f} |")
+        spearman = format_interval(r["spearman"], r["spearman_lo"], r["spearman_hi"])
+        partial = format_interval(r["partial"], r["partial_lo"], r["partial_hi"])
+        lines.append(f"| {p}{tag} | {spearman} | {partial} | {r['precision_at_10']:.2f} |")
     agreement = details["relative"]["seed_agreement"]
     if agreement["rho"] is not None and agreement["n_seeds"] >= 2:
+        rho = format_interval(agreement["rho"], agreement["lo"], agreement["hi"])
         lines += ["", f"Seed agreement, the noise ceiling of this table: two seeds' relative forgetting of the same "
-                  f"samples correlates at Spearman {_ci(agreement['rho'], agreement['lo'], agreement['hi'])}"
+                  f"samples correlates at Spearman {rho}"
                   + (f", so the best possible predictor would reach about {agreement['ceiling']:.2f} (with independent "
                      "seed noise)." if agreement["ceiling"] is not None
                      else ": the seeds do not agree on which samples are forgotten.")]
@@ -94,43 +87,47 @@ def render(details: dict) -> str:
     for r in (a for a in arms if a["subset"] == "overall" and a["reference"] == "none"):
         vs_random = next((a for a in arms if a["subset"] == "overall" and a["reference"] == "random"
                           and a["strategy"] == r["strategy"] and a["budget"] == r["budget"]), None)
-        rand = _ci(vs_random["effect"], vs_random["lo"], vs_random["hi"]) if vs_random else "-"
-        lines.append(f"| {r['strategy']} | {r['budget']} | {rand} | {_ci(r['effect'], r['lo'], r['hi'])} | "
+        rand = format_interval(vs_random["effect"], vs_random["lo"], vs_random["hi"]) if vs_random else "-"
+        lines.append(f"| {r['strategy']} | {r['budget']} | {rand} | {format_interval(r['effect'], r['lo'], r['hi'])} | "
                      f"{r['n_agree']}/{r['n_seeds']} |")
     return "\n".join(lines)
 
 
 def render_study(folder: Path) -> str:
-    """One published study (tools/publish_study.py) in the README: per cell, claim 2's verdict and every arm's
-    effect on relative forgetting against its reference, then how often each claim and check held."""
+    """One published study (tools/publish_study.py) in the README: per cell (and budget), claim 2's verdict and
+    every arm's effect on relative forgetting against its reference, then how often each claim and check held."""
     meta, cells = read_meta(folder / "cells.parquet"), read_table(folder / "cells.parquet").set_index("cell")
     verdicts, arms = read_table(folder / "verdicts.parquet"), read_table(folder / "arms.parquet")
     keys, seeds = meta["grid_keys"], sorted(set(verdicts["seeds"]))
-    rel = arms[arms["measure"] == "relative"]
-    columns = [(s, "random") for s in dict.fromkeys(rel["strategy"]) if s != "random"]
-    columns += [(s, "class_balanced") for s in dict.fromkeys(rel.loc[rel["reference"] == "class_balanced", "strategy"])]
-    columns += [("random", "none")]
+    rel = arms[(arms["measure"] == "relative") & ((arms["reference"] != "none") | (arms["strategy"] == "random"))]
+    rel = rel.assign(column=[f"{s} vs {r}" if r != "none" else "random vs no replay"
+                             for s, r in zip(rel["strategy"], rel["reference"])],
+                     text=[format_interval(*v) for v in zip(rel["effect"], rel["lo"], rel["hi"])])
+    # claim 2's arm against random first, then the other arms against random, the class control, the design check
+    rank = [(r == "class_balanced") + 2 * (r == "none") + 0.5 * (s != CLAIM2_ARM) for s, r in
+            zip(rel["strategy"], rel["reference"])]
+    columns = list(dict.fromkeys(rel.assign(rank=rank).sort_values("rank", kind="stable")["column"]))
+    table = rel.pivot(index=["unit", "budget"], columns="column", values="text").reindex(columns=columns)
+    claim2 = verdicts[verdicts["claim"] == "claim2"].drop_duplicates("unit").set_index("unit")["verdict"]
+    per_budget = table.index.get_level_values("unit").duplicated().any()  # a cell with several budgets: say which
+    head = [*keys, *(["budget"] if per_budget else []), "claim 2", *columns]
     lines = [f"**{meta['study']}**: {meta.get('description') or ''} (`studies/{meta['study']}.yaml`, every cell from "
              f"commit {meta['commit'][:10]}, seeds {', '.join(seeds)}; report and figures: "
-             f"`{PUBLISHED.as_posix()}/{folder.name}/report.md`). Relative forgetting, the reference minus the arm (> 0: the arm "
-             "forgets less), 95% t interval over seeds; claim 2's verdict combines both measures.", "",
-             "| " + " | ".join([*keys, "claim 2", *(f"{s} vs {r}" if r != "none" else "random vs no replay"
-                                                   for s, r in columns)]) + " |",
-             "|" + "---|" * (len(keys) + 1 + len(columns))]
-    for unit, rows in verdicts.groupby("unit", sort=False):
-        claim2 = rows.loc[rows["claim"] == "claim2", "verdict"].iloc[0]
+             f"`{PUBLISHED.as_posix()}/{folder.name}/report.md`). Relative forgetting, the reference minus the arm "
+             "(> 0: the arm forgets less), 95% t interval over seeds; claim 2's verdict (over its budgets) combines "
+             "both measures.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for unit in dict.fromkeys(verdicts["unit"]):
         label = [str(cells.at[unit, k]) if unit in cells.index else "pooled" for k in keys]
-        effects = []
-        for strategy, reference in columns:
-            r = rel[(rel["unit"] == unit) & (rel["strategy"] == strategy) & (rel["reference"] == reference)]
-            effects += [_ci(*r[["effect", "lo", "hi"]].iloc[0]) if len(r) else "-"]
-        lines.append("| " + " | ".join([*label, f"**{claim2}**", *effects]) + " |")
+        for budget, row in table.loc[unit].iterrows() if unit in table.index.get_level_values("unit") else ():
+            lines.append("| " + " | ".join([*label, *([str(budget)] if per_budget else []), f"**{claim2[unit]}**",
+                                            *row.fillna("-")]) + " |")
     combined = verdicts.drop_duplicates(["unit", "claim"])
     counts = []
     for claim in ("claim2", *CHECKS):
         got = combined.loc[combined["claim"] == claim, "verdict"].value_counts()
         counts.append(f"{LABELS[claim]}: " + ", ".join(f"{v} in {n}" for v, n in got.items()))
-    lines += ["", f"Verdicts over the {combined['unit'].nunique()} cells: " + "; ".join(counts) + ". "
+    runs = combined["unit"].nunique()
+    lines += ["", f"Verdicts over the {'one cell' if runs == 1 else f'{runs} cells'}: " + "; ".join(counts) + ". "
               f"(Class control: {CLASS_CONTROL[0]} against {CLASS_CONTROL[1]}.)"]
     return "\n".join(lines)
 

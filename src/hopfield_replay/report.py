@@ -169,8 +169,13 @@ def plot_image_grid(high: np.ndarray, low: np.ndarray, path: Path, *, high_energ
     return _save(fig, path)
 
 
-def _ci(est, lo, hi, digits: int = 3) -> str:
-    if not np.isfinite(lo):
+def format_interval(est, lo, hi, digits: int = 3, missing: str = "n/a") -> str:
+    """An estimate with its interval, "+0.123 [-0.010, +0.250]": the one way every report, study report and README
+    section writes it. A missing bound (None or NaN: one seed) gives "[no interval]", a missing estimate `missing`."""
+    est, lo, hi = (None if v is None or pd.isna(v) else v for v in (est, lo, hi))
+    if est is None:
+        return missing
+    if lo is None or hi is None:
         return f"{est:+.{digits}f} [no interval]"
     return f"{est:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
@@ -183,8 +188,8 @@ def verdict_lines(verdicts: dict) -> list[str]:
         lines.append(f"- **{claim['statement']}: {claim['verdict'].upper()}**")
         for measure in MEASURES:
             m = claim[measure]
-            lines.append(f"  - {measure} forgetting: {m['verdict']}, effect {_ci(m['effect'], m['lo'], m['hi'])}; "
-                         f"{m['detail']}")
+            effect = format_interval(m["effect"], m["lo"], m["hi"])
+            lines.append(f"  - {measure} forgetting: {m['verdict']}, effect {effect}; {m['detail']}")
     return lines
 
 
@@ -219,8 +224,8 @@ def agreement_text(a: dict) -> str:
         return ("Seed agreement: one seed, so how far per-sample forgetting repeats across seeds is unknown (the "
                 "predictor table has no noise ceiling).")
     text = (f"Seed agreement (the noise ceiling): two seeds' no-replay forgetting of the same samples correlates at "
-            f"Spearman {_ci(a['rho'], a['lo'], a['hi'])} (mean over the pairs of the {a['n_seeds']} seeds; they share "
-            "the task-A model and its error, which every seed's forgetting is measured against). ")
+            f"Spearman {format_interval(a['rho'], a['lo'], a['hi'])} (mean over the pairs of the {a['n_seeds']} "
+            "seeds; they share the task-A model and its error, which every seed's forgetting is measured against). ")
     if not np.isfinite(a["ceiling"]):
         return text + "The seeds do not agree on which samples are forgotten, so no predictor can."
     return text + (f"With independent seed noise, the best possible predictor would correlate with one seed's "
@@ -283,9 +288,11 @@ def markdown_report(ev: Evidence, figures: dict[str, str], run: dict) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for name, r in table.sort_values("spearman", ascending=False).iterrows():
             c = comp.loc[name]
-            lines.append(f"| {name} | {r['kind']} | {_ci(r['spearman'], r['spearman_lo'], r['spearman_hi'])} | "
-                         f"{r['within_class']:+.3f} | {_ci(r['partial'], r['partial_lo'], r['partial_hi'])} | "
-                         f"{_ci(c['diff'], c['lo'], c['hi'])} | {r['precision_at_10']:.3f} | {r['auroc_top_decile']:.3f} |")
+            spearman = format_interval(r["spearman"], r["spearman_lo"], r["spearman_hi"])
+            partial = format_interval(r["partial"], r["partial_lo"], r["partial_hi"])
+            lines.append(f"| {name} | {r['kind']} | {spearman} | {r['within_class']:+.3f} | {partial} | "
+                         f"{format_interval(c['diff'], c['lo'], c['hi'])} | {r['precision_at_10']:.3f} | "
+                         f"{r['auroc_top_decile']:.3f} |")
         lines.append("")
     lines += [f"![predictors]({figures['predictors']})", "", f"![energy and controls]({figures['scatter']})", "",
               "## Which timesteps carry forgetting (no replay)", "",
@@ -294,7 +301,7 @@ def markdown_report(ev: Evidence, figures: dict[str, str], run: dict) -> str:
               "| measure | t | mean [interval] | share > 0 | forgets? | used |", "|---|---|---|---|---|---|"]
     for measure, table in by_t.items():
         for r in table.itertuples():
-            lines.append(f"| {measure} | {r.t} | {_ci(r.mean, r.lo, r.hi, 5)} | {r.share_positive:.2f} | "
+            lines.append(f"| {measure} | {r.t} | {format_interval(r.mean, r.lo, r.hi, 5)} | {r.share_positive:.2f} | "
                          f"{'yes' if r.real else 'no'} | {'yes' if r.used else 'no'} |")
     score = run["score"]
     lines += ["", "## Forgetting by task-A energy decile (no replay)", "",
@@ -306,7 +313,7 @@ def markdown_report(ev: Evidence, figures: dict[str, str], run: dict) -> str:
               "|---|---|" + "---|" * len(by_decile)]
     first = next(iter(by_decile.values()))
     for i, r in enumerate(first.itertuples()):
-        cells = [_ci(t.iloc[i]["mean"], t.iloc[i]["lo"], t.iloc[i]["hi"]) for t in by_decile.values()]
+        cells = [format_interval(t.iloc[i]["mean"], t.iloc[i]["lo"], t.iloc[i]["hi"]) for t in by_decile.values()]
         lines.append(f"| {r.bin} | {r.x_lo:.4g} to {r.x_hi:.4g} | " + " | ".join(cells) + " |")
     lines += ["", "## Replay arms: paired differences over seeds", "",
               "effect = forgetting(reference) - forgetting(arm), per seed on the same samples, averaged over seeds "
@@ -315,7 +322,7 @@ def markdown_report(ev: Evidence, figures: dict[str, str], run: dict) -> str:
               "|---|---|---|---|---|---|---|---|---|"]
     for measure, table in arms.items():
         for (strategy, budget, ref), g in table.groupby(["strategy", "budget", "reference"], sort=False):
-            cells = {r.subset: _ci(r.effect, r.lo, r.hi) for r in g.itertuples()}
+            cells = {r.subset: format_interval(r.effect, r.lo, r.hi) for r in g.itertuples()}
             overall = g[g.subset == "overall"].iloc[0]
             lines.append(f"| {measure} | {strategy} | {budget} | {ref} | {cells.get('overall', '-')} | "
                          f"{cells.get('replayed', '-')} | {cells.get('not_replayed', '-')} | "

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .forgetting import MEASURES
+from .report import format_interval
 from .study import CLAIMS
 from .verdicts import CHECKS
 
@@ -22,9 +23,7 @@ EFFECT_LABEL = {"claim1": "energy's Spearman minus the best baseline's", "claim2
 
 
 def _ci(effect: float, lo: float, hi: float) -> str:
-    if pd.isna(effect):
-        return "not run"
-    return f"{effect:+.3f} [{lo:+.3f}, {hi:+.3f}]" if pd.notna(lo) and pd.notna(hi) else f"{effect:+.3f} [no interval]"
+    return format_interval(effect, lo, hi, missing="not run")
 
 
 def _unit_table(verdicts: pd.DataFrame, grid: pd.DataFrame | None, claims: tuple = CLAIMS) -> list[str]:
@@ -62,7 +61,8 @@ def _agreement_table(agreement: pd.DataFrame) -> list[str]:
 
 def _arms_table(arms: pd.DataFrame, grid: pd.DataFrame) -> list[str]:
     keys = list(grid.columns)
-    head = ["cells", *keys, "arm", "budget", "reference", *(f"{m} forgetting" for m in MEASURES), "seeds agreeing"]
+    head = ["cells", *keys, "arm", "budget", "reference", *(f"{m} forgetting" for m in MEASURES),
+            f"seeds agreeing ({' / '.join(MEASURES)})"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     shown = arms[(arms["reference"] != "none") | (arms["strategy"] == "random")]
     for (unit, strategy, budget, reference), rows in shown.groupby(["unit", "strategy", "budget", "reference"],
@@ -174,15 +174,24 @@ def plot_effects(verdicts: pd.DataFrame, path: str | Path) -> Path:
     return Path(path)
 
 
+def arm_plot_rows(arms: pd.DataFrame) -> pd.DataFrame:
+    """The rows of plot_arms: every arm against random replay (named by its strategy) and against class_balanced
+    (named "<arm> vs class_balanced"); the effects against no replay are the report's design check, not plotted."""
+    rows = arms[arms["reference"] != "none"]
+    return rows.assign(strategy=[s if r == "random" else f"{s} vs {r}" for s, r in zip(rows["strategy"],
+                                                                                      rows["reference"])])
+
+
 def plot_arms(arms: pd.DataFrame, path: str | Path) -> Path:
-    """Forest plot: per forgetting measure (columns), every arm's effect against random replay at its budget, with
-    its interval over seeds, grouped by cell and budget; filled markers where the interval excludes 0."""
+    """Forest plot: per forgetting measure (columns), every arm's effect against random replay at its budget (and a
+    ``*_per_class`` arm's against class_balanced, the class control), with its interval over seeds, grouped by cell
+    and budget; filled markers where the interval excludes 0."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = arms[arms["reference"] == "random"]
+    rows = arm_plot_rows(arms)
     groups = list(dict.fromkeys(zip(rows["unit"], rows["budget"])))
     strategies = sorted(set(rows["strategy"]))
     colours = dict(zip(strategies, plt.get_cmap("tab10").colors * 3))
@@ -211,10 +220,12 @@ def plot_arms(arms: pd.DataFrame, path: str | Path) -> Path:
                 labelled.add(strategy)
         ax.axvline(0, color="k", lw=0.6)
         ax.set_yticks(ticks, labels, fontsize=7)
-        ax.invert_yaxis()
-        ax.set_title(f"{m} forgetting: random minus arm (> 0: the arm forgets less)", fontsize=9)
-    axes[0, 0].legend(fontsize=7, loc="best")
-    fig.tight_layout()
+        ax.set_title(f"{m} forgetting: reference minus arm (> 0: the arm forgets less)", fontsize=9)
+    axes[0, 0].invert_yaxis()  # the panels share y: inverting each would flip it back; first cell on top
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    legend_rows = -(-len(names) // 4)
+    fig.legend(handles, names, fontsize=7, loc="lower center", ncol=4, frameon=False)
+    fig.tight_layout(rect=(0, (0.1 + 0.15 * legend_rows) / fig.get_figheight(), 1, 1))  # room for the legend
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
