@@ -93,6 +93,16 @@ def render(details: dict) -> str:
     return "\n".join(lines)
 
 
+def _column_order(strategy: str, reference: str) -> int:
+    """Where an arm's column goes in the study table: claim 2's arm against random first, then the other arms
+    against random, then the class control (against class_balanced), then random against no replay."""
+    if reference == "none":
+        return 3
+    if reference == "class_balanced":
+        return 2
+    return 0 if strategy == CLAIM2_ARM else 1
+
+
 def render_study(folder: Path) -> str:
     """One published study (tools/publish_study.py) in the README: per cell (and budget), claim 2's verdict and
     every arm's effect on relative forgetting against its reference, then how often each claim and check held."""
@@ -103,10 +113,8 @@ def render_study(folder: Path) -> str:
     rel = rel.assign(column=[f"{s} vs {r}" if r != "none" else "random vs no replay"
                              for s, r in zip(rel["strategy"], rel["reference"])],
                      text=[format_interval(*v) for v in zip(rel["effect"], rel["lo"], rel["hi"])])
-    # claim 2's arm against random first, then the other arms against random, the class control, the design check
-    rank = [(r == "class_balanced") + 2 * (r == "none") + 0.5 * (s != CLAIM2_ARM) for s, r in
-            zip(rel["strategy"], rel["reference"])]
-    columns = list(dict.fromkeys(rel.assign(rank=rank).sort_values("rank", kind="stable")["column"]))
+    order = [_column_order(s, r) for s, r in zip(rel["strategy"], rel["reference"])]
+    columns = list(dict.fromkeys(rel.assign(order=order).sort_values("order", kind="stable")["column"]))
     table = rel.pivot(index=["unit", "budget"], columns="column", values="text").reindex(columns=columns)
     claim2 = verdicts[verdicts["claim"] == "claim2"].drop_duplicates("unit").set_index("unit")["verdict"]
     per_budget = table.index.get_level_values("unit").duplicated().any()  # a cell with several budgets: say which

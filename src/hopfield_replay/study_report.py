@@ -7,6 +7,7 @@ published study (tools/publish_study.py) regenerates its report from its committ
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pandas as pd
@@ -22,8 +23,7 @@ LABELS = {"claim1": "claim 1", "claim2": "claim 2", "replay_helps": "random beat
 EFFECT_LABEL = {"claim1": "energy's Spearman minus the best baseline's", "claim2": "forgetting: random minus top-energy"}
 
 
-def _ci(effect: float, lo: float, hi: float) -> str:
-    return format_interval(effect, lo, hi, missing="not run")
+_ci = functools.partial(format_interval, missing="not run")  # an interval in a study table; a NaN: "not run"
 
 
 def _unit_table(verdicts: pd.DataFrame, grid: pd.DataFrame | None, claims: tuple = CLAIMS) -> list[str]:
@@ -190,6 +190,7 @@ def plot_arms(arms: pd.DataFrame, path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     rows = arm_plot_rows(arms)
     groups = list(dict.fromkeys(zip(rows["unit"], rows["budget"])))
@@ -199,7 +200,7 @@ def plot_arms(arms: pd.DataFrame, path: str | Path) -> Path:
     fig, axes = plt.subplots(1, len(MEASURES), figsize=(11, 1.5 + 0.16 * n), squeeze=False, sharey=True)
     for j, m in enumerate(MEASURES):
         ax = axes[0, j]
-        ticks, labels, labelled = [], [], set()
+        ticks, labels = [], []
         for g, (unit, budget) in enumerate(groups):
             base = g * (len(strategies) + 1)
             ticks.append(base + (len(strategies) - 1) / 2)
@@ -215,14 +216,17 @@ def plot_arms(arms: pd.DataFrame, path: str | Path) -> Path:
                 if pd.notna(r["lo"]):
                     ax.plot([r["lo"], r["hi"]], [y, y], color=colours[strategy], lw=1.2)
                 ax.scatter([r["effect"]], [y], color=colours[strategy], s=22, zorder=3,
-                           facecolors=colours[strategy] if excludes else "white",
-                           label=None if strategy in labelled else strategy)
-                labelled.add(strategy)
+                           facecolors=colours[strategy] if excludes else "white")
         ax.axvline(0, color="k", lw=0.6)
         ax.set_yticks(ticks, labels, fontsize=7)
         ax.set_title(f"{m} forgetting: reference minus arm (> 0: the arm forgets less)", fontsize=9)
     axes[0, 0].invert_yaxis()  # the panels share y: inverting each would flip it back; first cell on top
-    handles, names = axes[0, 0].get_legend_handles_labels()
+    # the legend: one hollow key per arm (its colour), then what a filled marker means
+    handles = [Line2D([], [], color=colours[s], lw=1.2, marker="o", markersize=4.5, markerfacecolor="white")
+               for s in strategies]
+    handles += [Line2D([], [], color="k", lw=0, marker="o", markersize=4.5, markerfacecolor=fill)
+                for fill in ("k", "white")]
+    names = [*strategies, "filled: the 95% interval excludes 0", "hollow: it includes 0"]
     legend_rows = -(-len(names) // 4)
     fig.legend(handles, names, fontsize=7, loc="lower center", ncol=4, frameon=False)
     fig.tight_layout(rect=(0, (0.1 + 0.15 * legend_rows) / fig.get_figheight(), 1, 1))  # room for the legend
