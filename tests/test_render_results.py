@@ -91,7 +91,8 @@ def test_a_published_study_gives_a_row_per_cell_and_budget_with_the_claim_arm_fi
     write_table(pd.DataFrame({"cell": ["x", "y"], "prepare.task_b": ["[1]", "[2]"]}), tmp_path / "cells.parquet",
                 table="study_cells", meta=meta)
     verdicts = pd.DataFrame([{"unit": u, "seeds": "[1, 2]", "claim": c, "measure": m, "verdict": v}
-                             for u, v in (("x", "holds"), ("y", "fails")) for c in ("claim2", "replay_helps")
+                             for u, v in (("x", "holds"), ("y", "fails")) for c in ("claim2", "replay_helps",
+                                                                                   "ceiling_wins")
                              for m in ("absolute", "relative")])
     write_table(verdicts, tmp_path / "verdicts.parquet", table="study_verdicts", meta=meta)
     rows = []
@@ -117,3 +118,9 @@ def test_a_published_study_gives_a_row_per_cell_and_budget_with_the_claim_arm_fi
                         "-0.200 [no interval] |")
     assert table[4] == "| [2] | 10 | **fails** | +0.100 [+0.000, +1.000] | - | - | - | - | -0.100 [no interval] |"
     assert len(table) == 5 and "Verdicts over the 2 cells: claim 2: holds in 1, fails in 1" in text
+    assert text.endswith("The oracle ceiling beat random replay in 1 of 2 cells (prepare.task_b = [1]): claim 2's "
+                         "test has power there.")
+    # no cell's ceiling beat random: claim 2 has no demonstrated power anywhere
+    write_table(verdicts.assign(verdict="inconclusive"), tmp_path / "verdicts.parquet", table="study_verdicts",
+                meta=meta)
+    assert "did not beat random replay in any of the 2 cells, so no cell has shown" in render_study(tmp_path)

@@ -136,8 +136,26 @@ def render_study(folder: Path) -> str:
         counts.append(f"{LABELS[claim]}: " + ", ".join(f"{v} in {n}" for v, n in got.items()))
     runs = combined["unit"].nunique()
     lines += ["", f"Verdicts over the {'one cell' if runs == 1 else f'{runs} cells'}: " + "; ".join(counts) + ". "
-              f"(Class control: {CLASS_CONTROL[0]} against {CLASS_CONTROL[1]}.)"]
+              f"(Class control: {CLASS_CONTROL[0]} against {CLASS_CONTROL[1]}.)" + _power(combined, cells, keys)]
     return "\n".join(lines)
+
+
+def _power(combined, cells, keys: list[str]) -> str:
+    """What the oracle ceiling's verdicts mean for claim 2 over the study: where it beat random replay, a buffer
+    better than random can be shown (claim 2's test has power); where it did not, claim 2 has no demonstrated power."""
+    ceiling = combined[(combined["claim"] == "ceiling_wins") & combined["verdict"].isin(["holds", "fails",
+                                                                                        "inconclusive"])]
+    if ceiling.empty:
+        return ""
+    held = [unit for unit, verdict in zip(ceiling["unit"], ceiling["verdict"]) if verdict == "holds"]
+    if not held:
+        where = "" if len(ceiling) == 1 else f" in any of the {len(ceiling)} cells"
+        return (f" The oracle ceiling did not beat random replay{where}, so no cell has shown that any buffer can: "
+                "claim 2 has no demonstrated power in this study, and its verdicts say only whether top-energy replay "
+                "forgot less (holds) or more (fails) than random replay in these seeds.")
+    names = ["; ".join(f"{k} = {cells.at[u, k]}" for k in keys) if u in cells.index else "pooled" for u in held]
+    return (f" The oracle ceiling beat random replay in {len(held)} of {len(ceiling)} cells ({', '.join(names)}): "
+            "claim 2's test has power there.")
 
 
 def render_studies(root: Path) -> str:
