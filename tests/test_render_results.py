@@ -123,4 +123,4 @@ def test_a_published_study_gives_a_row_per_cell_and_budget_with_the_claim_arm_fi
     # no cell's ceiling beat random: claim 2 has no demonstrated power anywhere
     write_table(verdicts.assign(verdict="inconclusive"), tmp_path / "verdicts.parquet", table="study_verdicts",
                 meta=meta)
-    assert "did not beat random replay in any of the 2 cells, so no cell has shown" in render_study(tmp_path)
+    assert "did not beat random replay in any of the 2 cells, so the study has not shown" in render_study(tmp_path)

@@ -150,9 +150,9 @@ def _power(combined, cells, keys: list[str]) -> str:
     held = [unit for unit, verdict in zip(ceiling["unit"], ceiling["verdict"]) if verdict == "holds"]
     if not held:
         where = "" if len(ceiling) == 1 else f" in any of the {len(ceiling)} cells"
-        return (f" The oracle ceiling did not beat random replay{where}, so no cell has shown that any buffer can: "
-                "claim 2 has no demonstrated power in this study, and its verdicts say only whether top-energy replay "
-                "forgot less (holds) or more (fails) than random replay in these seeds.")
+        return (f" The oracle ceiling did not beat random replay{where}, so the study has not shown that any buffer "
+                "can: claim 2 has no demonstrated power in this study, and its verdicts say only whether top-energy "
+                "replay forgot less (holds) or more (fails) than random replay in these seeds.")
     names = ["; ".join(f"{k} = {cells.at[u, k]}" for k in keys) if u in cells.index else "pooled" for u in held]
     return (f" The oracle ceiling beat random replay in {len(held)} of {len(ceiling)} cells ({', '.join(names)}): "
             "claim 2's test has power there.")
