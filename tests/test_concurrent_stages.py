@@ -1,5 +1,6 @@
 """Stage items side by side (`python -m flows.pipeline --per-device N`): the items of train_b and retrain run
-N at a time, and DVC records each as `dvc repro` would: the same dvc.lock, byte for byte, and nothing left to run."""
+N at a time, and DVC records each as `dvc repro` would: the same dvc.lock, byte for byte, and nothing left to run.
+The whole pipeline side by side on a fresh clone: tests/test_pipeline.py."""
 
 from __future__ import annotations
 
@@ -32,21 +33,21 @@ def _outputs(project):
 
 
 def _uncache(project, items: list[str]) -> None:
-    """Take the outputs of ``items`` out of DVC's cache (their folder manifests, and the whole run-cache), so that
-    DVC can restore none of them; every other output, and the file objects they may share, stays cached."""
+    """Take the outputs of ``items`` out of DVC's cache (their folder manifests): no recorded run of them can be
+    restored (DVC restores a run only when its outputs are cached), so they must run again."""
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     for name in items:
         for out in lock["stages"][name]["outs"]:
             (project / ".dvc" / "cache" / "files" / "md5" / out["md5"][:2] / out["md5"][2:]).unlink()
-    shutil.rmtree(project / ".dvc" / "cache" / "runs")
 
 
 @pytest.mark.slow
 def test_items_side_by_side_give_the_lock_of_dvc_repro(tiny_project, tmp_path):
-    """The train_b outputs and half the retrain outputs deleted, and taken out of DVC's cache (nothing to
-    restore): the items run two at a time and DVC records exactly what `dvc repro` had. Then, as `dvc repro`
-    would, the flow restores items from DVC's cache instead of running them: every output deleted again, after a
-    train_b param was changed (train_b ran again) and changed back."""
+    """(A fresh clone run with `--per-device 2`, every item running: tests/test_pipeline.py.) Here, as `dvc repro`
+    would, the flow restores items from DVC's cache instead of running them: a train_b param changed (train_b runs
+    again, two at a time) and changed back, every output deleted and one retrain item taken out of the cache:
+    train_b comes back from the run-cache (its earlier runs), five retrain items from their lock entries, and only
+    the sixth runs. DVC then records exactly what `dvc repro` had."""
     project = tmp_path / "project"
     shutil.copytree(tiny_project, project, symlinks=True)
     lock = (project / "dvc.lock").read_bytes()
@@ -54,47 +55,38 @@ def test_items_side_by_side_give_the_lock_of_dvc_repro(tiny_project, tmp_path):
     retrain = group_items(project, "retrain")
     assert len(retrain) == 6 and all(name.startswith("retrain@") for name in retrain)  # 2 seeds x 3 arms
     assert group_items(project, "train_a") == {}
-    models = project / "data" / "models"
-    for path in [*models.glob("task_b/seed*"), *models.glob("retrain/seed1/*-*")]:
-        shutil.rmtree(path)
-    _uncache(project, [*group_items(project, "train_b"), *(name for name in retrain if "@1-" in name)])
 
-    out = _flow(project, "--stages", "train_b", "retrain", "--per-device", "2")
-    assert "Stage 'train_b': 2 of 2 items to run, 2 at a time." in out
-    assert "Stage 'retrain': 3 of 6 items to run, 2 at a time." in out
-    assert "run-cache" not in out  # nothing to restore from
-    if not torch.cuda.is_available():
-        assert "No GPU: the items share the CPU cores" in out  # the warning: slower than one at a time there
-    # side by side: two items run at once, never more
-    running, most = set(), 0
-    for item, what in re.findall(r"Task run '(retrain@[^']+)' - (Running stage|Stage '\S+' ended)", out):
-        running.add(item) if what == "Running stage" else running.discard(item)
-        most = max(most, len(running))
-    assert most == 2
-    # DVC recorded every item exactly as `dvc repro` had: same hashes, nothing left to run
-    assert (project / "dvc.lock").read_bytes() == lock
-    status = run(["dvc", "status", "--json"], project).stdout.strip()
-    assert status == "{}", status
-    assert run(["git", "status", "--porcelain"], project).stdout == ""
-
-    # a train_b param changed: train_b runs again (no run of these inputs is recorded) ...
+    # a train_b param changed: train_b runs again (no run of these inputs is recorded), two at a time
     params = (project / "params.yaml").read_text()
     changed = yaml.safe_load(params)
     changed["train_b"]["steps"] = 3
     (project / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
     out = _flow(project, "--stages", "train_b", "--per-device", "2")
     assert "Stage 'train_b': 2 of 2 items to run, 2 at a time." in out
+    if not torch.cuda.is_available():
+        assert "No GPU: the items share the CPU cores" in out  # the warning: slower than one at a time there
+    running, most = set(), 0
+    for item, what in re.findall(r"Task run '(train_b@[^']+)' - (Running stage|Stage '\S+' ended)", out):
+        running.add(item) if what == "Running stage" else running.discard(item)
+        most = max(most, len(running))
+    assert most == 2
     assert (project / "dvc.lock").read_bytes() != lock
-    # ... and changed back, every output deleted: train_b comes back from the run-cache (its earlier runs), every
-    # retrain item from its lock entry; none runs
+    # ... and changed back, every output deleted, one retrain item out of the cache: only that item runs
     (project / "params.yaml").write_text(params)
     for path in _outputs(project):
         shutil.rmtree(path)
+    lost = sorted(retrain)[0]
+    _uncache(project, [lost])
     out = _flow(project, "--stages", "train_b", "retrain", "--per-device", "2")
     assert "Stage 'train_b': 2 items restored from DVC's run-cache" in out
-    assert "Stage 'retrain': 6 items restored from DVC's run-cache" in out
-    assert "Running stage" not in out and "pipeline: up to date, nothing ran" in out
+    restored = re.search(r"Stage 'retrain': 5 items restored from DVC's run-cache: (.*)\.", out)
+    assert restored and sorted(restored.group(1).split(", ")) == sorted(set(retrain) - {lost}), out[-3000:]
+    assert "Stage 'retrain': 1 of 6 items to run, 2 at a time." in out
+    assert re.findall(r"Running stage '([^']+)'", out) == [lost]
+    # DVC recorded every item exactly as `dvc repro` had: same hashes, nothing left to run
     assert (project / "dvc.lock").read_bytes() == lock
+    status = run(["dvc", "status", "--json"], project).stdout.strip()
+    assert status == "{}", status
     assert run(["git", "status", "--porcelain"], project).stdout == ""
     assert all(path.is_dir() for path in _outputs(project)) and len(_outputs(project)) == 8
 

@@ -5,11 +5,13 @@ under prefect_test_harness."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from hopfield_replay.verdicts import VERDICTS
@@ -29,7 +31,7 @@ KIND = {
 def reset(project):
     """Back to the committed params, lock and outputs (the tests share one reproduced project)."""
     run(["git", "checkout", "--", "."], project)  # params.yaml, dvc.lock and the uncached metrics
-    run(["git", "clean", "-fdq", "--", "data/metrics"], project)
+    run(["git", "clean", "-fdq", "--", "data/metrics", "dvc_plots"], project)  # and what `dvc plots show` wrote
     run(["dvc", "checkout", "--force", "-q"], project)
     assert json.loads(run(["dvc", "status", "--json"], project).stdout) == {}
 
@@ -104,25 +106,17 @@ def test_dvc_repro_writes_every_table(tiny_project, tiny_params):
         assert (tiny_project / "data" / "report" / "plots" / png).stat().st_size > 5000
 
 
-def test_repro_is_deterministic_and_then_up_to_date(tiny_project):
+def test_repro_is_up_to_date_after_a_run(tiny_project):
+    """Nothing left to run after `dvc repro` (the determinism of a rerun: the fresh-clone test below)."""
     status = run(["dvc", "status", "--json"], tiny_project)
     assert json.loads(status.stdout) == {}
     assert ran_stages(run(["dvc", "repro"], tiny_project).stdout) == []
-    # Same params and seed on the same device: rerunning training and the scores gives identical outputs.
-    weights = tiny_project / "data" / "models" / "task_a" / "unet" / "diffusion_pytorch_model.safetensors"
-    files = (weights, tiny_project / "data" / "tables" / "scores.parquet",
-             tiny_project / "data" / "prepared" / "images.safetensors")
-    before = {p: p.read_bytes() for p in files}
-    for stage in ("prepare", "train_a", "scores"):
-        run(["dvc", "repro", "--force", "--single-item", stage], tiny_project)
-    for path, old in before.items():
-        assert path.read_bytes() == old, path.name
-    assert json.loads(run(["dvc", "status", "--json"], tiny_project).stdout) == {}
 
 
 def test_dvc_commands_work(tiny_project):
     plots = run(["dvc", "plots", "show", "--json"], tiny_project)
     assert "predictors.png" in plots.stdout
+    assert list((tiny_project / "dvc_plots").glob("*predictors.png"))  # the images the JSON points to
     metrics = run(["dvc", "metrics", "show"], tiny_project)
     assert "claim1.verdict" in metrics.stdout and max(map(len, metrics.stdout.splitlines())) < 250  # one short row
     exp = run(["dvc", "exp", "run", "-S", "report.deciles=4"], tiny_project)
@@ -173,18 +167,19 @@ def test_class_stratified_arms_through_the_select_replay_stage(tiny_project, tmp
 
 
 def test_a_third_seed_trains_only_its_own_runs(tiny_project):
+    """A seed added: `dvc repro select_replay` trains task B for it alone (and redoes the cheap per-seed tables);
+    then, with the new selection recorded, the only retrain items left to run are the new seed's."""
     params = yaml.safe_load((tiny_project / "params.yaml").read_text())
-    old = params["seeds"]
-    params["seeds"] = old + [7]
+    params["seeds"] = params["seeds"] + [7]
     write_params(tiny_project / "params.yaml", params)
-    ran = ran_stages(run(["dvc", "repro"], tiny_project).stdout)
-    trained = {s for s in ran if s.startswith(("train_b@", "retrain@", "train_a"))}
-    assert trained == {"train_b@7"} | {f"retrain@7-{a}-{b}" for a in params["select_replay"]["arms"]
-                                       for b in params["select_replay"]["budgets"]}, ran
-    details = json.loads((tiny_project / "data" / "metrics" / "details.json").read_text())
-    assert details["run"]["seeds"] == old + [7]
-    for folder in ("models/task_b/seed7", "models/retrain/seed7"):  # outputs of stages the reset params drop
-        shutil.rmtree(tiny_project / "data" / folder)
+    ran = ran_stages(run(["dvc", "repro", "select_replay"], tiny_project).stdout)
+    assert {s for s in ran if s.startswith(("train_a", "train_b@", "retrain@"))} == {"train_b@7"}, ran
+    assert {"forgetting", "select_replay"} <= set(ran)
+    status = json.loads(run(["dvc", "status", "--json"], tiny_project).stdout)
+    retrain = {k.split(":")[-1] for k in status if "retrain@" in k}
+    assert retrain == {f"retrain@7-{a}-{b}" for a in params["select_replay"]["arms"]
+                       for b in params["select_replay"]["budgets"]}, status
+    shutil.rmtree(tiny_project / "data" / "models" / "task_b" / "seed7")  # an output of a stage the reset drops
     reset(tiny_project)
 
 
@@ -209,10 +204,24 @@ def test_prefect_flow_runs_each_stage_as_a_task(tiny_project):
 
 
 def test_a_fresh_clone_reproduces_the_committed_outputs_byte_for_byte(tiny_project, tmp_path):
-    """What `make run` does on a fresh clone (no DVC cache: every stage runs again) leaves `git status` clean: the
-    same dvc.lock hashes and the same bytes in every file git tracks (metrics, figures)."""
+    """What `make run` does on a fresh clone (no DVC cache: every stage runs again), with the items of train_b and
+    retrain two at a time (`--per-device 2`), leaves `git status` clean: the same dvc.lock hashes as the fixture's
+    `dvc repro`, so the same bytes in every output, and in every file git tracks (metrics, figures). This is the
+    suite's determinism check: same params and seed on the same device, the same bytes."""
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(tiny_project), str(clone)], tmp_path)
-    flow = run([sys.executable, "-m", "flows.pipeline", "--repo-root", str(clone)], clone)
-    assert "Running stage 'train_a'" in flow.stdout + flow.stderr  # really recomputed
+    flow = run([sys.executable, "-m", "flows.pipeline", "--repo-root", str(clone), "--per-device", "2"], clone)
+    out = flow.stdout + flow.stderr
+    assert "Running stage 'train_a'" in out  # really recomputed
+    assert "Stage 'train_b': 2 of 2 items to run, 2 at a time." in out
+    assert "Stage 'retrain': 6 of 6 items to run, 2 at a time." in out
+    assert "restored from DVC's run-cache" not in out  # a fresh clone has no cache
+    if not torch.cuda.is_available():
+        assert "No GPU: the items share the CPU cores" in out  # the warning: slower than one at a time there
+    running, most = set(), 0  # side by side: two items at once, never more
+    for item, what in re.findall(r"Task run '(retrain@[^']+)' - (Running stage|Stage '\S+' ended)", out):
+        running.add(item) if what == "Running stage" else running.discard(item)
+        most = max(most, len(running))
+    assert most == 2
     assert run(["git", "status", "--porcelain"], clone).stdout == ""
+    assert json.loads(run(["dvc", "status", "--json"], clone).stdout) == {}
