@@ -27,6 +27,15 @@ def _flow(project, *args) -> str:
     return out
 
 
+def most_at_once(out: str, stage: str) -> int:
+    """The most items of ``stage`` running at once, from the flow's log (each item's start and end lines)."""
+    running, most = set(), 0
+    for item, what in re.findall(rf"Task run '({stage}@[^']+)' - (Running stage|Stage '\S+' ended)", out):
+        running.add(item) if what == "Running stage" else running.discard(item)
+        most = max(most, len(running))
+    return most
+
+
 def _outputs(project):
     models = project / "data" / "models"
     return [*models.glob("task_b/seed*"), *models.glob("retrain/seed*/*-*")]  # not DVC's .gitignore files
@@ -65,11 +74,7 @@ def test_items_side_by_side_give_the_lock_of_dvc_repro(tiny_project, tmp_path):
     assert "Stage 'train_b': 2 of 2 items to run, 2 at a time." in out
     if not torch.cuda.is_available():
         assert "No GPU: the items share the CPU cores" in out  # the warning: slower than one at a time there
-    running, most = set(), 0
-    for item, what in re.findall(r"Task run '(train_b@[^']+)' - (Running stage|Stage '\S+' ended)", out):
-        running.add(item) if what == "Running stage" else running.discard(item)
-        most = max(most, len(running))
-    assert most == 2
+    assert most_at_once(out, "train_b") == 2
     assert (project / "dvc.lock").read_bytes() != lock
     # ... and changed back, every output deleted, one retrain item out of the cache: only that item runs
     (project / "params.yaml").write_text(params)

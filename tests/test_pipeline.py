@@ -5,7 +5,6 @@ under prefect_test_harness."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 
@@ -17,6 +16,7 @@ import yaml
 from hopfield_replay.verdicts import VERDICTS
 from hopfield_replay.tables import SCHEMAS, read_meta
 from tests.conftest import run, write_params
+from tests.test_concurrent_stages import most_at_once
 
 pytestmark = pytest.mark.slow
 
@@ -218,10 +218,6 @@ def test_a_fresh_clone_reproduces_the_committed_outputs_byte_for_byte(tiny_proje
     assert "restored from DVC's run-cache" not in out  # a fresh clone has no cache
     if not torch.cuda.is_available():
         assert "No GPU: the items share the CPU cores" in out  # the warning: slower than one at a time there
-    running, most = set(), 0  # side by side: two items at once, never more
-    for item, what in re.findall(r"Task run '(retrain@[^']+)' - (Running stage|Stage '\S+' ended)", out):
-        running.add(item) if what == "Running stage" else running.discard(item)
-        most = max(most, len(running))
-    assert most == 2
+    assert most_at_once(out, "retrain") == 2  # side by side: two items at once, never more
     assert run(["git", "status", "--porcelain"], clone).stdout == ""
     assert json.loads(run(["dvc", "status", "--json"], clone).stdout) == {}
