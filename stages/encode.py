@@ -14,13 +14,14 @@ import torch
 from hopfield_replay.devices import resolve_device
 from hopfield_replay.errors import UserError
 from hopfield_replay.models import LatentDiffusion
-from hopfield_replay.tables import load_tensors, save_tensors, tensor_meta
+from hopfield_replay.tables import check_output, load_tensors, save_tensors, tensor_meta
 from stages.runner import stage
 
 
 @stage("images", "out")
 def main(cfg, args):
     m = cfg.model
+    check_output(args.out)
     tensors = load_tensors(args.images, keys=("images", "sample_id"))
     images, ids = tensors["images"], tensors["sample_id"]
     info = {"family": m.family}

@@ -15,7 +15,7 @@ import logging
 import torch
 
 from hopfield_replay.mhn import run_closed_form
-from hopfield_replay.tables import atomic_path, write_json, write_table
+from hopfield_replay.tables import atomic_path, check_output, write_json, write_table
 from stages.runner import provenance, stage
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def headline(metrics: dict) -> dict:
 @stage("out-dir")
 def main(cfg, args):
     p = cfg.mhn_closed_form
+    check_output(args.out_dir, is_dir=True)
     if p.threads:
         torch.set_num_threads(p.threads)
     result = run_closed_form(p)

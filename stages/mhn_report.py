@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 from hopfield_replay.colours import arm_colours  # noqa: E402
 from hopfield_replay.mhn import FAMILIES  # noqa: E402
 from hopfield_replay.stats import bootstrap_ci  # noqa: E402
-from hopfield_replay.tables import atomic_path, read_table  # noqa: E402
+from hopfield_replay.tables import atomic_path, check_output, read_table  # noqa: E402
 
 from stages.runner import stage  # noqa: E402
 
@@ -112,6 +112,7 @@ def summary_markdown(cf: pd.DataFrame, tr: pd.DataFrame) -> str:
 @stage("closed-form-dir", "trained-dir", "out-dir")
 def main(cfg, args):
     p = cfg.mhn_report
+    check_output(args.out_dir, is_dir=True)
     cf = read_table(Path(args.closed_form_dir) / "summary.parquet")
     tr_summary = read_table(Path(args.trained_dir) / "summary.parquet")
     trained = read_table(Path(args.trained_dir) / "energies.parquet")

@@ -14,7 +14,7 @@ import logging
 import torch
 
 from hopfield_replay.mhn import run_trained
-from hopfield_replay.tables import atomic_path, write_json, write_table
+from hopfield_replay.tables import atomic_path, check_output, write_json, write_table
 from stages.runner import provenance, stage
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 @stage("out-dir")
 def main(cfg, args):
     p = cfg.mhn_trained
+    check_output(args.out_dir, is_dir=True)
     if p.threads:
         torch.set_num_threads(p.threads)
     table, summary, metrics = run_trained(p)

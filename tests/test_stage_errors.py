@@ -135,3 +135,51 @@ def test_an_unexpected_exception_is_a_bug_with_its_traceback(tmp_path):
     assert proc.returncode not in (0, 2)
     assert "Traceback (most recent call last)" in proc.stderr and "KeyError: 'sample_id'" in proc.stderr
     assert not (tmp_path / "i").exists()
+
+
+def _dvc_stage_commands() -> dict[str, list[str]]:
+    """Every stage's command line as dvc.yaml writes it (foreach / matrix templates unexpanded), with the paths of
+    its declared outputs and metrics: {stage module: [tokens after the module, ...]}, plus the outputs."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    commands = {}
+    for spec in stages.values():
+        spec = spec.get("do", spec)
+        tokens = spec["cmd"].split()
+        module = tokens[tokens.index("-m") + 1].removeprefix("stages.")
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in spec.get("outs", []) + spec.get("metrics", [])]
+        commands[module] = (tokens[tokens.index("-m") + 2:], outs)
+    return commands
+
+
+# the work a stage without input paths starts with: it must not start when an output path is bad
+FIRST_WORK = {"prepare": "load_dataset", "mhn_closed_form": "run_closed_form", "mhn_trained": "run_trained"}
+OPTIONS = {"--seed": "1", "--arm": "energy_high", "--budget": "10"}
+
+
+@pytest.mark.parametrize("name", sorted(_dvc_stage_commands()))
+def test_every_stage_checks_its_outputs_before_reading_or_computing(tmp_path, stage, monkeypatch, name):
+    """Each stage of dvc.yaml, run with its real arguments but every output under a file (not a folder) and every
+    input missing, fails on the output path: it checks its outputs before it reads an input or computes anything,
+    so a bad --out costs a second, not a training run."""
+    tokens, outs = _dvc_stage_commands()[name]
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    argv = []
+    for flag, value in zip(tokens[::2], tokens[1::2]):
+        if flag == "--params":
+            continue
+        if flag in OPTIONS:
+            argv += [flag, OPTIONS[flag]]
+        elif any(o == value or o.startswith(value + "/") for o in outs):
+            argv += [flag, blocker / flag.removeprefix("--")]
+        else:
+            argv += [flag, tmp_path / "missing" / flag.removeprefix("--")]
+    assert any(str(blocker) in str(a) for a in argv), f"{name}: no output argument found in dvc.yaml's command"
+    if name in FIRST_WORK:
+        def must_not_run(*args, **kwargs):
+            raise AssertionError(f"{name} started its work before checking its outputs")
+
+        monkeypatch.setattr(importlib.import_module(f"stages.{name}"), FIRST_WORK[name], must_not_run)
+    proc = stage(name, _tiny(), *argv)
+    _assert_one_line_error(proc, "cannot be written", "blocker is a file, not a folder")
+    assert not (tmp_path / "missing").exists() and blocker.read_text() == "a file where a folder should be"
