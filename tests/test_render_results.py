@@ -124,3 +124,39 @@ def test_a_published_study_gives_a_row_per_cell_and_budget_with_the_claim_arm_fi
     write_table(verdicts.assign(verdict="inconclusive"), tmp_path / "verdicts.parquet", table="study_verdicts",
                 meta=meta)
     assert "did not beat random replay in any of the 2 cells, so the study has not shown" in render_study(tmp_path)
+
+
+def test_a_published_study_says_whether_the_ceiling_inside_each_class_beat_class_balanced(tmp_path):
+    """oracle_per_class against class_balanced: it beat it in a cell only where its interval lies above 0 under both
+    measures; where it never did, the README says no buffer has been shown to beat random at equal class shares."""
+    import pandas as pd
+
+    from hopfield_replay.tables import write_table
+    from tools.render_results import render_study
+
+    meta = {"study": "s", "commit": "a" * 40, "grid_keys": ["select_replay.oracle_measure"], "description": "two"}
+    write_table(pd.DataFrame({"cell": ["x", "y"], "select_replay.oracle_measure": ["relative", "absolute"]}),
+                tmp_path / "cells.parquet", table="study_cells", meta=meta)
+    verdicts = pd.DataFrame([{"unit": u, "seeds": "[1, 2]", "claim": c, "measure": m, "verdict": "inconclusive"}
+                             for u in ("x", "y") for c in ("claim2", "ceiling_wins") for m in ("absolute", "relative")])
+    write_table(verdicts, tmp_path / "verdicts.parquet", table="study_verdicts", meta=meta)
+
+    def publish_arms(lows: dict) -> str:
+        """lows: (unit, measure) -> the lower end of oracle_per_class's interval against class_balanced."""
+        rows = [{"unit": u, "budget": 10, "strategy": s, "reference": r, "measure": m, "effect": 0.1, "lo": -0.1,
+                 "hi": 0.3} for u in ("x", "y") for m in ("absolute", "relative")
+                for s, r in (("energy_high", "random"), ("class_balanced", "random"), ("random", "none"))]
+        rows += [{"unit": u, "budget": 10, "strategy": "oracle_per_class", "reference": "class_balanced",
+                  "measure": m, "effect": lo + 0.1, "lo": lo, "hi": lo + 0.2} for (u, m), lo in lows.items()]
+        write_table(pd.DataFrame(rows), tmp_path / "arms.parquet", table="study_arms", meta=meta)
+        return render_study(tmp_path)
+
+    text = publish_arms({("x", "absolute"): 0.01, ("x", "relative"): 0.02, ("y", "absolute"): -0.05,
+                         ("y", "relative"): 0.03})
+    assert "oracle_per_class vs class_balanced" in text.splitlines()[2]  # its column in the table
+    assert text.endswith("The ceiling inside each class (oracle_per_class) beat class-balanced random replay under "
+                         "both measures in 1 of 2 cells (select_replay.oracle_measure = relative): the "
+                         "class control has power there.")
+    text = publish_arms({(u, m): -0.01 for u in ("x", "y") for m in ("absolute", "relative")})
+    assert text.endswith("did not beat class-balanced random replay under both measures in any of the 2 cells: even "
+                         "with the class shares held equal, no buffer has been shown to beat random replay here.")

@@ -136,7 +136,8 @@ def render_study(folder: Path) -> str:
         counts.append(f"{LABELS[claim]}: " + ", ".join(f"{v} in {n}" for v, n in got.items()))
     runs = combined["unit"].nunique()
     lines += ["", f"Verdicts over the {'one cell' if runs == 1 else f'{runs} cells'}: " + "; ".join(counts) + ". "
-              f"(Class control: {CLASS_CONTROL[0]} against {CLASS_CONTROL[1]}.)" + _power(combined, cells, keys)]
+              f"(Class control: {CLASS_CONTROL[0]} against {CLASS_CONTROL[1]}.)" + _power(combined, cells, keys)
+              + _class_power(arms, cells, keys)]
     return "\n".join(lines)
 
 
@@ -156,6 +157,27 @@ def _power(combined, cells, keys: list[str]) -> str:
     names = ["; ".join(f"{k} = {cells.at[u, k]}" for k in keys) if u in cells.index else "pooled" for u in held]
     return (f" The oracle ceiling beat random replay in {len(held)} of {len(ceiling)} cells ({', '.join(names)}): "
             "claim 2's test has power there.")
+
+
+def _class_power(arms, cells, keys: list[str]) -> str:
+    """Where the study ran the oracle inside each class (oracle_per_class): whether it beat class_balanced, the
+    random buffer with the same class shares, under both measures (its interval above 0 under each), per cell and
+    budget; where it did not, even the ceiling has not shown a selection effect once the class shares are equal."""
+    rows = arms[(arms["strategy"] == "oracle_per_class") & (arms["reference"] == "class_balanced")]
+    if rows.empty:
+        return ""
+    won = rows.groupby(["unit", "budget"], sort=False)["lo"].apply(lambda lo: bool((lo > 0).all()))
+    held = list(dict.fromkeys(unit for (unit, _), w in won.items() if w))
+    units = won.index.get_level_values("unit").nunique()
+    runs = "cells" if len(won) == units else "cells and budgets"
+    if not held:
+        where = "the one cell" if len(won) == 1 else f"any of the {len(won)} {runs}"
+        return (" The ceiling inside each class (oracle_per_class against class_balanced, equal class shares) did "
+                f"not beat class-balanced random replay under both measures in {where}: even with the class shares "
+                "held equal, no buffer has been shown to beat random replay here.")
+    names = ["; ".join(f"{k} = {cells.at[u, k]}" for k in keys) if u in cells.index else "pooled" for u in held]
+    return (" The ceiling inside each class (oracle_per_class) beat class-balanced random replay under both measures "
+            f"in {sum(won)} of {len(won)} {runs} ({', '.join(names)}): the class control has power there.")
 
 
 def render_studies(root: Path) -> str:

@@ -219,7 +219,7 @@ def plot_arms(arms: pd.DataFrame, path: str | Path) -> Path:
                            facecolors=colours[strategy] if excludes else "white")
         ax.axvline(0, color="k", lw=0.6)
         ax.set_yticks(ticks, labels, fontsize=7)
-        ax.set_title(f"{m} forgetting: reference minus arm (> 0: the arm forgets less)", fontsize=9)
+        ax.set_title(f"{m} forgetting\nreference minus arm (> 0: the arm forgets less)", fontsize=9)
     axes[0, 0].invert_yaxis()  # the panels share y: inverting each would flip it back; first cell on top
     # the legend: one hollow key per arm (its colour), then what a filled marker means
     handles = [Line2D([], [], color=colours[s], lw=1.2, marker="o", markersize=4.5, markerfacecolor="white")
