@@ -34,6 +34,7 @@ def main(cfg, args):
     check_output(args.out_samples)
     try:
         images, labels = load_dataset(p.dataset, p.root, p.split)
+        names = class_names(p.dataset, p.root, p.split, labels)
     except UserError as exc:  # the library says what is wrong with the value; the stage names the field
         raise UserError(f"prepare.{'root' if p.dataset == 'folder' else 'dataset'}: {exc}") from None
     try:
@@ -49,7 +50,7 @@ def main(cfg, args):
     with atomic_path(args.out_samples) as tmp_samples, atomic_path(args.out_images) as tmp_images:
         save_tensors({"images": x, "sample_id": torch.from_numpy(keep.astype(np.int64))}, tmp_images,
                      meta={"dataset": p.dataset, "resolution": p.resolution,
-                           "class_names": class_names(p.dataset, p.root, p.split, labels)})
+                           "class_names": names})
         write_table(samples, tmp_samples, table="samples",
                     meta=provenance(cfg, "prepare", seed=0, device="cpu", table="samples"))
     print(f"prepare: {p.dataset}: task A {len(idx_a)} samples (classes {p.task_a}), task B {len(idx_b)} "

@@ -249,6 +249,13 @@ def cifar_folder(w: Inputs, payload: bytes) -> Path:
     return params
 
 
+def cifar_meta_folder(w: Inputs, meta: bytes) -> Path:
+    """Params for a good CIFAR-10 folder whose ``batches.meta`` is ``meta``."""
+    params = cifar_folder(w, cifar_batch(np.zeros((10, 3072), np.uint8), range(10)))
+    (w.tmp / "data" / "cifar-10-batches-py" / "batches.meta").write_bytes(meta)
+    return params
+
+
 class Exploit:
     """A pickle that would run a shell command when loaded: it must be refused before anything runs."""
 
@@ -407,14 +414,20 @@ CASES = [
     Case("data-cifar-corrupt", "prepare", lambda w: {"params": cifar_folder(w, b"\x80\x04}K\x01a.")},
          ("prepare.root:", "data_batch_3 is damaged or truncated", "replace the file")),
     Case("data-cifar-truncated", "prepare", lambda w: {"params": cifar_folder(w, cifar_batch()[:60])},
-         ("prepare.root:", "data_batch_3", "truncated", "use the original CIFAR-10 batches")),
+         ("prepare.root:", "data_batch_3 is damaged or truncated", "replace the file")),
     Case("data-cifar-str-keys", "prepare",
          lambda w: {"params": cifar_folder(w, pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}))},
          ("prepare.root:", "data_batch_3 is not a CIFAR-10 python batch", "use the original CIFAR-10 batches")),
     Case("data-cifar-crafted-pickle", "prepare",  # the exploit would create a file in the output folder
          lambda w: {"params": cifar_folder(w, cifar_batch(Exploit(w.out / "pwned")))},
-         ("prepare.root:", "data_batch_3: refused to load", "system: not part of a CIFAR-10 batch",
-          "use the original CIFAR-10 batches")),
+         ("prepare.root:", "data_batch_3: refused to load", "system: not part of a CIFAR-10 file",
+          "use the original CIFAR-10 files")),
+    Case("data-cifar-crafted-meta", "prepare",  # batches.meta beside a batch: class names are read through the same reader
+         lambda w: {"params": cifar_meta_folder(w, pickle.dumps({b"label_names": Exploit(w.out / "pwned")}))},
+         ("prepare.root:", "batches.meta: refused to load", "system: not part of a CIFAR-10 file",
+          "use the original CIFAR-10 files")),
+    Case("data-cifar-meta-garbage", "prepare", lambda w: {"params": cifar_meta_folder(w, b"\x80\x04 not a pickle")},
+         ("prepare.root:", "batches.meta", "replace the file")),
     Case("data-cifar-wrong-shape", "prepare",
          lambda w: {"params": cifar_folder(w, cifar_batch(np.zeros((2, 100), np.uint8)))},
          ("prepare.root:", "data_batch_3 holds data (2, 100)", "use the original CIFAR-10 batches")),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hopfield_replay.data import load_dataset, load_folder, load_mnist5k, read_idx, resize, split_tasks, to_model_range
+from hopfield_replay.data import class_names, load_dataset, load_folder, load_mnist5k, read_idx, resize, split_tasks, to_model_range
 from hopfield_replay.errors import UserError
 
 
@@ -162,6 +162,68 @@ def test_a_crafted_cifar_pickle_is_refused_and_runs_nothing(tmp_path, monkeypatc
     with pytest.raises(UserError, match=r"data_batch_3: refused to load (posix|os)\.system"):
         load_folder(folder)
     assert not (tmp_path / "pwned").exists()
+
+
+def _meta_folder(tmp_path, meta: bytes | None, beside: str = "data_batch_1") -> Path:
+    """A folder with one (possibly empty) CIFAR file and a ``batches.meta`` of the given bytes."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    (folder / beside).write_bytes(b"")
+    if meta is not None:
+        (folder / "batches.meta").write_bytes(meta)
+    return tmp_path
+
+
+@pytest.mark.parametrize("beside", ["data_batch_1", "test_batch"])
+def test_a_crafted_cifar_meta_is_refused_and_runs_nothing(tmp_path, monkeypatch, beside):
+    """batches.meta goes through the same restricted reader as the batches (it used to be a plain pickle.load whose
+    every error was swallowed), even beside an empty batch file and an .npz."""
+    monkeypatch.chdir(tmp_path)
+    root = _meta_folder(tmp_path, pickle.dumps({b"label_names": _Exploit()}), beside)
+    np.savez(root / "d.npz", x_train=np.zeros((2, 4, 4), np.uint8), y_train=np.zeros(2, np.int64))
+    with pytest.raises(UserError, match=r"batches.meta: refused to load (posix|os)\.system"):
+        class_names("folder", str(root), "train", np.arange(10))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_cifar_meta_names_are_read_and_a_damaged_meta_is_named(tmp_path):
+    names = [f"class{i}".encode() for i in range(10)]
+    good = _meta_folder(tmp_path / "good", pickle.dumps({b"label_names": names, b"num_vis": 3072}))
+    assert class_names("folder", str(good), "train", np.arange(10)) == [n.decode() for n in names]
+    assert class_names("folder", str(_meta_folder(tmp_path / "none", None)), "train", np.arange(10))[0] == "airplane"
+    for name, meta, message in [("garbage", b"\x80\x04 junk", "damaged or truncated"),
+                                ("no-names", pickle.dumps({b"other": 1}), "not a CIFAR-10 batches.meta"),
+                                ("bad-utf8", pickle.dumps({b"label_names": [b"\xff\xfe"]}), "not UTF-8")]:
+        with pytest.raises(UserError, match=rf"batches.meta.*{message}"):
+            class_names("folder", str(_meta_folder(tmp_path / name, meta)), "train", np.arange(10))
+
+
+def test_nothing_but_the_restricted_reader_unpickles():
+    """No project code calls pickle, or torch.load / np.load in a form that unpickles: data.read_pickle is the one
+    reader, through the restricted unpickler."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for folder in ("src", "stages", "flows", "tools", "benchmarks"):
+        for path in sorted((root / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                    name = f"{node.value.id}.{node.attr}"
+                    if node.value.id in ("pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"):
+                        found.append((path.relative_to(root).as_posix(), name))
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load":
+                    kw = {k.arg: k.value for k in node.keywords}
+                    owner = getattr(node.func.value, "id", "")
+                    if owner == "torch" and not (isinstance(kw.get("weights_only"), ast.Constant)
+                                                 and kw["weights_only"].value is True):
+                        found.append((path.relative_to(root).as_posix(), "torch.load without weights_only=True"))
+                    if owner == "np" and isinstance(kw.get("allow_pickle"), ast.Constant) and kw["allow_pickle"].value:
+                        found.append((path.relative_to(root).as_posix(), "np.load(allow_pickle=True)"))
+    allowed = {("src/hopfield_replay/data.py", "pickle.Unpickler"), ("src/hopfield_replay/data.py", "pickle.UnpicklingError")}
+    assert sorted(set(found) - allowed) == []
+    assert allowed <= set(found)  # the scan sees the reader itself
 
 
 @pytest.mark.parametrize("name, payload, message", [

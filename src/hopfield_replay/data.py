@@ -110,8 +110,12 @@ def _load_idx(root: Path, split: str):
     return _to_float(images[:, None], 255.0), labels
 
 
+class _Refused(pickle.UnpicklingError):
+    """A pickle names a callable the restricted unpickler does not admit."""
+
+
 class _CifarUnpickler(pickle.Unpickler):
-    """Admits only what a CIFAR-10 batch holds (dicts, lists, bytes, str, ints and numpy arrays): a pickle that
+    """Admits only what a CIFAR-10 file holds (dicts, lists, bytes, str, ints and numpy arrays): a pickle that
     names any other callable is refused before anything runs."""
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -120,19 +124,26 @@ class _CifarUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refused to load {module}.{name}: not part of a CIFAR-10 batch")
+            raise _Refused(f"refused to load {module}.{name}: not part of a CIFAR-10 file")
         return super().find_class(module, name)
+
+
+def read_pickle(path: Path) -> object:
+    """A CIFAR-10 python pickle (a batch or ``batches.meta``) through the restricted unpickler: the one place in
+    the project that unpickles anything. A pickle naming any callable outside numpy's array constructors, or a
+    damaged stream, is a UserError naming the file; nothing in it runs."""
+    try:
+        with open(path, "rb") as fh:
+            return _CifarUnpickler(fh, encoding="bytes").load()
+    except _Refused as exc:
+        raise UserError(f"{path}: {exc}; use the original CIFAR-10 files") from None
+    except (pickle.UnpicklingError, OSError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as exc:
+        raise _damaged(path, exc) from None  # what a damaged pickle stream raises (nothing else can run in it)
 
 
 def read_cifar_batch(path: Path) -> dict:
     """One CIFAR-10 python batch through the restricted unpickler: {b'data': (N, 3072) uint8, b'labels': (N,)}."""
-    try:
-        with open(path, "rb") as fh:
-            batch = _CifarUnpickler(fh, encoding="bytes").load()
-    except pickle.UnpicklingError as exc:
-        raise UserError(f"{path}: {exc}; use the original CIFAR-10 batches") from None
-    except (OSError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as exc:
-        raise _damaged(path, exc) from None  # what a damaged pickle stream raises (nothing else can run in it)
+    batch = read_pickle(path)
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise UserError(f"{path} is not a CIFAR-10 python batch (no b'data' and b'labels' entries); use the original "
                         "CIFAR-10 batches")
@@ -263,18 +274,24 @@ def to_model_range(images01: torch.Tensor) -> torch.Tensor:
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
+def read_cifar_meta(path: Path) -> list[str]:
+    """The class names of a CIFAR-10 ``batches.meta`` (its b'label_names'), through the restricted unpickler."""
+    meta = read_pickle(path)
+    names = meta.get(b"label_names") if isinstance(meta, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names):
+        raise UserError(f"{path} is not a CIFAR-10 batches.meta (no list of b'label_names'); use the original file "
+                        "or delete it (the standard CIFAR-10 names are used without it)")
+    try:
+        return [n.decode() if isinstance(n, bytes) else n for n in names]
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: its label_names are not UTF-8 text; use the original file or delete it") from None
+
+
 def _cifar_names(root: Path) -> list[str] | None:
     for folder in (root, root / "cifar-10-batches-py"):
         if (folder / "data_batch_1").is_file() or (folder / "test_batch").is_file():
             meta = folder / "batches.meta"
-            if meta.is_file():
-                try:
-                    with open(meta, "rb") as fh:
-                        names = pickle.load(fh, encoding="bytes").get(b"label_names")
-                    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-                except Exception:  # a damaged meta file: the standard names
-                    pass
-            return list(CIFAR10_CLASSES)
+            return read_cifar_meta(meta) if meta.is_file() else list(CIFAR10_CLASSES)
     return None
 
 
