@@ -29,7 +29,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-from hopfield_replay.devices import machine_description  # noqa: E402
+from hopfield_replay.runtime.devices import machine_description  # noqa: E402
 from hopfield_replay.energy import beta_from_data, hopfield_energy  # noqa: E402
 
 VARIANTS = {

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-from hopfield_replay.devices import autocast, machine_description  # noqa: E402
+from hopfield_replay.runtime.devices import autocast, machine_description  # noqa: E402
 from hopfield_replay.models import DDPMConfig, PixelDDPM  # noqa: E402
-from hopfield_replay.noise import fixed_noise  # noqa: E402
-from hopfield_replay.reconstruction import default_batch_size, denoising_energy  # noqa: E402
+from hopfield_replay.measures.noise import fixed_noise  # noqa: E402
+from hopfield_replay.measures.reconstruction import default_batch_size, denoising_energy  # noqa: E402
 
 
 

@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_train import Report, add_run_options, build, rotated, start_report, sync  # noqa: E402
-from hopfield_replay.devices import autocast  # noqa: E402
-from hopfield_replay.reconstruction import default_batch_size, reconstruction_error  # noqa: E402
+from hopfield_replay.runtime.devices import autocast  # noqa: E402
+from hopfield_replay.measures.reconstruction import default_batch_size, reconstruction_error  # noqa: E402
 
 
 @torch.no_grad()

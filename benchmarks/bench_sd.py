@@ -35,7 +35,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_train import add_run_options, rotated, start_report, sync  # noqa: E402
-from hopfield_replay.devices import autocast  # noqa: E402
+from hopfield_replay.runtime.devices import autocast  # noqa: E402
 from hopfield_replay.models import DenoisingModel, TrainConfig, train_denoiser  # noqa: E402
 
 # runwayml/stable-diffusion-v1-5: unet/config.json, vae/config.json, scheduler/scheduler_config.json

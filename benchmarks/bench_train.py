@@ -32,7 +32,7 @@ from diffusers import UNet2DModel
 from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-from hopfield_replay.devices import autocast, describe, machine_description  # noqa: E402
+from hopfield_replay.runtime.devices import autocast, describe, machine_description  # noqa: E402
 from hopfield_replay.models import DDPMConfig, PixelDDPM, TrainConfig, train_denoiser  # noqa: E402
 
 

@@ -58,7 +58,7 @@ stages() {  # the real prepare, encode and train_a stages, as dvc.yaml runs them
   local work
   work=$(mktemp -d) || return 1
   "$PY" -c 'import sys, yaml
-from hopfield_replay.params_file import read_yaml
+from hopfield_replay.io.params_file import read_yaml
 from tools.params_yaml import deep_merge
 params, profile, work, steps, device = sys.argv[1:]
 merged = deep_merge(read_yaml(open(params).read()), read_yaml(open(profile).read()))

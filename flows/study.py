@@ -38,10 +38,10 @@ from flows.pipeline import ROOT, dvc_env, dvc_stages  # noqa: E402 - also sets t
 from flows.stage_output import run_streamed  # noqa: E402
 from flows.study_engine import (cell_resources, check_dask_cluster, engine_runner, limit_concurrency,  # noqa: E402
                                 prefect_api)
-from hopfield_replay.params_file import read_yaml, validate_config  # noqa: E402
+from hopfield_replay.io.params_file import read_yaml, validate_config  # noqa: E402
 from hopfield_replay.errors import UserError  # noqa: E402
-from hopfield_replay.study import StudySpec, cell_id, expand, load_study, validate_engine  # noqa: E402
-from hopfield_replay.tables import atomic_path  # noqa: E402
+from hopfield_replay.analysis.study import StudySpec, cell_id, expand, load_study, validate_engine  # noqa: E402
+from hopfield_replay.io.tables import atomic_path  # noqa: E402
 from tools.params_yaml import deep_merge, render_merged  # noqa: E402
 from tools.profile import read_profile, set_dotted, tiny_spec  # noqa: E402
 
@@ -242,9 +242,9 @@ def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root
     import pandas as pd
     from prefect import get_run_logger
 
-    from hopfield_replay import study as S
-    from hopfield_replay import study_report as R
-    from hopfield_replay.tables import package_versions, params_hash, read_table, write_table
+    from hopfield_replay.analysis import study as S
+    from hopfield_replay.analysis import study_report as R
+    from hopfield_replay.io.tables import package_versions, params_hash, read_table, write_table
 
     grid = S.grid_columns({c.id: c.values for c in cells})
     done = [c for c in cells if records[c.id]["status"] == "completed"]

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from hopfield_replay.devices import resolve_device
+from hopfield_replay.runtime.devices import resolve_device
 from hopfield_replay.errors import UserError
 from hopfield_replay.models import LatentDiffusion
-from hopfield_replay.tables import check_output, load_tensors, save_tensors, tensor_meta
+from hopfield_replay.io.tables import check_output, load_tensors, save_tensors, tensor_meta
 from stages.runner import stage
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from hopfield_replay.devices import resolve_device
+from hopfield_replay.runtime.devices import resolve_device
 from hopfield_replay.errors import UserError
 from hopfield_replay.models import load_model
-from hopfield_replay.reconstruction import measure_forgetting
-from hopfield_replay.tables import check_output, load_task, read_table, write_table
+from hopfield_replay.measures.reconstruction import measure_forgetting
+from hopfield_replay.io.tables import check_output, load_task, read_table, write_table
 from stages.runner import provenance, stage
 
 

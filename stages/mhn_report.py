@@ -21,10 +21,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from hopfield_replay.colours import arm_colours  # noqa: E402
+from hopfield_replay.analysis.colours import arm_colours  # noqa: E402
 from hopfield_replay.mhn import FAMILIES  # noqa: E402
-from hopfield_replay.stats import bootstrap_ci  # noqa: E402
-from hopfield_replay.tables import atomic_path, check_output, read_table  # noqa: E402
+from hopfield_replay.analysis.stats import bootstrap_ci  # noqa: E402
+from hopfield_replay.io.tables import atomic_path, check_output, read_table  # noqa: E402
 
 from stages.runner import stage  # noqa: E402
 

@@ -14,7 +14,7 @@ import logging
 import torch
 
 from hopfield_replay.mhn import run_trained
-from hopfield_replay.tables import atomic_path, check_output, write_json, write_table
+from hopfield_replay.io.tables import atomic_path, check_output, write_json, write_table
 from stages.runner import provenance, stage
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hopfield_replay.data import class_names, load_dataset, resize, split_tasks, to_model_range
+from hopfield_replay.io.data import class_names, load_dataset, resize, split_tasks, to_model_range
 from hopfield_replay.errors import UserError
-from hopfield_replay.tables import atomic_path, check_output, save_tensors, write_table
+from hopfield_replay.io.tables import atomic_path, check_output, save_tensors, write_table
 from stages.runner import provenance, stage
 
 

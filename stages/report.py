@@ -1,4 +1,4 @@
-"""report: the evidence on the paper's two claims (hopfield_replay.protocol), as metrics, figures and a report.
+"""report: the evidence on the paper's two claims (hopfield_replay.analysis.protocol), as metrics, figures and a report.
 
 For each forgetting measure (absolute, relative): every predictor of the scores table against forgetting
 (Spearman, within-class Spearman, partial Spearman given report.nuisance, precision and AUROC at the top
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from hopfield_replay.forgetting import MEASURES, add_measures
-from hopfield_replay.protocol import decile_curves, run_protocol
-from hopfield_replay.report import (markdown_report, plot_arms_by_decile, plot_image_grid, plot_predictors,
+from hopfield_replay.measures.forgetting import MEASURES, add_measures
+from hopfield_replay.analysis.protocol import decile_curves, run_protocol
+from hopfield_replay.analysis.report import (markdown_report, plot_arms_by_decile, plot_image_grid, plot_predictors,
                                     plot_score_vs_forgetting, check_lines, verdict_lines)
-from hopfield_replay.tables import atomic_path, check_output, load_task, read_table, write_json
+from hopfield_replay.io.tables import atomic_path, check_output, load_task, read_table, write_json
 from stages.runner import stage
 
 

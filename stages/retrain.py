@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hopfield_replay.data_parallel import launcher
-from hopfield_replay.devices import resolve_device
+from hopfield_replay.runtime.data_parallel import launcher
+from hopfield_replay.runtime.devices import resolve_device
 from hopfield_replay.errors import UserError
 from hopfield_replay.models import CheckpointPolicy, TrainConfig, load_model, train_and_save
-from hopfield_replay.tables import check_output, load_task, read_table
+from hopfield_replay.io.tables import check_output, load_task, read_table
 from stages.runner import stage
 
 

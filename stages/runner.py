@@ -9,7 +9,7 @@ traceback.
 
 A training stage passes ``relaunch=data_parallel.launcher("train_a")``: with ``train_a.processes`` N > 1 the stage
 starts N copies of itself under torch's elastic launcher, each training on its share of every batch, so
-``dvc repro`` runs data parallel from the params alone (``hopfield_replay.data_parallel``).
+``dvc repro`` runs data parallel from the params alone (``hopfield_replay.runtime.data_parallel``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from hopfield_replay.config import Config
-from hopfield_replay.params_file import load_config
+from hopfield_replay.io.config import Config
+from hopfield_replay.io.params_file import load_config
 from hopfield_replay.errors import UserError
 
 
@@ -66,8 +66,8 @@ def stage(*paths: str, relaunch: Callable[[Config, list[str]], int | None] | Non
 def provenance(cfg: Config, *sections: str, seed: int, device, table: str) -> dict:
     """A table's provenance: the hash covers only the params ``sections`` it depends on (plus the device), so
     unrelated params leave its bytes, and everything DVC sees downstream of it, unchanged."""
-    from hopfield_replay.devices import describe
-    from hopfield_replay.tables import provenance as table_provenance
+    from hopfield_replay.runtime.devices import describe
+    from hopfield_replay.io.tables import provenance as table_provenance
 
     params = {name: cfg.section(name) for name in ("device", *sections)}
     return table_provenance(params, seed=seed, device=describe(device) if not isinstance(device, str) else device,

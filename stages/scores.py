@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from hopfield_replay.devices import resolve_device
+from hopfield_replay.runtime.devices import resolve_device
 from hopfield_replay.energy import beta_from_data, beta_from_snr
 from hopfield_replay.models import load_model
 from hopfield_replay.predictors import PredictorContext, compute_predictors
-from hopfield_replay.reconstruction import denoising_energy, reconstruction_error
-from hopfield_replay.tables import check_output, load_task, write_table
+from hopfield_replay.measures.reconstruction import denoising_energy, reconstruction_error
+from hopfield_replay.io.tables import check_output, load_task, write_table
 from stages.runner import provenance, stage
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from hopfield_replay.errors import UserError
-from hopfield_replay.forgetting import per_sample
+from hopfield_replay.measures.forgetting import per_sample
 from hopfield_replay.replay import STRATEGY_INFO, SelectionInputs, parse_arm, select_replay
-from hopfield_replay.tables import atomic_path, check_output, load_task, provenance, read_table, write_table
+from hopfield_replay.io.tables import atomic_path, check_output, load_task, provenance, read_table, write_table
 from stages.runner import stage
 
 

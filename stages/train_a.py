@@ -8,10 +8,10 @@ UNet's initial weights too).
 
 from __future__ import annotations
 
-from hopfield_replay.data_parallel import launcher
-from hopfield_replay.devices import resolve_device
+from hopfield_replay.runtime.data_parallel import launcher
+from hopfield_replay.runtime.devices import resolve_device
 from hopfield_replay.models import CheckpointPolicy, TrainConfig, build_model, train_and_save
-from hopfield_replay.tables import check_output, load_task, tensor_meta
+from hopfield_replay.io.tables import check_output, load_task, tensor_meta
 from stages.runner import stage
 
 

@@ -6,10 +6,10 @@ that only the replayed samples differ.
 
 from __future__ import annotations
 
-from hopfield_replay.data_parallel import launcher
-from hopfield_replay.devices import resolve_device
+from hopfield_replay.runtime.data_parallel import launcher
+from hopfield_replay.runtime.devices import resolve_device
 from hopfield_replay.models import CheckpointPolicy, TrainConfig, load_model, train_and_save
-from hopfield_replay.tables import check_output, load_task
+from hopfield_replay.io.tables import check_output, load_task
 from stages.runner import stage
 
 

@@ -27,7 +27,7 @@ import pytest
 import torch
 import yaml
 
-from hopfield_replay.tables import load_tensors, save_tensors, tensor_meta
+from hopfield_replay.io.tables import load_tensors, save_tensors, tensor_meta
 from tests.conftest import ROOT, TINY_PARAMS, make_project, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,8 +8,8 @@ import subprocess
 import pytest
 import yaml
 
-from hopfield_replay.config import SECTIONS, Config
-from hopfield_replay.params_file import ParamsError, load_config, read_yaml, validate_config
+from hopfield_replay.io.config import SECTIONS, Config
+from hopfield_replay.io.params_file import ParamsError, load_config, read_yaml, validate_config
 from hopfield_replay.errors import UserError
 from tests.conftest import ROOT, TINY_PARAMS
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hopfield_replay.data import class_names, load_dataset, load_folder, load_mnist5k, read_idx, resize, split_tasks, to_model_range
+from hopfield_replay.io.data import class_names, load_dataset, load_folder, load_mnist5k, read_idx, resize, split_tasks, to_model_range
 from hopfield_replay.errors import UserError
 
 
@@ -127,7 +127,7 @@ def test_resize_and_range():
 def test_class_names_follow_the_detected_format(tmp_path):
     from PIL import Image
 
-    from hopfield_replay.data import CIFAR10_CLASSES, class_names
+    from hopfield_replay.io.data import CIFAR10_CLASSES, class_names
 
     labels = np.array([0, 1, 2])
     assert class_names("digits", None, "train", labels) == ["0", "1", "2"]
@@ -221,7 +221,7 @@ def test_nothing_but_the_restricted_reader_unpickles():
                         found.append((path.relative_to(root).as_posix(), "torch.load without weights_only=True"))
                     if owner == "np" and isinstance(kw.get("allow_pickle"), ast.Constant) and kw["allow_pickle"].value:
                         found.append((path.relative_to(root).as_posix(), "np.load(allow_pickle=True)"))
-    allowed = {("src/hopfield_replay/data.py", "pickle.Unpickler"), ("src/hopfield_replay/data.py", "pickle.UnpicklingError")}
+    allowed = {("src/hopfield_replay/io/data.py", "pickle.Unpickler"), ("src/hopfield_replay/io/data.py", "pickle.UnpicklingError")}
     assert sorted(set(found) - allowed) == []
     assert allowed <= set(found)  # the scan sees the reader itself
 

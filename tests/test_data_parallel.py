@@ -20,11 +20,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from hopfield_replay.params_file import load_config
-from hopfield_replay.data_parallel import launched_world_size, run_data_parallel
+from hopfield_replay.io.params_file import load_config
+from hopfield_replay.runtime.data_parallel import launched_world_size, run_data_parallel
 from hopfield_replay.errors import UserError
 from hopfield_replay.models import build_model
-from hopfield_replay.tables import tensor_meta
+from hopfield_replay.io.tables import tensor_meta
 from stages import encode, prepare
 from tests.conftest import ROOT, TINY_PARAMS, run, write_params
 

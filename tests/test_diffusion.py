@@ -96,7 +96,7 @@ def test_foreign_weights_are_one_error_without_diffusers_warnings(tmp_path):
 def test_build_model_is_seeded_and_checks_the_model_space():
     import pytest
 
-    from hopfield_replay.config import ModelParams
+    from hopfield_replay.io.config import ModelParams
     from hopfield_replay.errors import UserError
     from hopfield_replay.models import build_model
 

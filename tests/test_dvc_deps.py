@@ -89,8 +89,8 @@ def test_deps_cover_the_import_closure(name, cmd, deps):
 def test_the_closure_finds_lazy_and_relative_imports(tmp_path):
     """The checker itself: a lazy import inside a function is found (it is what hid devices.py before)."""
     closure = import_closure(ROOT / "stages" / "runner.py")
-    assert ROOT / "src" / "hopfield_replay" / "config.py" in closure
-    assert ROOT / "src" / "hopfield_replay" / "devices.py" in closure  # imported inside provenance()
+    assert ROOT / "src" / "hopfield_replay" / "io" / "config.py" in closure
+    assert ROOT / "src" / "hopfield_replay" / "runtime" / "devices.py" in closure  # imported inside provenance()
     assert ROOT / "src" / "hopfield_replay" / "errors.py" in closure  # via config's relative import
     deep = import_closure(ROOT / "stages" / "mhn_closed_form.py")  # package __init__ -> .closed_form -> ..energy
     assert ROOT / "src" / "hopfield_replay" / "mhn" / "closed_form.py" in deep

@@ -10,9 +10,9 @@ import pytest
 import scipy.stats
 from sklearn.metrics import roc_auc_score
 
-from hopfield_replay.evidence import (_bootstrap, _covariate_groups, arm_effects, compare_to_best_baseline,
+from hopfield_replay.analysis.evidence import (_bootstrap, _covariate_groups, arm_effects, compare_to_best_baseline,
                                       evaluate_predictors)
-from hopfield_replay.stats import partial_spearman
+from hopfield_replay.analysis.stats import partial_spearman
 
 
 def _predictor_data(n=300, seeds=3, seed=0):

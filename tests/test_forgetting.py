@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from hopfield_replay.forgetting import (MEASURES, add_measures, energy_deciles, forgetting_by_t, per_sample,
+from hopfield_replay.measures.forgetting import (MEASURES, add_measures, energy_deciles, forgetting_by_t, per_sample,
                                         seed_agreement)
 
 

@@ -14,8 +14,8 @@ import scipy.linalg
 import torch
 import yaml
 
-from hopfield_replay.config import MHNClosedFormParams
-from hopfield_replay.params_file import ParamsError, validate_config
+from hopfield_replay.io.config import MHNClosedFormParams
+from hopfield_replay.io.params_file import ParamsError, validate_config
 from hopfield_replay.energy import hopfield_energy
 from hopfield_replay.mhn import closed_form, dynamics, geometry, run_closed_form
 from tests.conftest import TINY_PARAMS

@@ -14,8 +14,8 @@ import torch
 import yaml
 
 import hopfield_replay.mhn.trained as mt
-from hopfield_replay.config import MHNTrainedParams
-from hopfield_replay.params_file import ParamsError, validate_config
+from hopfield_replay.io.config import MHNTrainedParams
+from hopfield_replay.io.params_file import ParamsError, validate_config
 from hopfield_replay.mhn.trained import nll, replay_buffer, run_seed, train_memories
 from tests.conftest import TINY_PARAMS
 
@@ -163,9 +163,9 @@ def test_trained_stage_writes_tables(tmp_path):
 
 
 def test_report_stage_writes_figures(tmp_path, tiny_seed):
-    from hopfield_replay.config import MHNClosedFormParams
+    from hopfield_replay.io.config import MHNClosedFormParams
     from hopfield_replay.mhn import run_closed_form
-    from hopfield_replay.tables import write_table
+    from hopfield_replay.io.tables import write_table
 
     cf, tr, rep = tmp_path / "cf", tmp_path / "tr", tmp_path / "rep"
     res = run_closed_form(MHNClosedFormParams(rotations=20, bootstrap=20, write_gains=False))

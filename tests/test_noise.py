@@ -10,10 +10,10 @@ import pytest
 import scipy.stats
 import torch
 
-from hopfield_replay import noise
+from hopfield_replay.measures import noise
 from hopfield_replay.models import DDPMConfig, PixelDDPM
-from hopfield_replay.noise import fixed_noise, philox4x32, words_to_normals
-from hopfield_replay.reconstruction import denoising_energy, reconstruction_error
+from hopfield_replay.measures.noise import fixed_noise, philox4x32, words_to_normals
+from hopfield_replay.measures.reconstruction import denoising_energy, reconstruction_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

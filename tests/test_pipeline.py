@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from hopfield_replay.verdicts import VERDICTS
-from hopfield_replay.tables import SCHEMAS, read_meta
+from hopfield_replay.analysis.verdicts import VERDICTS
+from hopfield_replay.io.tables import SCHEMAS, read_meta
 from tests.conftest import run, write_params
 from tests.test_concurrent_stages import most_at_once
 
@@ -138,7 +138,7 @@ def test_dvc_commands_work(tiny_project):
 def test_class_stratified_arms_through_the_select_replay_stage(tiny_project, tmp_path):
     """The stage on the reproduced tables with the class-stratified arms: every class gets budget / classes samples,
     energy_high_per_class takes each class's top energies, oracle_per_class each class's most forgotten."""
-    from hopfield_replay.forgetting import per_sample
+    from hopfield_replay.measures.forgetting import per_sample
 
     params = yaml.safe_load((tiny_project / "params.yaml").read_text())
     params["select_replay"]["arms"] = ["energy_high_per_class", "oracle_per_class", "pixel_mass_low_per_class"]

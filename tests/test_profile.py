@@ -246,7 +246,7 @@ def test_build_tiny_sd_builds_once_and_points_the_model_at_it(tmp_path, monkeypa
         built.append((resolution, seed))
         (path / "model_index.json").write_text("{}")
 
-    monkeypatch.setitem(sys.modules, "hopfield_replay.testing", types.SimpleNamespace(build_tiny_sd_pipeline=fake_build))
+    monkeypatch.setitem(sys.modules, "hopfield_replay.models.tiny_sd", types.SimpleNamespace(build_tiny_sd_pipeline=fake_build))
     params, prof = setup_files(tmp_path, PARAMS)
     tiny = tmp_path / "cache" / "sd-tiny"
     prof.write_text(f"profile: {{build_tiny_sd: {{path: {tiny}, resolution: 16, seed: 3}}}}\nmodel: {{family: sd}}\n")
@@ -296,7 +296,7 @@ def test_every_edit_of_every_value_keeps_the_file_valid_and_commented():
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "profiles").glob("*.yaml")))
 def test_every_shipped_profile_gives_valid_params(name):
     """Each profile of profiles/, merged into the shipped params.yaml, passes the whole-file validation."""
-    from hopfield_replay.params_file import read_yaml, validate_config
+    from hopfield_replay.io.params_file import read_yaml, validate_config
 
     overrides = read_yaml((ROOT / "profiles" / name).read_text())
     overrides.pop("profile", None)

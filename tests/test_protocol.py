@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from hopfield_replay.protocol import binned_means, buffer_composition, buffer_overlap, decile_curves, run_protocol
+from hopfield_replay.analysis.protocol import binned_means, buffer_composition, buffer_overlap, decile_curves, run_protocol
 
 
 def _tables(n=200, seeds=(1, 2, 3), ts=(100, 500)):

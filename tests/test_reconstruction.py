@@ -9,8 +9,8 @@ import torch
 from diffusers import DDPMScheduler
 
 from hopfield_replay.models import DDPMConfig, DenoisingModel, PixelDDPM
-from hopfield_replay.noise import fixed_noise
-from hopfield_replay.reconstruction import default_batch_size, denoising_energy, error_table, reconstruction_error
+from hopfield_replay.measures.noise import fixed_noise
+from hopfield_replay.measures.reconstruction import default_batch_size, denoising_energy, error_table, reconstruction_error
 
 SHAPE = (1, 4, 4)
 
@@ -65,7 +65,7 @@ def test_errors_match_the_closed_form(k):
 
 def test_forgetting_on_hand_computed_values():
     """The long error table of two models and their difference (absolute forgetting) against the closed form."""
-    from hopfield_replay.forgetting import add_measures
+    from hopfield_replay.measures.forgetting import add_measures
 
     x0 = torch.rand(5, *SHAPE) * 2 - 1
     ids, ts = [1, 2, 3, 4, 5], [50, 700]

@@ -70,7 +70,7 @@ def test_render_states_the_verdicts_and_the_numbers_it_is_given():
 
 
 def test_an_interval_reads_the_same_everywhere():
-    from hopfield_replay.report import format_interval
+    from hopfield_replay.analysis.report import format_interval
 
     assert format_interval(0.1234, -0.01, 0.25) == "+0.123 [-0.010, +0.250]"
     assert format_interval(1.5, 1.0, 2.0, digits=1) == "+1.5 [+1.0, +2.0]"
@@ -84,7 +84,7 @@ def test_a_published_study_gives_a_row_per_cell_and_budget_with_the_claim_arm_fi
     class control and random against no replay close the row, a missing arm is '-'."""
     import pandas as pd
 
-    from hopfield_replay.tables import write_table
+    from hopfield_replay.io.tables import write_table
     from tools.render_results import render_study
 
     meta = {"study": "s", "commit": "a" * 40, "grid_keys": ["prepare.task_b"], "description": "two cells"}
@@ -131,7 +131,7 @@ def test_a_published_study_says_whether_the_ceiling_inside_each_class_beat_class
     measures; where it never did, the README says no buffer has been shown to beat random at equal class shares."""
     import pandas as pd
 
-    from hopfield_replay.tables import write_table
+    from hopfield_replay.io.tables import write_table
     from tools.render_results import render_study
 
     meta = {"study": "s", "commit": "a" * 40, "grid_keys": ["select_replay.oracle_measure"], "description": "two"}

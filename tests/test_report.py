@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 
-from hopfield_replay.colours import ARM_COLOUR, arm_colours
-from hopfield_replay.protocol import Evidence, binned_means
-from hopfield_replay.report import (arms_by_decile_figure, markdown_report, predictors_figure,
+from hopfield_replay.analysis.colours import ARM_COLOUR, arm_colours
+from hopfield_replay.analysis.protocol import Evidence, binned_means
+from hopfield_replay.analysis.report import (arms_by_decile_figure, markdown_report, predictors_figure,
                                    score_vs_forgetting_figure)
 
 ARMS = ["none", "energy_high", "energy_low", "random", "pixel_mass_high", "oracle", "class_balanced", "kcenter",

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from hopfield_replay.energy import hopfield_energy
-from hopfield_replay.testing import build_tiny_sd_pipeline
-from hopfield_replay.tables import load_tensors, read_meta
+from hopfield_replay.models.tiny_sd import build_tiny_sd_pipeline
+from hopfield_replay.io.tables import load_tensors, read_meta
 from tests.conftest import make_project, run, write_params
 
 RES = 16  # the tiny VAE downsamples by 2: latents (4, 8, 8)
@@ -70,7 +70,7 @@ def test_dvc_repro_runs_the_whole_sd_pipeline_on_latents(sd_project, tiny_params
     images = load_tensors(sd_project / "data" / "prepared" / "images.safetensors")
     assert tuple(x0["x0"].shape) == (2 * n, *LATENT)
     assert torch.equal(x0["sample_id"], images["sample_id"])
-    from hopfield_replay.tables import tensor_meta
+    from hopfield_replay.io.tables import tensor_meta
 
     meta = tensor_meta(space)
     assert meta["family"] == "sd" and meta["space"] == "latents" and meta["shape"] == list(LATENT)

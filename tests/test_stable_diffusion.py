@@ -10,13 +10,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from hopfield_replay.params_file import ParamsError, validate_config
-from hopfield_replay.data import CIFAR10_CLASSES
+from hopfield_replay.io.params_file import ParamsError, validate_config
+from hopfield_replay.io.data import CIFAR10_CLASSES
 from hopfield_replay.errors import UserError
 from hopfield_replay.models import FAMILY_FILE, LatentDiffusion, TrainConfig, load_model, train_denoiser
 from hopfield_replay.models.sd_settings import LoraSettings, SDSettings
-from hopfield_replay.reconstruction import denoising_energy, reconstruction_error
-from hopfield_replay.testing import build_tiny_sd_pipeline, main
+from hopfield_replay.measures.reconstruction import denoising_energy, reconstruction_error
+from hopfield_replay.models.tiny_sd import build_tiny_sd_pipeline, main
 
 RES = 16  # tiny VAE: 2 blocks -> downsampling 2 -> latents (4, 8, 8)
 NAMES = CIFAR10_CLASSES
@@ -315,7 +315,7 @@ def test_from_params(tiny):
 
 
 def test_pixel_space_reconstruction_decodes_both_sides(model):
-    from hopfield_replay.noise import fixed_noise
+    from hopfield_replay.measures.noise import fixed_noise
 
     z = model.encode(images(3))
     ids, t = [4, 9, 2], 300

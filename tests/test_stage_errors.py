@@ -126,7 +126,7 @@ def test_an_unexpected_exception_is_a_bug_with_its_traceback(tmp_path):
     """A bug is not dressed up as user error: the traceback shows and the exit status is not 2."""
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(_tiny()))
-    code = ("import sys, hopfield_replay.data as data, stages.prepare as stage\n"
+    code = ("import sys, hopfield_replay.io.data as data, stages.prepare as stage\n"
             "def broken(*args, **kwargs):\n    raise KeyError('sample_id')\n"
             "stage.load_dataset = broken\n"
             f"stage.main(['--params', {str(params)!r}, '--out-images', 'i', '--out-samples', 's'])\n")

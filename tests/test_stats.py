@@ -7,7 +7,7 @@ import pytest
 import scipy.stats
 from sklearn.metrics import roc_auc_score
 
-from hopfield_replay.stats import (CI, auroc, bootstrap_ci, fp_ties, partial_spearman, precision_at, spearman,
+from hopfield_replay.analysis.stats import (CI, auroc, bootstrap_ci, fp_ties, partial_spearman, precision_at, spearman,
                                    spearman_ci, t_interval)
 
 

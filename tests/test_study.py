@@ -1,4 +1,4 @@
-"""Studies (flows/study.py, hopfield_replay.study): the study file's checks, its cells, the stacked tables and the
+"""Studies (flows/study.py, hopfield_replay.analysis.study): the study file's checks, its cells, the stacked tables and the
 pooled evidence; then a real study end to end: a tiny project, three cells (two good, one whose prepare stage
 rejects its value) on a 2-worker local Dask cluster through Prefect, each a `dvc repro` in its own git worktree,
 run twice."""
@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from hopfield_replay.params_file import validate_config
+from hopfield_replay.io.params_file import validate_config
 from hopfield_replay.errors import UserError
-from hopfield_replay.study import (AGREEMENT_COLUMNS, ARM_COLUMNS, agreement_rows, arm_rows, cell_id, evidence, expand, grid_columns,
+from hopfield_replay.analysis.study import (AGREEMENT_COLUMNS, ARM_COLUMNS, agreement_rows, arm_rows, cell_id, evidence, expand, grid_columns,
                                    load_study, pool_seed_blocks, seed_blocks, stack_tables, verdict_rows)
-from hopfield_replay.study_report import arm_plot_rows, plot_arms, study_markdown
+from hopfield_replay.analysis.study_report import arm_plot_rows, plot_arms, study_markdown
 from tests.conftest import ROOT, TINY_PARAMS, make_project, run, write_params
 from tests.test_protocol import finish_replay, replay_rows
 
@@ -86,7 +86,7 @@ def test_an_existing_dask_cluster_must_offer_the_gpus_cells_need():
     from distributed import LocalCluster
 
     from flows.study_engine import check_dask_cluster
-    from hopfield_replay.study import EngineSpec
+    from hopfield_replay.analysis.study import EngineSpec
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cpu:
         check_dask_cluster(EngineSpec(address=cpu.scheduler_address))  # CPU cells: any worker will do
@@ -425,7 +425,7 @@ def test_a_published_study_is_its_tables_without_machine_paths_and_a_report_made
     shutil.copytree(root / "results", results)
     cells = pd.read_parquet(results / "cells.parquet")
     done = cells[cells["status"] == "completed"]
-    from hopfield_replay.tables import read_meta, write_table
+    from hopfield_replay.io.tables import read_meta, write_table
 
     write_table(done, results / "cells.parquet", table="study_cells", meta=read_meta(root / "results" / "cells.parquet"))
     proc = publish(study_runs["project"].parent / "studies" / "e2e.yaml", "--results", results, "--out", out)
@@ -454,7 +454,7 @@ def test_a_published_study_is_its_tables_without_machine_paths_and_a_report_made
 
 
 def test_publishing_without_results_or_with_a_damaged_table_is_one_line_and_writes_nothing(tmp_path):
-    from hopfield_replay.tables import write_table
+    from hopfield_replay.io.tables import write_table
 
     study = write_study(tmp_path / "studies" / "s.yaml", grid={"seeds": [[1], [2]]})
     out = tmp_path / "published"

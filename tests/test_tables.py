@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hopfield_replay.errors import UserError
-from hopfield_replay.tables import (atomic_path, load_tensors, params_hash, provenance, read_meta, read_table,
+from hopfield_replay.io.tables import (atomic_path, load_tensors, params_hash, provenance, read_meta, read_table,
                                     save_tensors, tensor_meta, write_table)
 
 
@@ -59,7 +59,7 @@ def test_tensor_files_are_byte_stable_and_damage_is_one_user_error(tmp_path):
     import subprocess
     import sys
 
-    code = ("import torch, sys; from hopfield_replay.tables import save_tensors; "
+    code = ("import torch, sys; from hopfield_replay.io.tables import save_tensors; "
             "save_tensors({'x': torch.arange(6.0)}, sys.argv[1], meta={'b': 1, 'a': [1, 2], 'c': 'z', 'd': None})")
     paths = [tmp_path / f"{i}.safetensors" for i in range(3)]
     for path in paths:

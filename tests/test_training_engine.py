@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from hopfield_replay.params_file import ParamsError, load_config
+from hopfield_replay.io.params_file import ParamsError, load_config
 from hopfield_replay.errors import UserError
 from hopfield_replay.models import CheckpointPolicy, TrainConfig, load_model, train_and_save, train_denoiser
 from hopfield_replay.models.training import Checkpoint, check_batch_split
@@ -183,7 +183,7 @@ def test_channels_last_param_reaches_the_training_run(tmp_path):
     from safetensors.torch import load_file
 
     from hopfield_replay.models import build_model
-    from hopfield_replay.tables import tensor_meta
+    from hopfield_replay.io.tables import tensor_meta
 
     initial = build_model(load_config(plain).model, load_file(x0)["x0"].shape[1:], tensor_meta(x0), seed=0)
     assert ((_weights(a) - _weights(initial)).abs() > 1e-4).float().mean() > 0.5  # three AdamW steps of ~lr

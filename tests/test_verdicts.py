@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from hopfield_replay.verdicts import claims, combine_verdicts, design_checks, design_meaning, verdict
+from hopfield_replay.analysis.verdicts import claims, combine_verdicts, design_checks, design_meaning, verdict
 
 
 def test_verdict_thresholds_and_combination():

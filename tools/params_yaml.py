@@ -14,7 +14,7 @@ import io
 
 import yaml
 
-from hopfield_replay.params_file import read_yaml
+from hopfield_replay.io.params_file import read_yaml
 
 
 def deep_merge(base: dict, over: dict) -> dict:

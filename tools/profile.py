@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from hopfield_replay.params_file import load_raw, read_yaml, validate_config
+from hopfield_replay.io.params_file import load_raw, read_yaml, validate_config
 from hopfield_replay.errors import UserError
 from tools.params_yaml import deep_merge, float_text, render_merged
 
@@ -127,7 +127,7 @@ def tiny_spec(spec) -> tuple[Path, int, int]:
 
 def build_tiny(spec) -> None:
     """Build the tiny random-weight SD pipeline a smoke profile asks for, once (atomically)."""
-    from hopfield_replay.tables import atomic_path
+    from hopfield_replay.io.tables import atomic_path
 
     path, resolution, seed = tiny_spec(spec)
     if (path / "model_index.json").is_file():
@@ -136,7 +136,7 @@ def build_tiny(spec) -> None:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise UserError(f"profile.build_tiny_sd: {path} exists but holds no pipeline (no model_index.json); "
                         "remove it or choose another path")
-    from hopfield_replay.testing import build_tiny_sd_pipeline
+    from hopfield_replay.models.tiny_sd import build_tiny_sd_pipeline
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, is_dir=True) as tmp:
@@ -194,7 +194,7 @@ def main(argv=None) -> None:
     if args.exp:
         print(exp_command(overrides, raw))
         return
-    from hopfield_replay.tables import atomic_path
+    from hopfield_replay.io.tables import atomic_path
 
     text, kept = render_merged(params_path.read_text(), overrides)
     with atomic_path(params_path) as tmp:

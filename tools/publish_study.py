@@ -19,10 +19,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from hopfield_replay import study_report as R
+from hopfield_replay.analysis import study_report as R
 from hopfield_replay.errors import UserError
-from hopfield_replay.study import load_study
-from hopfield_replay.tables import atomic_path, read_meta, read_table, write_table
+from hopfield_replay.analysis.study import load_study
+from hopfield_replay.io.tables import atomic_path, read_meta, read_table, write_table
 
 PUBLISHED = Path("studies/results")
 TABLES = ("verdicts", "arms", "agreement")

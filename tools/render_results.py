@@ -14,10 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from hopfield_replay.report import format_interval
-from hopfield_replay.study_report import LABELS
-from hopfield_replay.tables import read_meta, read_table
-from hopfield_replay.verdicts import CHECKS, CLAIM2_ARM, CLASS_CONTROL, design_meaning
+from hopfield_replay.analysis.report import format_interval
+from hopfield_replay.analysis.study_report import LABELS
+from hopfield_replay.io.tables import read_meta, read_table
+from hopfield_replay.analysis.verdicts import CHECKS, CLAIM2_ARM, CLASS_CONTROL, design_meaning
 from tools.publish_study import PUBLISHED
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"

@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import MHNClosedFormParams
+from ..io.config import MHNClosedFormParams
 from ..energy import hopfield_energy
-from ..stats import bootstrap_ci, fp_ties, spearman_ci
+from ..analysis.stats import bootstrap_ci, fp_ties, spearman_ci
 from .dynamics import (
     CROSS_GROUP,
     FAMILIES,

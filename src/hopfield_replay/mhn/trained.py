@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import MHNTrainedParams
+from ..io.config import MHNTrainedParams
 from ..energy import hopfield_energy
-from ..forgetting import energy_deciles
+from ..measures.forgetting import energy_deciles
 from ..replay import rank_samples
-from ..stats import bootstrap_ci, spearman_ci
+from ..analysis.stats import bootstrap_ci, spearman_ci
 from .geometry import DTYPE, MemorySet, gaussian_clusters, rotation_generators, rotations
 
 # Replay arms: the pipeline's selectors (``replay.rank_samples``) on the task-A energies, and no replay.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ModelParams
+from ..io.config import ModelParams
 from ..errors import UserError
 from .base import DenoisingModel
 from .ddpm import DDPMConfig, PixelDDPM

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-from ..config import SDParams
+from ..io.config import SDParams
 from ..errors import UserError
 from .base import DenoisingModel, read_model_meta, register_family
 from .sd_pipeline import load_components, load_lora_weights, save_trained

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..config import SD_DEFAULT_TEMPLATE, SDParams
+from ..io.config import SD_DEFAULT_TEMPLATE, SDParams
 from ..errors import UserError
 
 PROMPTS = ("class", "empty")

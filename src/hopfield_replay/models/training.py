@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..devices import autocast
+from ..runtime.devices import autocast
 from ..errors import UserError
 from .base import DenoisingModel
 from .checkpoints import (Checkpoint, CheckpointPolicy, restore_training_state, run_key, trainable_weights,
@@ -271,7 +271,7 @@ def train_and_save(model: DenoisingModel, x0: torch.Tensor, labels: torch.Tensor
     set) and ``train_log.json`` (config, device, losses, ``extra``) to the folder ``out``, atomically; under data
     parallel only the main process writes. With ``checkpoints``, the run saves and resumes its checkpoint, and
     removes it once the model is written. Returns the per-step losses."""
-    from ..tables import atomic_path
+    from ..io.tables import atomic_path
 
     procs = _accelerator().state
     processes = procs.num_processes

@@ -1,7 +1,7 @@
 """The study report: verdicts and effects per cell, pooled over seed blocks and per grid value, the design checks,
 the seed agreement and the replay arms against random replay, as markdown and two forest plots.
 
-Reads only the study's tables (hopfield_replay.study's verdict_rows, agreement_rows, arm_rows and the cells), so a
+Reads only the study's tables (hopfield_replay.analysis.study's verdict_rows, agreement_rows, arm_rows and the cells), so a
 published study (tools/publish_study.py) regenerates its report from its committed tables.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .forgetting import MEASURES
+from ..measures.forgetting import MEASURES
 from .report import format_interval
 from .study import CLAIMS
 from .verdicts import CHECKS

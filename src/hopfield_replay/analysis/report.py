@@ -20,7 +20,7 @@ import scipy.stats  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from .colours import arm_colours  # noqa: E402
-from .forgetting import MEASURES  # noqa: E402
+from ..measures.forgetting import MEASURES  # noqa: E402
 from .protocol import Evidence, binned_means  # noqa: E402
 from .verdicts import CLAIM2_ARM, design_meaning  # noqa: E402
 

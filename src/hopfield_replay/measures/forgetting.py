@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-from .stats import bootstrap_ci, percentile_interval
+from ..analysis.stats import bootstrap_ci, percentile_interval
 
 MEASURES = ("absolute", "relative")
 

@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from .evidence import arm_effects, compare_to_best_baseline, evaluate_predictors, per_sample_arms
-from .forgetting import MEASURES, energy_deciles, forgetting_by_t, per_sample, seed_agreement
-from .predictors import predictor_kinds
+from ..measures.forgetting import MEASURES, energy_deciles, forgetting_by_t, per_sample, seed_agreement
+from ..predictors import predictor_kinds
 from .stats import t_interval
 from .verdicts import claims, combine_verdicts, design_checks
 

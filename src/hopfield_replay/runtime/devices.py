@@ -8,7 +8,7 @@ import platform
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -22,9 +22,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .devices import autocast
+from ..runtime.devices import autocast
 from .forgetting import add_measures
-from .models.base import DenoisingModel
+from ..models.base import DenoisingModel
 from .noise import fixed_noise
 
 

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .config import OPTIONAL_SECTIONS, SECTIONS, Config, RuleError
-from .errors import UserError
+from ..errors import UserError
 
 
 class ParamsError(UserError):

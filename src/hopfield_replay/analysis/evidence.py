@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-from .forgetting import MEASURES, add_measures
-from .replay import PER_CLASS
+from ..measures.forgetting import MEASURES, add_measures
+from ..replay import PER_CLASS
 from .stats import auroc, percentile_interval, precision_at, t_interval, top_k
 from .verdicts import verdict
 

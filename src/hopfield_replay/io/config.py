@@ -128,7 +128,7 @@ class TrainParams(Section):
     lr_warmup_steps: NonNegInt = 0
     ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
     grad_accumulation: PosInt = 1
-    processes: PosInt = 1  # data parallel: the stage trains as this many processes (hopfield_replay.data_parallel)
+    processes: PosInt = 1  # data parallel: the stage trains as this many processes (hopfield_replay.runtime.data_parallel)
     compile_unet: bool = False  # torch.compile of the noise prediction (same method, other rounding)
     channels_last: bool = False  # channels-last UNet weights and inputs while training (same method, other rounding)
 
@@ -218,7 +218,7 @@ class SelectParams(Section):
     @field_validator("arms")
     @classmethod
     def _arms(cls, v):
-        from .replay import STRATEGIES, parse_arm
+        from ..replay import STRATEGIES, parse_arm
 
         for arm in v:
             try:

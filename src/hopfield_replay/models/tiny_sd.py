@@ -1,6 +1,6 @@
 """Test and smoke-run helpers: a tiny random-weight Stable Diffusion pipeline, written without any download.
 
-    python -m hopfield_replay.testing build-tiny-sd DIR [--resolution 16] [--seed 0]
+    python -m hopfield_replay.models.tiny_sd build-tiny-sd DIR [--resolution 16] [--seed 0]
 
 ``build_tiny_sd_pipeline`` is what the tests and the CPU smoke profile (profiles/sd-smoke.yaml) load in place of
 SD v1.5: same layout (diffusers folder with model_index.json), same component classes, a few thousand weights.
@@ -70,7 +70,7 @@ def build_tiny_sd_pipeline(path: str | Path, *, resolution: int = 16, seed: int 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hopfield_replay.testing")
+    parser = argparse.ArgumentParser(prog="python -m hopfield_replay.models.tiny_sd")
     sub = parser.add_subparsers(dest="cmd", required=True)
     tiny = sub.add_parser("build-tiny-sd", help="write a tiny random-weight SD pipeline (no download)")
     tiny.add_argument("path")

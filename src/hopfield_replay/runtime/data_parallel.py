@@ -18,7 +18,7 @@ import uuid
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["launched_world_size", "launcher", "run_data_parallel"]
 

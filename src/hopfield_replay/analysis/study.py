@@ -19,12 +19,12 @@ from typing import Annotated, Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import Config, RuleError
-from .errors import UserError
-from .forgetting import MEASURES, add_measures
-from .params_file import read_yaml_file, validation_line
+from ..io.config import Config, RuleError
+from ..errors import UserError
+from ..measures.forgetting import MEASURES, add_measures
+from ..io.params_file import read_yaml_file, validation_line
 from .protocol import Evidence, run_protocol
-from .tables import params_hash, read_table
+from ..io.tables import params_hash, read_table
 from .verdicts import CHECKS
 
 TABLES = ("scores", "forgetting", "replay_forgetting")  # the per-sample tables a study stacks
