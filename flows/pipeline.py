@@ -1,6 +1,6 @@
 """The pipeline flow: every DVC stage of dvc.yaml, in order, as a Prefect task; then a short summary.
 
-    python -m flows.pipeline                 # run (offline, ephemeral Prefect API, PREFECT_HOME=.prefect)
+    python -m flows.pipeline                 # run (offline, a temporary Prefect server, PREFECT_HOME=.prefect)
     python -m flows.pipeline --stages prepare train_a
 
 Each task runs `dvc repro --single-item <stage>` in a subprocess from the repo root and streams its output into
@@ -14,14 +14,13 @@ arm) run N at a time per device (flows/concurrent_stages.py: each item's command
 default, 1, runs every stage through `dvc repro`.
 
 Ctrl-C (SIGINT) or SIGTERM stops the running stage (its whole process group: DVC and the stage), marks the flow
-run Crashed, stops the ephemeral Prefect server and exits with 128 + the signal number. Finished stages stay in
+run Crashed, stops the temporary Prefect server and exits with 128 + the signal number. Finished stages stay in
 DVC's lock; a training stage resumes from its checkpoint on the next run.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import signal
@@ -49,6 +48,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.exceptions import TerminationSignal  # noqa: E402
 
 from flows.concurrent_stages import group_items, run_group  # noqa: E402
+from flows.prefect_server import temporary_prefect_server  # noqa: E402
 from flows.stage_output import StageFailed, run_streamed, stop_all  # noqa: E402
 
 DEFAULT_TIMEOUT_S = 4 * 3600
@@ -150,27 +150,6 @@ def pipeline(repo_root: str = str(ROOT), stages: list[str] | None = None,
     return results
 
 
-def start_ephemeral_server() -> None:
-    """Without ``PREFECT_API_URL``, start Prefect's temporary API server now, in a session of its own: a terminal's
-    Ctrl-C goes to the whole foreground process group, and a server that got it too would be gone before the flow
-    could mark its run Crashed. Prefect's own code then finds this server (the instance registered for no port,
-    as ``prefect_test_harness`` does), and stops it at exit."""
-    if os.environ.get("PREFECT_API_URL"):
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    class OwnSessionServer(SubprocessASGIServer):
-        def _run_uvicorn_command(self):
-            popen = subprocess.Popen
-            subprocess.Popen = functools.partial(popen, start_new_session=True)
-            try:
-                return super()._run_uvicorn_command()
-            finally:
-                subprocess.Popen = popen
-
-    OwnSessionServer().start()
-
-
 def _interrupt(signum, frame):
     """SIGINT or SIGTERM (outside the flow run: inside it, Prefect's own SIGTERM handler raises instead): stop every
     running stage, then raise in the main thread, once."""
@@ -204,9 +183,9 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        start_ephemeral_server()
-        results = pipeline(repo_root=args.repo_root, stages=args.stages or None, timeout_s=args.timeout,
-                           per_device=args.per_device)
+        with temporary_prefect_server():
+            results = pipeline(repo_root=args.repo_root, stages=args.stages or None, timeout_s=args.timeout,
+                               per_device=args.per_device)
     except StageFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

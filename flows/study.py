@@ -1,5 +1,6 @@
 """Run a study: every cell of a study file as a DVC experiment in a git worktree of its own, fanned out through a
-Prefect task runner on Dask (default) or Ray; then one study table and report over all cells.
+Prefect task runner on Dask (default) or Ray; then one study table and report over all cells
+(flows/study_results.py).
 
     python -m flows.study studies/tiny.yaml                        # a local Dask cluster (engine.workers processes)
     python -m flows.study studies/ddpm-mnist-seeds.yaml --gpus 0,1,2,3    # one cell per GPU on this machine
@@ -38,17 +39,17 @@ from flows.pipeline import ROOT, dvc_env, dvc_stages  # noqa: E402 - also sets t
 from flows.stage_output import run_streamed  # noqa: E402
 from flows.study_engine import (cell_resources, check_dask_cluster, engine_runner, limit_concurrency,  # noqa: E402
                                 prefect_api)
+from flows.study_results import aggregate  # noqa: E402
 from hopfield_replay.io.params_file import read_yaml, validate_config  # noqa: E402
 from hopfield_replay.errors import UserError  # noqa: E402
 from hopfield_replay.analysis.study import StudySpec, cell_id, expand, load_study, validate_engine  # noqa: E402
 from hopfield_replay.io.tables import atomic_path  # noqa: E402
+from stages.runner import draw_to_files  # noqa: E402
 from tools.params_yaml import deep_merge, render_merged  # noqa: E402
 from tools.profile import read_profile, set_dotted, tiny_spec  # noqa: E402
 
 STUDIES_DIR = ".studies"
 ATTEMPT = "=== attempt "  # the header of each attempt in a cell's log
-CELL_COLUMNS = ["cell", "status", "attempts", "error", "exp", "experiment", "workspace", "workspace_state", "log",
-                "ran", "restored", "started", "finished", "seconds", "prepare_s", "save_s", "host", "gpus", "protocol"]
 
 
 @dataclass
@@ -233,77 +234,6 @@ def save_experiment(cell: Cell, head: str, targets: list[str], ran: bool) -> str
     return "saved"
 
 
-
-# ----------------------------------------------------------------------------------------------------- results
-def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root: Path, head: str) -> dict:
-    """The study's results folder: the stacked per-sample tables, one row per cell (cells.parquet), the verdicts per
-    cell and per seed-block pool (verdicts.parquet), their seed agreement (agreement.parquet), every replay arm
-    against random replay (arms.parquet), and report/ (report.md, plots/effects.png, plots/arms.png)."""
-    import pandas as pd
-    from prefect import get_run_logger
-
-    from hopfield_replay.analysis import study as S
-    from hopfield_replay.analysis import study_report as R
-    from hopfield_replay.io.tables import package_versions, params_hash, read_table, write_table
-
-    grid = S.grid_columns({c.id: c.values for c in cells})
-    done = [c for c in cells if records[c.id]["status"] == "completed"]
-    tables_dir = {c.id: c.workspace / "data" / "tables" for c in done}
-    meta = {"study": name, "commit": head, "cells": [c.id for c in done], "params_hash": params_hash(spec.grid),
-            "versions": package_versions()}
-    out = root / "results"
-    for table in S.TABLES:
-        frames = {c.id: read_table(S.table_paths(tables_dir[c.id])[table]) for c in done
-                  if S.table_paths(tables_dir[c.id])[table].is_file()}
-        write_table(S.stack_tables(frames, grid), out / f"{table}.parquet", table=f"study_{table}",
-                    meta={**meta, "table": f"study_{table}"})
-    verdicts, agreement, arms, inputs = [], [], [], {}
-    configs = {c.id: validate_config(c.params) for c in done}
-    for c in done:
-        if not all(p.is_file() for p in S.table_paths(tables_dir[c.id]).values()):
-            records[c.id]["protocol"] = "not applied: the cell's stages do not write " + ", ".join(S.TABLES)
-            continue
-        try:
-            inputs[c.id] = S.protocol_inputs(tables_dir[c.id], configs[c.id])
-        except UserError as exc:
-            records[c.id]["protocol"] = f"not applied: {exc}"
-            continue
-        ev = S.evidence(*inputs[c.id], configs[c.id], configs[c.id].seeds)
-        verdicts += S.verdict_rows(ev, c.id, configs[c.id].seeds)
-        agreement += S.agreement_rows(ev, c.id, configs[c.id].seeds)
-        arms += S.arm_rows(ev, c.id, configs[c.id].seeds)
-    for group in S.seed_blocks({c.id: c.params for c in done if c.id in inputs}):
-        try:
-            scores, forgetting, replay, seeds = S.pool_seed_blocks({c: inputs[c] for c in group})
-        except ValueError as exc:  # e.g. bf16 on different GPUs: scores equal only up to rounding
-            get_run_logger().warning(f"seed blocks {', '.join(group)} not pooled: {exc}")
-            continue
-        ev = S.evidence(scores, forgetting, replay, configs[group[0]], seeds)
-        verdicts += S.verdict_rows(ev, "pooled:" + "+".join(group), seeds)
-        agreement += S.agreement_rows(ev, "pooled:" + "+".join(group), seeds)
-        arms += S.arm_rows(ev, "pooled:" + "+".join(group), seeds)
-    columns = ["unit", "seeds", "claim", "verdict", "measure", "measure_verdict", "effect", "lo", "hi", "statement"]
-    verdicts = pd.DataFrame(verdicts, columns=columns)
-    agreement = pd.DataFrame(agreement, columns=S.AGREEMENT_COLUMNS)
-    arms = pd.DataFrame(arms, columns=S.ARM_COLUMNS)
-    table = pd.DataFrame([records[c.id] for c in cells], columns=CELL_COLUMNS).set_index("cell").join(grid)
-    table = table.reset_index()
-    table["ran"] = [json.dumps(v) if isinstance(v, list) else None for v in table["ran"]]
-    write_table(table, out / "cells.parquet", table="study_cells", meta={**meta, "table": "study_cells"})
-    write_table(verdicts, out / "verdicts.parquet", table="study_verdicts", meta={**meta, "table": "study_verdicts"})
-    write_table(agreement, out / "agreement.parquet", table="study_agreement", meta={**meta, "table": "study_agreement"})
-    write_table(arms, out / "arms.parquet", table="study_arms", meta={**meta, "table": "study_arms"})
-    with atomic_path(root / "report", is_dir=True) as tmp:
-        (tmp / "plots").mkdir(parents=True)
-        if len(verdicts):
-            R.plot_effects(verdicts, tmp / "plots" / "effects.png")
-        if len(arms):
-            R.plot_arms(arms, tmp / "plots" / "arms.png")
-        report = R.study_markdown(name, spec.description, head, grid, table, verdicts, agreement, arms)
-        (tmp / "report.md").write_text(report)
-    return {"results": str(out), "report": str(root / "report" / "report.md")}
-
-
 # ---------------------------------------------------------------------------------------------------- the flow
 def study_flow(study_path: str, repo_root: str, engine: dict, stages: list[str] | None = None,
                fresh: bool = False) -> dict:
@@ -395,6 +325,7 @@ def main(argv=None) -> int:
             for cell in cells:
                 print(f"{cell.id}\t{json.dumps(cell.values)}")
             return 0
+        draw_to_files()  # the study report's figures
         runner = engine_runner(engine)
         if engine.runner == "dask" and engine.address:
             check_dask_cluster(engine)

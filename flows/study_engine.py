@@ -6,13 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-from flows.stage_output import stop_group
+from flows.prefect_server import temporary_prefect_server
 from hopfield_replay.errors import UserError
 
 
@@ -86,50 +81,14 @@ def check_dask_cluster(engine) -> None:
 
 @contextlib.contextmanager
 def prefect_api(engine):
-    """PREFECT_API_URL when set; else a temporary local Prefect server (`prefect server start`), its URL exported so
-    that local workers (started after it) report to it. The server runs in a session of its own: a terminal's Ctrl-C
-    reaches the flow, which reports the crash to the server, and only then is the server stopped."""
-    if os.environ.get("PREFECT_API_URL"):
-        yield
-        return
-    if engine.address and not engine.address.split("//")[-1].startswith(("127.", "localhost")):
+    """PREFECT_API_URL when set; else a temporary local Prefect server (flows.prefect_server), its URL exported so
+    that local workers (started after it) report to it. Workers of a remote cluster could not reach it: refused."""
+    remote = engine.address and not engine.address.split("//")[-1].startswith(("127.", "localhost"))
+    if remote and not os.environ.get("PREFECT_API_URL"):
         raise UserError("engine.address: the workers of a cluster must reach the Prefect API; start a server "
                         "(prefect server start --host 0.0.0.0) and set PREFECT_API_URL here and on every worker")
-    import httpx
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/api"
-    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port), "--no-services", "--no-ui"], start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
-        while not _healthy(httpx, url):
-            if server.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"the temporary Prefect server did not start on port {port}; start one (prefect "
-                                   "server start) and set PREFECT_API_URL")
-            time.sleep(0.3)
-        os.environ["PREFECT_API_URL"] = url
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            try:
-                yield
-            finally:
-                from prefect.logging.handlers import APILogHandler
-
-                APILogHandler().flush()  # the last log lines (a crash too) go out before the server does
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
-        stop_group(server)
-
-
-def _healthy(httpx, url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    with temporary_prefect_server():
+        yield
 
 
 def limit_concurrency(tag: str, limit: int | None) -> None:

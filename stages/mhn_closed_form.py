@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from hopfield_replay.mhn import run_closed_form
+from hopfield_replay.mhn.closed_form import run_closed_form
 from hopfield_replay.io.tables import atomic_path, check_output, write_json, write_table
 from stages.runner import provenance, stage
 

@@ -14,19 +14,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from hopfield_replay.analysis.colours import arm_colours
+from hopfield_replay.mhn.dynamics import FAMILIES
+from hopfield_replay.analysis.stats import bootstrap_ci
+from hopfield_replay.io.tables import atomic_path, check_output, read_table
 
-from hopfield_replay.analysis.colours import arm_colours  # noqa: E402
-from hopfield_replay.mhn import FAMILIES  # noqa: E402
-from hopfield_replay.analysis.stats import bootstrap_ci  # noqa: E402
-from hopfield_replay.io.tables import atomic_path, check_output, read_table  # noqa: E402
-
-from stages.runner import stage  # noqa: E402
+from stages.runner import stage
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +106,7 @@ def summary_markdown(cf: pd.DataFrame, tr: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-@stage("closed-form-dir", "trained-dir", "out-dir")
+@stage("closed-form-dir", "trained-dir", "out-dir", figures=True)
 def main(cfg, args):
     p = cfg.mhn_report
     check_output(args.out_dir, is_dir=True)

@@ -13,7 +13,7 @@ import logging
 
 import torch
 
-from hopfield_replay.mhn import run_trained
+from hopfield_replay.mhn.trained import run_trained
 from hopfield_replay.io.tables import atomic_path, check_output, write_json, write_table
 from stages.runner import provenance, stage
 

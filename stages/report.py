@@ -16,11 +16,14 @@ from hopfield_replay.measures.forgetting import MEASURES, add_measures
 from hopfield_replay.analysis.protocol import decile_curves, run_protocol
 from hopfield_replay.analysis.report import (markdown_report, plot_arms_by_decile, plot_image_grid, plot_predictors,
                                     plot_score_vs_forgetting, check_lines, verdict_lines)
-from hopfield_replay.io.tables import atomic_path, check_output, load_task, read_table, write_json
+from hopfield_replay.analysis.generation import (arm_effects, claim2_generation, grid_rows, learned_summary,
+                                                 plot_sample_grids, report_parts)
+from hopfield_replay.io.tables import atomic_path, check_output, load_task, load_tensors, read_table, write_json
 from stages.runner import stage
 
 
-@stage("images", "samples", "scores", "forgetting", "replay", "metrics-dir", "out-dir")
+@stage("images", "samples", "scores", "forgetting", "replay", "generation", "grids", "metrics-dir", "out-dir",
+       figures=True)
 def main(cfg, args):
     p, energy = cfg.report, cfg.select_replay.score
     check_output(args.out_dir, is_dir=True)
@@ -30,6 +33,11 @@ def main(cfg, args):
     forgetting = add_measures(read_table(args.forgetting, columns=["sample_id", "seed", "t", "error_a", "error"]))
     replay = add_measures(read_table(args.replay, columns=["sample_id", "seed", "strategy", "budget", "t", "replayed",
                                                            "error_a", "error"]))
+    generation = read_table(args.generation, columns=["model", "phase", "seed", "strategy", "budget", "learned",
+                                                      "confident_share", "floor_share", "fd", "floor_fd",
+                                                      "task_a_share", "task_b_share"])
+    grids = load_tensors(args.grids)
+    effects = arm_effects(generation, p.level)
     ev = run_protocol(scores, forgetting, replay, seeds=cfg.seeds, energy=energy, nuisance=p.nuisance,
                       deciles=p.deciles, top_frac=p.top_frac, n_boot=p.bootstrap, seed=p.seed, level=p.level,
                       aggregate_t=p.aggregate_t)
@@ -62,12 +70,20 @@ def main(cfg, args):
             "image_grid": plot_image_grid(pixels[rows.get_indexer(high)].numpy(), pixels[rows.get_indexer(low)].numpy(),
                                           plots / "energy_extremes.png", high_energy=order[high].to_numpy(),
                                           low_energy=order[low].to_numpy()),
+            "samples": plot_sample_grids(grids, grid_rows(generation), plots / "samples.png"),
         }
         figures = {k: str(v.relative_to(out)) for k, v in figures.items()}
-        (out / "report.md").write_text(markdown_report(ev, figures, run))
-        write_json({"run": run, **ev.details()}, args.metrics_dir / "details.json")
-        write_json(ev.headline(), args.metrics_dir / "verdicts.json")
-    print("report: verdicts\n" + "\n".join(verdict_lines(ev.verdicts)) + "\nreport: design checks\n"
+        (out / "report.md").write_text(markdown_report(ev, figures, run,
+                                                       report_parts(generation, effects, figures["samples"])))
+        summary, claim = learned_summary(generation), claim2_generation(effects)
+        write_json({"run": run, **ev.details(),
+                    "generation": {"models": generation.to_dict("records"), "effects": effects.to_dict("records"),
+                                   "learned": summary, "claim2": claim}}, args.metrics_dir / "details.json")
+        write_json({**ev.headline(), "generation": {"claim2": claim["verdict"] if claim else None,
+                                                    "models_learned": f"{summary['learned']}/{summary['models']}"}},
+                   args.metrics_dir / "verdicts.json")
+    print("report: are the models learned?\n" + "\n".join(report_parts(generation, effects, None)["learned"])
+          + "\nreport: verdicts\n" + "\n".join(verdict_lines(ev.verdicts)) + "\nreport: design checks\n"
           + "\n".join(check_lines(ev.checks, ev.verdicts["claim2"]["verdict"]))
           + f"\nreport: {args.out_dir / 'report.md'}")
 

@@ -10,6 +10,9 @@ traceback.
 A training stage passes ``relaunch=data_parallel.launcher("train_a")``: with ``train_a.processes`` N > 1 the stage
 starts N copies of itself under torch's elastic launcher, each training on its share of every batch, so
 ``dvc repro`` runs data parallel from the params alone (``hopfield_replay.runtime.data_parallel``).
+
+A stage that draws passes ``figures=True``: matplotlib's Agg backend is set before ``fn`` runs (``draw_to_files``).
+The library never sets a backend, so a notebook that imports it keeps its own.
 """
 
 from __future__ import annotations
@@ -26,11 +29,20 @@ from hopfield_replay.io.params_file import load_config
 from hopfield_replay.errors import UserError
 
 
-def stage(*paths: str, relaunch: Callable[[Config, list[str]], int | None] | None = None,
+def draw_to_files() -> None:
+    """Figures go to PNG files, never to a screen: matplotlib's Agg backend. Called by the entry points that draw
+    (stages with ``figures=True``, flows.study, tools.publish_study), never by the library."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+
+def stage(*paths: str, relaunch: Callable[[Config, list[str]], int | None] | None = None, figures: bool = False,
           **options: type) -> Callable:
     """Decorate ``fn(cfg, args)``: ``--params``, one required ``--<path>`` per name and ``--<option>`` per keyword.
     ``relaunch(cfg, command)``: None to run ``fn`` here, or the exit code after running ``command`` (this stage's
-    ``[-m, module, *argv]``) some other way (training stages: as data-parallel processes)."""
+    ``[-m, module, *argv]``) some other way (training stages: as data-parallel processes). ``figures``: the stage
+    draws (``draw_to_files`` before ``fn``)."""
 
     def decorate(fn: Callable[[Config, argparse.Namespace], None]) -> Callable[[list[str] | None], None]:
         module = sys.modules[fn.__module__]
@@ -52,6 +64,8 @@ def stage(*paths: str, relaunch: Callable[[Config, list[str]], int | None] | Non
                     code = relaunch(cfg, ["-m", name, *(sys.argv[1:] if argv is None else argv)])
                     if code is not None:
                         raise SystemExit(code)
+                if figures:
+                    draw_to_files()
                 fn(cfg, args)
             except UserError as exc:
                 print(f"error: {exc}", file=sys.stderr)

@@ -68,6 +68,22 @@ def tiny_params() -> dict:
     return yaml.safe_load(TINY_PARAMS.read_text())
 
 
+def shipped_params(**changes) -> dict:
+    """params.yaml as committed (not the workspace's copy, which `dvc exp run -S` or a profile may have changed),
+    with ``changes`` (section -> values) merged in as a profile is: mappings key by key. The params schema has no
+    defaults, so a test that changes a few values starts from these."""
+    from tools.params_yaml import deep_merge
+
+    proc = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True)
+    return deep_merge(yaml.safe_load(proc.stdout if proc.returncode == 0 else (ROOT / "params.yaml").read_text()),
+                      changes)
+
+
+def shipped_section(name: str, **values) -> dict:
+    """One section of the shipped params, ``values`` changed in it."""
+    return shipped_params(**{name: values})[name]
+
+
 def write_params(path: Path, params: dict) -> Path:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path

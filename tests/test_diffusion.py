@@ -97,10 +97,11 @@ def test_build_model_is_seeded_and_checks_the_model_space():
     import pytest
 
     from hopfield_replay.io.config import ModelParams
+    from tests.conftest import shipped_section
     from hopfield_replay.errors import UserError
     from hopfield_replay.models import build_model
 
-    params = ModelParams(block_out_channels=[8, 16], norm_num_groups=4)
+    params = ModelParams(**shipped_section("model", block_out_channels=[8, 16], norm_num_groups=4))
     a = build_model(params, (1, 8, 8), {"family": "ddpm"}, seed=3)
     b = build_model(params, (1, 8, 8), None, seed=3)
     c = build_model(params, (1, 8, 8), None, seed=4)

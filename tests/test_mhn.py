@@ -17,8 +17,9 @@ import yaml
 from hopfield_replay.io.config import MHNClosedFormParams
 from hopfield_replay.io.params_file import ParamsError, validate_config
 from hopfield_replay.energy import hopfield_energy
-from hopfield_replay.mhn import closed_form, dynamics, geometry, run_closed_form
-from tests.conftest import TINY_PARAMS
+from hopfield_replay.mhn import closed_form, dynamics, geometry
+from hopfield_replay.mhn.closed_form import run_closed_form
+from tests.conftest import TINY_PARAMS, shipped_params, shipped_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +73,7 @@ def np_rotations(seed, count, d, eps):
 def small(**kw):
     base = dict(rotations=40, eps=[0.05, 0.2], bootstrap=50, rotation_chunk=16)
     base.update(kw)
-    return MHNClosedFormParams(**base)
+    return MHNClosedFormParams(**shipped_section("mhn_closed_form", **base))
 
 
 # ---------------------------------------------------------------------------------------------- geometry, fixed points
@@ -214,7 +215,8 @@ def test_rotations_are_orthogonal_and_match_scipy():
 
 def test_rise_is_second_order_in_eps():
     """Test (2): halving eps divides the mean rise by 4 (within 10%), for the outlier and the cluster members."""
-    res = run_closed_form(MHNClosedFormParams(rotations=1000, eps=[0.04, 0.02], bootstrap=20, write_gains=False))
+    res = run_closed_form(MHNClosedFormParams(**shipped_section("mhn_closed_form", rotations=1000, eps=[0.04, 0.02],
+                                                                bootstrap=20, write_gains=False)))
     for kind in ("outlier", "cluster"):
         big = res.per_rotation[0.04][f"rise_{kind}"].mean()
         half = res.per_rotation[0.02][f"rise_{kind}"].mean()
@@ -224,7 +226,7 @@ def test_rise_is_second_order_in_eps():
 # ---------------------------------------------------------------------------------------------- the paper's claims
 @pytest.fixture(scope="module")
 def default_run():
-    return run_closed_form(MHNClosedFormParams(write_gains=False, bootstrap=1000))
+    return run_closed_form(MHNClosedFormParams(**shipped_section("mhn_closed_form", write_gains=False, bootstrap=1000)))
 
 
 def test_defaults_reproduce_reference_numbers(default_run):
@@ -249,7 +251,7 @@ def test_energy_rise_spearman_ranks_energies_equal_up_to_rounding_as_ties(defaul
         assert (eps, "spearman_energy_vs_rise") not in s.index and (eps, "rise_outlier_minus_cluster") in s.index
         assert "spearman_energy_vs_rise" not in default_run.metrics[f"eps_{eps:g}"]
     levels = np.array([-0.5092321] * 6 + [-0.5090] * 6 + [-0.5005143])  # three levels: a rank question again
-    p = MHNClosedFormParams(write_gains=False, bootstrap=200)
+    p = MHNClosedFormParams(**shipped_section("mhn_closed_form", write_gains=False, bootstrap=200))
     rng = np.random.default_rng(1)
     results = []
     for _ in range(3):  # other roundings of the same energies: the same rank statistics
@@ -283,8 +285,8 @@ def test_outlier_rises_more_and_family_order_holds(default_run):
 
 
 def test_general_memory_set_runs_and_ranks():
-    p = MHNClosedFormParams(geometry="clusters", cluster_sizes=[8, 4], n_outliers=3, d=20, rotations=50,
-                            eps=[0.05], bootstrap=50)
+    p = MHNClosedFormParams(**shipped_section("mhn_closed_form", geometry="clusters", cluster_sizes=[8, 4],
+                                              n_outliers=3, d=20, rotations=50, eps=[0.05], bootstrap=50))
     res = run_closed_form(p)
     assert res.memory.size == 15
     np.testing.assert_allclose(res.memory.patterns.norm(dim=1).numpy(), 1.0, atol=1e-12)
@@ -297,17 +299,19 @@ def test_general_memory_set_runs_and_ranks():
 
 def test_params_validation():
     with pytest.raises(ParamsError, match=r"mhn_closed_form\.d: .*n \+ 2"):
-        validate_config({"mhn_closed_form": {"d": 10}})
+        validate_config(shipped_params(mhn_closed_form={"d": 10}))
     with pytest.raises(ParamsError, match=r"mhn_closed_form\.eps\[0\]"):
-        validate_config({"mhn_closed_form": {"eps": [-0.1]}})
+        validate_config(shipped_params(mhn_closed_form={"eps": [-0.1]}))
     with pytest.raises(ParamsError, match="twice"):
-        validate_config({"mhn_closed_form": {"eps": [0.1, 0.1]}})
+        validate_config(shipped_params(mhn_closed_form={"eps": [0.1, 0.1]}))
 
 
 # ---------------------------------------------------------------------------------------------- the stage
 def run_stage(module, params: dict, tmp_path: Path, *extra):
-    pfile = tmp_path / "params.yaml"  # a complete params file (a missing section is an error): the tiny config
-    pfile.write_text(yaml.safe_dump({**yaml.safe_load(TINY_PARAMS.read_text()), **params}))
+    pfile = tmp_path / "params.yaml"  # a complete params file (a missing key is an error): the tiny config, each
+    # section of ``params`` the shipped section with those values changed
+    sections = {name: shipped_section(name, **values) for name, values in params.items()}
+    pfile.write_text(yaml.safe_dump({**yaml.safe_load(TINY_PARAMS.read_text()), **sections}))
     env = dict(os.environ, MPLCONFIGDIR=str(tmp_path / "mpl"), HOPFIELD_REPLAY_LOG="INFO")
     return subprocess.run([sys.executable, "-m", module, "--params", str(pfile), *extra], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)

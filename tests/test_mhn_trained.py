@@ -17,10 +17,15 @@ import hopfield_replay.mhn.trained as mt
 from hopfield_replay.io.config import MHNTrainedParams
 from hopfield_replay.io.params_file import ParamsError, validate_config
 from hopfield_replay.mhn.trained import nll, replay_buffer, run_seed, train_memories
-from tests.conftest import TINY_PARAMS
+from tests.conftest import TINY_PARAMS, shipped_params, shipped_section
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(seeds=[0], steps_a=60, steps_b=40, memories=24, bootstrap=50)
+
+
+def trained(**values) -> MHNTrainedParams:
+    """The shipped mhn_trained params with ``values`` changed."""
+    return MHNTrainedParams(**shipped_section("mhn_trained", **values))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,7 +53,7 @@ def test_nll_is_the_mixture_likelihood():
 
 
 def test_training_lowers_the_nll_and_leaves_input_untouched():
-    p = MHNTrainedParams(**TINY)
+    p = trained(**TINY)
     task_a, _ = mt.make_tasks(p, 0)
     init = task_a.patterns[:p.memories].clone()
     before = float(nll(task_a.patterns, init, p.beta))
@@ -95,7 +100,7 @@ def tiny_seed():
 
     mt.hopfield_energy = spy
     try:
-        df, info = run_seed(MHNTrainedParams(**TINY), 0)
+        df, info = run_seed(trained(**TINY), 0)
     finally:
         mt.hopfield_energy = real
     return df, info, len(calls)
@@ -103,7 +108,7 @@ def tiny_seed():
 
 def test_run_seed_table(tiny_seed):
     df, info, n_calls = tiny_seed
-    p = MHNTrainedParams(**TINY)
+    p = trained(**TINY)
     n_a = sum(p.task_a_clusters) + p.task_a_outliers
     assert n_calls > p.steps_a  # the loss and the energies go through energy.hopfield_energy
     assert set(df.strategy) == set(p.arms) and len(df) == len(p.arms) * n_a
@@ -126,7 +131,7 @@ def test_run_seed_table(tiny_seed):
 
 def test_replay_protects_the_replayed_samples():
     """Samples in the top-energy buffer rise less than the same samples without replay (default model sizes)."""
-    p = MHNTrainedParams(seeds=[0], bootstrap=50, arms=["energy_high", "none"])
+    p = trained(seeds=[0], bootstrap=50, arms=["energy_high", "none"])
     df, _ = run_seed(p, 0)
     top = df[df.strategy == "energy_high"].set_index("sample_id")
     none = df[df.strategy == "none"].set_index("sample_id")
@@ -137,14 +142,16 @@ def test_replay_protects_the_replayed_samples():
 
 def test_trained_params_validation():
     with pytest.raises(ParamsError, match=r"mhn_trained\.arms\[0\]"):
-        validate_config({"mhn_trained": {"arms": ["oracle"]}})
+        validate_config(shipped_params(mhn_trained={"arms": ["oracle"]}))
     with pytest.raises(ParamsError, match=r"mhn_trained\.replay_budget"):
-        validate_config({"mhn_trained": {"replay_budget": 10000}})
+        validate_config(shipped_params(mhn_trained={"replay_budget": 10000}))
 
 
 def run_stage(module, params, tmp_path, *extra):
-    pfile = tmp_path / "params.yaml"  # a complete params file (a missing section is an error): the tiny config
-    pfile.write_text(yaml.safe_dump({**yaml.safe_load(TINY_PARAMS.read_text()), **params}))
+    pfile = tmp_path / "params.yaml"  # a complete params file (a missing key is an error): the tiny config, each
+    # section of ``params`` the shipped section with those values changed
+    sections = {name: shipped_section(name, **values) for name, values in params.items()}
+    pfile.write_text(yaml.safe_dump({**yaml.safe_load(TINY_PARAMS.read_text()), **sections}))
     env = dict(os.environ, MPLCONFIGDIR=str(tmp_path / "mpl"))
     return subprocess.run([sys.executable, "-m", module, "--params", str(pfile), *extra], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
@@ -157,21 +164,22 @@ def test_trained_stage_writes_tables(tmp_path):
     assert proc.returncode == 0, proc.stderr
     table = pd.read_parquet(tr / "energies.parquet")
     assert set(table.strategy) == {"energy_high", "random", "energy_low", "none"}
-    assert len(table) == 4 * (sum(MHNTrainedParams().task_a_clusters) + MHNTrainedParams().task_a_outliers)
+    assert len(table) == 4 * (sum(trained().task_a_clusters) + trained().task_a_outliers)
     assert set(pd.read_parquet(tr / "summary.parquet").quantity) >= {"rise_all", "rise_not_replayed"}
     assert "none" in json.loads((tr / "metrics.json").read_text())
 
 
 def test_report_stage_writes_figures(tmp_path, tiny_seed):
     from hopfield_replay.io.config import MHNClosedFormParams
-    from hopfield_replay.mhn import run_closed_form
+    from hopfield_replay.mhn.closed_form import run_closed_form
     from hopfield_replay.io.tables import write_table
 
     cf, tr, rep = tmp_path / "cf", tmp_path / "tr", tmp_path / "rep"
-    res = run_closed_form(MHNClosedFormParams(rotations=20, bootstrap=20, write_gains=False))
+    res = run_closed_form(MHNClosedFormParams(**shipped_section("mhn_closed_form", rotations=20, bootstrap=20,
+                                                                write_gains=False)))
     write_table(res.summary, cf / "summary.parquet", table="mhn_summary", meta={})
     df = tiny_seed[0]
-    summary, _ = mt.summarise(MHNTrainedParams(**TINY), df)
+    summary, _ = mt.summarise(trained(**TINY), df)
     write_table(df, tr / "energies.parquet", table="mhn_trained_energies", meta={})
     write_table(summary, tr / "summary.parquet", table="mhn_trained_summary", meta={})
     proc = run_stage("stages.mhn_report", {"mhn_report": {"bootstrap": 20, "dpi": 40}}, tmp_path,

@@ -15,9 +15,9 @@ import types
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, shipped_params
 from tools import profile
-from tools.params_yaml import render_merged
+from tools.params_yaml import deep_merge, render_merged
 
 # A params file in the project's style: comments, flow lists, explicit nulls, a quoted string, a section heading.
 PARAMS = """\
@@ -146,6 +146,14 @@ def expected_after_profile(lr: float) -> dict:
     return want
 
 
+@pytest.fixture(autouse=True)
+def shipped_values_for_the_rest(monkeypatch):
+    """The params texts above hold a few keys each (what the comment-keeping merge is tested on); the tool validates
+    a whole params file (the schema has no defaults), so here the keys they leave out take the shipped values."""
+    real = profile.validate_config
+    monkeypatch.setattr(profile, "validate_config", lambda raw: real(deep_merge(shipped_params(), raw)))
+
+
 def comments(text: str) -> list[str]:
     return [m.group(0).strip() for m in re.finditer(r"#.*", text)]
 
@@ -216,6 +224,17 @@ def test_bad_values_are_one_line_exit_2_and_nothing_written(tmp_path, capsys, ar
     err = capsys.readouterr().err
     assert re.match(message, err) and err.count("\n") == 1, err
     assert params.read_text() == DVC_STYLE
+
+
+def test_a_params_file_missing_a_key_is_refused(tmp_path, capsys, monkeypatch):
+    """The tool itself validates the whole merged file: a key neither the params file nor the profile sets is one
+    line naming it, exit 2, nothing written (no default fills it in)."""
+    monkeypatch.undo()  # the tool's own validation, without the shipped values of the fixture above
+    params, prof = setup_files(tmp_path, PARAMS)
+    assert profile.cli(["--params", str(params), str(prof)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: seeds: missing; every parameter is set in the params file") and err.count("\n") == 1
+    assert params.read_text() == PARAMS
 
 
 def test_the_command_line_exits_2_with_one_line(tmp_path):

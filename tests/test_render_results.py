@@ -1,4 +1,5 @@
-"""The README's results section is generated from the committed metrics, never typed by hand."""
+"""The README's answer and docs/results.md are generated from the committed metrics and the published studies,
+never typed by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import subprocess
 import pytest
 
 from tests.conftest import ROOT
-from tools.render_results import BEGIN, END, render, splice
+from tools.render_results import ANSWER_BEGIN, ANSWER_END, BEGIN, END, main, render, render_answer, splice
 
 
 def _committed(path: str) -> str | None:
@@ -16,12 +17,19 @@ def _committed(path: str) -> str | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
-def test_committed_readme_matches_the_committed_metrics():
-    readme, details = _committed("README.md"), _committed("data/metrics/details.json")
+def test_committed_pages_match_the_committed_metrics():
+    details = _committed("data/metrics/details.json")
     if details is None:
         pytest.skip("no committed metrics yet")
-    section = render(json.loads(details))
-    assert splice(readme, section) == readme, "README results differ from data/metrics: run python -m tools.render_results"
+    details = json.loads(details)
+    # the pages as committed; before docs/results.md is first committed, both as in the working tree
+    results = _committed("docs/results.md")
+    readme = _committed("README.md") if results is not None else (ROOT / "README.md").read_text()
+    results = results if results is not None else (ROOT / "docs" / "results.md").read_text()
+    assert splice(readme, render_answer(details), ANSWER_BEGIN, ANSWER_END) == readme, \
+        "the README's answer differs from data/metrics: run python -m tools.render_results"
+    assert splice(results, render(details)) == results, \
+        "docs/results.md differs from data/metrics: run python -m tools.render_results"
 
 
 def test_render_states_the_verdicts_and_the_numbers_it_is_given():
@@ -67,16 +75,66 @@ def test_render_states_the_verdicts_and_the_numbers_it_is_given():
     assert "| energy_high | 250 | -0.030 [-0.020, +0.040] | +0.010 [-0.020, +0.040] | 1/2 |" in text
     readme = f"intro\n{BEGIN}\nold\n{END}\noutro\n"
     assert splice(readme, "new") == f"intro\n{BEGIN}\nnew\n{END}\noutro\n"
+    with pytest.raises(SystemExit, match="docs/results.md must hold exactly one"):
+        splice(readme + BEGIN, "new", name="docs/results.md")
+    assert render_answer(details) == (
+        "On the last committed `make run` (10 task-A samples, seeds [1, 2]; 95% intervals), claim 1 **inconclusive**: "
+        "whether the task-A energy predicts forgetting beyond the baselines is open (the energy's Spearman with "
+        "relative forgetting minus the best baseline's: -0.500 [-0.700, -0.200]). Claim 2 **fails**: top-energy "
+        "replay forgets more than random replay at equal budget (relative forgetting under random minus under "
+        "top-energy replay: +0.123 [-0.050, +0.300]); no oracle ceiling ran, so whether this run could show a buffer "
+        "better than random is unknown.")
+    details["checks"]["ceiling_wins"]["verdict"] = "inconclusive"
+    assert render_answer(details).endswith("the oracle ceiling did not beat random replay, so claim 2 has no "
+                                           "demonstrated power in this run.")
 
 
 def test_an_interval_reads_the_same_everywhere():
-    from hopfield_replay.analysis.report import format_interval
+    from hopfield_replay.analysis import report, study_report
+    from hopfield_replay.analysis.verdicts import format_interval
+    from tools import render_results
 
+    assert report.format_interval is study_report.format_interval is render_results.format_interval is format_interval
     assert format_interval(0.1234, -0.01, 0.25) == "+0.123 [-0.010, +0.250]"
     assert format_interval(1.5, 1.0, 2.0, digits=1) == "+1.5 [+1.0, +2.0]"
     assert format_interval(0.2, float("nan"), float("nan")) == format_interval(0.2, None, None) == "+0.200 [no interval]"
     assert format_interval(None, None, None) == format_interval(float("nan"), 0.0, 1.0) == "n/a"
     assert format_interval(float("nan"), 0.0, 1.0, missing="not run") == "not run"
+
+
+def test_check_names_each_stale_page_and_a_render_touches_only_the_generated_sections(tmp_path, capsys):
+    """--check exits 1 naming the page whose sections differ from the metrics (a stale docs/results.md, then a stale
+    README answer); a render rewrites only the text between the markers, after which --check passes."""
+    from tools.render_results import STUDIES_BEGIN, STUDIES_END
+
+    metrics, studies = tmp_path / "metrics", tmp_path / "studies"
+    metrics.mkdir()
+    studies.mkdir()
+    details = json.loads((ROOT / "data" / "metrics" / "details.json").read_text())
+    (metrics / "details.json").write_text(json.dumps(details))
+    readme, results = tmp_path / "README.md", tmp_path / "results.md"
+    readme.write_text(f"# title\n{ANSWER_BEGIN}\nold answer\n{ANSWER_END}\nbody\n")
+    results.write_text(f"head\n{BEGIN}\nold\n{END}\nmiddle\n{STUDIES_BEGIN}\nold studies\n{STUDIES_END}\ntail\n")
+    args = ["--readme", str(readme), "--results", str(results), "--metrics-dir", str(metrics),
+            "--studies-dir", str(studies)]
+    assert main([*args, "--check"]) == 1
+    err = capsys.readouterr().err
+    assert f"{readme}: its generated sections differ" in err and f"{results}: its generated sections differ" in err
+    assert main(args) == 0 and main([*args, "--check"]) == 0
+    page = results.read_text()
+    assert page.startswith(f"head\n{BEGIN}\nMeasured by the last committed `make run`") and "\nmiddle\n" in page
+    assert "No study is published yet" in page and page.endswith(f"{STUDIES_END}\ntail\n")
+    assert readme.read_text() == f"# title\n{ANSWER_BEGIN}\n{render_answer(details)}\n{ANSWER_END}\nbody\n"
+    # new metrics: both pages are stale; a hand edit inside the results section alone: only docs/results.md
+    details["verdicts"]["claim2"]["verdict"] = "holds"
+    (metrics / "details.json").write_text(json.dumps(details))
+    capsys.readouterr()
+    assert main([*args, "--check"]) == 1 and capsys.readouterr().err.count("its generated sections differ") == 2
+    assert main(args) == 0
+    results.write_text(results.read_text().replace("**holds**", "**fails**", 1))
+    assert main([*args, "--check"]) == 1
+    err = capsys.readouterr().err
+    assert f"{results}: its generated sections differ" in err and str(readme) not in err
 
 
 def test_a_published_study_gives_a_row_per_cell_and_budget_with_the_claim_arm_first(tmp_path):

@@ -361,6 +361,18 @@ def test_a_new_strategy_plugs_in():
             STRATEGY_INFO.pop(name)
 
 
+def test_arm_names_are_the_registered_strategies():
+    """arms.py (the leaf module params validation reads) and the selectors registered here cannot drift: the same
+    names in the same order (the order error messages list them in), the same ceilings."""
+    from hopfield_replay import arms
+
+    assert tuple(STRATEGIES) == arms.STRATEGY_NAMES
+    assert {n for n, i in STRATEGY_INFO.items() if i.uses_task_b} == set(arms.ORACLE_STRATEGIES)
+    assert {n for n in STRATEGIES if n.endswith(arms.PER_CLASS)} == {n for n, i in STRATEGY_INFO.items()
+                                                                       if i.needs_labels} - {"class_balanced"}
+    assert {strategy for _, strategy in arms.SUFFIXES} <= set(STRATEGIES)
+
+
 def test_parse_arm_maps_names_to_strategy_and_score_column():
     from hopfield_replay.replay import parse_arm
 

@@ -16,7 +16,7 @@ import torch
 from hopfield_replay.energy import hopfield_energy
 from hopfield_replay.models.tiny_sd import build_tiny_sd_pipeline
 from hopfield_replay.io.tables import load_tensors, read_meta
-from tests.conftest import make_project, run, write_params
+from tests.conftest import make_project, run, shipped_section, write_params
 
 RES = 16  # the tiny VAE downsamples by 2: latents (4, 8, 8)
 LATENT = (4, RES // 2, RES // 2)
@@ -25,9 +25,11 @@ LATENT = (4, RES // 2, RES // 2)
 def sd_params(tiny_params: dict, pretrained) -> dict:
     """The tiny DDPM test config with the model switched to SD, one seed and two replay arms (fast on 2 cores)."""
     params = json.loads(json.dumps(tiny_params))
-    params["model"] = {"family": "sd", "sd": {"pretrained": str(pretrained), "resolution": RES, "encode_batch_size": 64}}
+    params["model"] = shipped_section("model", family="sd", sd={"pretrained": str(pretrained), "resolution": RES,
+                                                                "encode_batch_size": 64})
     params["seeds"] = [1]
-    params["select_replay"] = {"arms": ["energy_high", "random"], "budgets": [10], "score": "energy_a"}
+    params["select_replay"] = shipped_section("select_replay", arms=["energy_high", "random"], budgets=[10],
+                                              score="energy_a")
     return params
 
 

@@ -17,6 +17,7 @@ from hopfield_replay.models import FAMILY_FILE, LatentDiffusion, TrainConfig, lo
 from hopfield_replay.models.sd_settings import LoraSettings, SDSettings
 from hopfield_replay.measures.reconstruction import denoising_energy, reconstruction_error
 from hopfield_replay.models.tiny_sd import build_tiny_sd_pipeline, main
+from tests.conftest import shipped_params
 
 RES = 16  # tiny VAE: 2 blocks -> downsampling 2 -> latents (4, 8, 8)
 NAMES = CIFAR10_CLASSES
@@ -276,8 +277,9 @@ def test_v_prediction_is_refused(tiny, tmp_path):
 
 
 def sd_section(**values):
-    """The ``model.sd`` section as the stages get it (the whole params mapping validated by config)."""
-    return validate_config({"model": {"sd": values}}).model.sd
+    """The ``model.sd`` section as the stages get it (the whole params mapping validated by config): the shipped
+    one with ``values`` changed."""
+    return validate_config(shipped_params(model={"sd": values})).model.sd
 
 
 def test_sd_params():

@@ -480,9 +480,9 @@ def test_the_committed_published_studies_are_their_tables():
         assert (folder / "report.md").read_text() == published_report(folder), f"{folder}: rerun tools.publish_study"
         assert not set(PRIVATE) & set(pd.read_parquet(folder / "cells.parquet").columns)
         assert (ROOT / "studies" / f"{folder.name}.yaml").is_file()  # its study file is committed beside it
-    readme = (ROOT / "README.md").read_text()
+    results = (ROOT / "docs" / "results.md").read_text()
     section = render_studies(ROOT / PUBLISHED)
-    assert splice(readme, section, STUDIES_BEGIN, STUDIES_END) == readme, "run python -m tools.render_results"
+    assert splice(results, section, STUDIES_BEGIN, STUDIES_END) == results, "run python -m tools.render_results"
 
 
 def test_the_arms_figure_shows_every_arm_against_random_and_the_class_control(tmp_path):

@@ -1,7 +1,8 @@
 """The training engine's settings: gradient accumulation gives the update of one process with the full batch (data
 parallel: tests/test_data_parallel.py); the EMA of the weights (diffusers EMAModel) is what the saved model holds,
 checked against an fp64 recursion over the plain run's weights; the LR schedule (diffusers get_scheduler) warms up
-from 0; a run with all of them resumes from its checkpoint bitwise; the params reject settings that cannot work."""
+from 0; a run with all of them resumes from its checkpoint bitwise; with none of them, the loop is the plain loop of
+the module docstring bit for bit; the params reject settings that cannot work."""
 
 from __future__ import annotations
 
@@ -96,6 +97,54 @@ def test_the_saved_model_is_the_ema_of_the_trained_weights(tmp_path):
     assert torch.equal(_weights(loaded), _weights(model))
     log = json.loads((tmp_path / "m" / "train_log.json").read_text())
     assert log["config"]["ema_decay"] == decay and log["config"]["lr_schedule"] == "constant"
+
+
+# -- the loop: the plain loop of the module docstring, bit for bit ---------------------------------------------
+
+
+def _plain_loop(model, config, noise_first=False) -> list[float]:
+    """``train_denoiser`` written out on the CPU: one generator seeded with ``config.seed`` draws batch indices,
+    replay indices, timesteps and noise, in that order; AdamW on the epsilon loss, gradients clipped."""
+    x, y = _data()
+    rx, ry = _data(6, seed=1)
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    params = [p for p in model.unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    n_replay = round(config.replay_fraction * config.batch_size)
+    num_t = model.scheduler.config.num_train_timesteps
+    model.train()
+    losses = []
+    for _ in range(config.steps):
+        idx = torch.randint(0, x.shape[0], (config.batch_size - n_replay,), generator=gen)
+        ridx = torch.randint(0, rx.shape[0], (n_replay,), generator=gen)
+        batch, labels = torch.cat([x[idx], rx[ridx]]), torch.cat([y[idx], ry[ridx]])
+        if noise_first:  # the control: the same draws in another order
+            noise = torch.randn(batch.shape, generator=gen)
+            t = torch.randint(0, num_t, (batch.shape[0],), generator=gen)
+        else:
+            t = torch.randint(0, num_t, (batch.shape[0],), generator=gen)
+            noise = torch.randn(batch.shape, generator=gen)
+        pred = model.predict_noise(model.scheduler.add_noise(batch, noise, t), t, labels)
+        loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_the_loop_is_the_plain_loop_bit_for_bit():
+    """The training engine adds data parallel, accumulation, EMA, schedules, checkpoints and compilation around
+    the plain loop; with none of them on, it is that loop: the same draws in the same order, the same weights."""
+    model, losses = _train(CONFIG)
+    plain = _model()
+    assert _plain_loop(plain, CONFIG) == losses
+    assert torch.equal(_weights(plain), _weights(model))
+    other = _model()
+    assert _plain_loop(other, CONFIG, noise_first=True) != losses
+    assert not torch.equal(_weights(other), _weights(model))
 
 
 # -- LR schedule -------------------------------------------------------------------------------------------

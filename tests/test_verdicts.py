@@ -131,3 +131,50 @@ def test_design_meaning_says_what_the_class_control_means_for_claim_2(control, c
               "class_control": {"verdict": control}}
     assert says in design_meaning(checks, claim2)
     assert ("class-composition control did not run" in design_meaning(checks)) == (control == "not run")
+
+
+def test_a_budget_without_an_interval_reads_no_interval_in_the_detail():
+    arms = pd.DataFrame([{**_arm_row("random", "none", 250, 0.6, math.nan, math.nan), "n_seeds": 1}])
+    detail = design_checks(arms)["replay_helps"]["detail"]
+    assert detail == "none minus random forgetting, overall, per budget: 250: +0.600 [no interval] (one seed: no interval)"
+
+
+def test_a_study_s_power_reads_the_ceiling_s_verdicts_and_the_class_ceiling_under_both_measures():
+    from hopfield_replay.analysis.verdicts import study_class_power, study_power
+
+    rows = [{"unit": u, "claim": c, "measure": m, "verdict": v} for u, v in (("x", "holds"), ("y", "inconclusive"),
+                                                                          ("z", "not run"))
+            for c in ("claim2", "ceiling_wins") for m in ("absolute", "relative")]
+    assert study_power(pd.DataFrame(rows)) == {"units": ["x", "y"], "held": ["x"]}  # "not run" has no verdict
+    assert study_power(pd.DataFrame([r for r in rows if r["claim"] == "claim2"])) is None
+    arms = pd.DataFrame([{"unit": u, "budget": b, "strategy": "oracle_per_class", "reference": "class_balanced",
+                          "measure": m, "effect": lo + 0.1, "lo": lo, "hi": lo + 0.2}
+                         for u, b, m, lo in (("x", 10, "absolute", 0.01), ("x", 10, "relative", 0.02),
+                                             ("x", 20, "absolute", 0.01), ("x", 20, "relative", math.nan),
+                                             ("y", 10, "absolute", -0.05), ("y", 10, "relative", 0.03))])
+    # above 0 under both measures wins; a NaN bound or one measure at or below 0 does not
+    assert study_class_power(arms) == {"won": {("x", 10): True, ("x", 20): False, ("y", 10): False}, "units": 2}
+    assert study_class_power(arms.assign(strategy="oracle")) is None
+
+
+def test_one_source_for_the_verdict_sentences_and_the_interval_format():
+    """verdicts.py alone words the rules and formats an interval: no other module of the project holds a copy of a
+    verdict sentence, an f-string that writes "+x [lo, hi]", a second format_interval or a wrapper of it."""
+    import re
+
+    from tests.conftest import ROOT
+
+    sentences = ("demonstrated power", "has power there", "fails when either", "lies below 0 at some budget",
+                 "not an artefact of the buffer's class composition", "cannot be told from noise")
+    interval = re.compile(r"\{[^{}]*:\+\.(?:\{\w+\}|[^{}])*\}\s*\[(?:\{|no interval)")  # f"{est:+.3f} [{lo..."
+    found = {}
+    for path in sorted(p for d in ("src", "tools", "stages", "flows", "benchmarks") for p in (ROOT / d).rglob("*.py")):
+        text, name = path.read_text(), path.relative_to(ROOT).as_posix()
+        kinds = [s for s in sentences if s in text] + (["interval f-string"] if interval.search(text) else [])
+        kinds += [k for k in ("def format_interval", "partial(format_interval") if k in text]
+        for what in kinds:
+            found.setdefault(what, []).append(name)
+    home = ["src/hopfield_replay/analysis/verdicts.py"]
+    assert {s: found.get(s) for s in sentences} == {s: home for s in sentences}
+    assert found.get("interval f-string") == home and found.get("def format_interval") == home
+    assert "partial(format_interval" not in found

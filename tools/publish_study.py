@@ -6,8 +6,8 @@
 The study's small tables (verdicts, arms, agreement) are copied as they are; its cells table loses the columns
 that name this machine (workspace, log, host, error, protocol). The report and its two figures are then
 regenerated from those published tables alone, so what is committed is what the tables say (a test regenerates
-the report of every published study). The per-sample tables stay in .studies/. The README's studies section is
-rendered from the published folders by `python -m tools.render_results`.
+the report of every published study). The per-sample tables stay in .studies/. The studies section of
+docs/results.md is rendered from the published folders by `python -m tools.render_results`.
 
 Refused with one line and exit 2, nothing written: a study that has not run, a missing or failed cell, a damaged
 table.
@@ -23,6 +23,7 @@ from hopfield_replay.analysis import study_report as R
 from hopfield_replay.errors import UserError
 from hopfield_replay.analysis.study import load_study
 from hopfield_replay.io.tables import atomic_path, read_meta, read_table, write_table
+from stages.runner import draw_to_files
 
 PUBLISHED = Path("studies/results")
 TABLES = ("verdicts", "arms", "agreement")
@@ -80,6 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--results", type=Path, help="the study's results folder (default: .studies/<name>/results)")
     ap.add_argument("--out", type=Path, help=f"where to publish (default: {PUBLISHED}/<name>)")
     args = ap.parse_args(argv)
+    draw_to_files()  # the report's figures
     results = args.results or Path(".studies") / args.study.stem / "results"
     out = args.out or PUBLISHED / args.study.stem
     try:

@@ -1,10 +1,13 @@
-"""Regenerate the README's results sections from the run's metrics and the published studies (never typed by hand).
+"""Regenerate the results text from the run's metrics and the published studies (never typed by hand).
 
-    python -m tools.render_results            # rewrite the sections between the markers in README.md
-    python -m tools.render_results --check    # exit 1 if README.md does not match them
+    python -m tools.render_results            # rewrite the sections between the markers
+    python -m tools.render_results --check    # exit 1 if either page does not match them
 
+README.md holds the answer (the two claims' verdicts, between the answer markers); docs/results.md the committed
+run's verdicts, checks, predictors and arms (results markers) and every published study (studies markers).
 Reads data/metrics/details.json (written by the report stage: the verdicts with their intervals, every table) and
-every published study under studies/results/ (tools/publish_study.py: its verdicts and arms tables).
+every published study under studies/results/ (tools/publish_study.py: its verdicts and arms tables). The sentences
+and the interval format are hopfield_replay.analysis.verdicts'; this tool places them.
 """
 
 from __future__ import annotations
@@ -14,15 +17,24 @@ import json
 import sys
 from pathlib import Path
 
-from hopfield_replay.analysis.report import format_interval
 from hopfield_replay.analysis.study_report import LABELS
+from hopfield_replay.analysis.verdicts import (CHECKS, CLAIM2_ARM, CLASS_CONTROL, answer, claim_rule_short,
+                                               design_meaning, format_interval, study_class_power,
+                                               study_class_power_text, study_power, study_power_text)
 from hopfield_replay.io.tables import read_meta, read_table
-from hopfield_replay.analysis.verdicts import CHECKS, CLAIM2_ARM, CLASS_CONTROL, design_meaning
 from tools.publish_study import PUBLISHED
 
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+ANSWER_BEGIN, ANSWER_END = "<!-- answer:begin -->", "<!-- answer:end -->"  # in README.md
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"  # in docs/results.md, as the studies
 STUDIES_BEGIN, STUDIES_END = "<!-- studies:begin -->", "<!-- studies:end -->"
 MEASURES = ("absolute", "relative")
+
+
+def render_answer(details: dict) -> str:
+    """The README's answer: the run, then the two claims' verdicts in two sentences."""
+    run = details["run"]
+    return (f"On the last committed `make run` ({run['n_samples']} task-A samples, seeds {run['seeds']}; "
+            f"{run['level']:.0%} intervals), " + answer(details["verdicts"], details["checks"]))
 
 
 def render(details: dict) -> str:
@@ -50,11 +62,7 @@ def render(details: dict) -> str:
     shown = [p for p in dict.fromkeys(["energy_a", best, "pixel_mass", "recon_error_a", "knn10_dist", "energy_rise"])
              if p in rows]
     covariates = rows[shown[0]]["covariates"] or "nothing"
-    lines += ["", "Claim 1, per measure: the energy's Spearman minus the best baseline's (counted in its better "
-              f"direction), then the energy's partial Spearman given {covariates}; it holds when both intervals lie "
-              "above 0 and fails when either lies below 0. Claim 2: forgetting under random replay minus under "
-              "top-energy replay (> 0: top-energy forgets less), paired by seed. A claim holds (fails) when it holds "
-              "(fails) under both measures, and is inconclusive otherwise.", ""]
+    lines += ["", claim_rule_short(covariates), ""]
     checks = details["checks"]
     lines += ["Can this run show a replay effect at all? Does claim 2 survive equal class shares? (overall, per "
               "budget)", "", "| check | verdict | absolute forgetting | relative forgetting |", "|---|---|---|---|"]
@@ -104,7 +112,7 @@ def _column_order(strategy: str, reference: str) -> int:
 
 
 def render_study(folder: Path) -> str:
-    """One published study (tools/publish_study.py) in the README: per cell (and budget), claim 2's verdict and
+    """One published study (tools/publish_study.py) in docs/results.md: per cell (and budget), claim 2's verdict and
     every arm's effect on relative forgetting against its reference, then how often each claim and check held."""
     meta, cells = read_meta(folder / "cells.parquet"), read_table(folder / "cells.parquet").set_index("cell")
     verdicts, arms = read_table(folder / "verdicts.parquet"), read_table(folder / "arms.parquet")
@@ -135,49 +143,14 @@ def render_study(folder: Path) -> str:
         got = combined.loc[combined["claim"] == claim, "verdict"].value_counts()
         counts.append(f"{LABELS[claim]}: " + ", ".join(f"{v} in {n}" for v, n in got.items()))
     runs = combined["unit"].nunique()
+
+    def name(unit: str) -> str:
+        return "; ".join(f"{k} = {cells.at[unit, k]}" for k in keys) if unit in cells.index else "pooled"
+
     lines += ["", f"Verdicts over the {'one cell' if runs == 1 else f'{runs} cells'}: " + "; ".join(counts) + ". "
-              f"(Class control: {CLASS_CONTROL[0]} against {CLASS_CONTROL[1]}.)" + _power(combined, cells, keys)
-              + _class_power(arms, cells, keys)]
+              f"(Class control: {CLASS_CONTROL[0]} against {CLASS_CONTROL[1]}.)"
+              + study_power_text(study_power(verdicts), name) + study_class_power_text(study_class_power(arms), name)]
     return "\n".join(lines)
-
-
-def _power(combined, cells, keys: list[str]) -> str:
-    """What the oracle ceiling's verdicts mean for claim 2 over the study: where it beat random replay, a buffer
-    better than random can be shown (claim 2's test has power); where it did not, claim 2 has no demonstrated power."""
-    ceiling = combined[(combined["claim"] == "ceiling_wins") & combined["verdict"].isin(["holds", "fails",
-                                                                                        "inconclusive"])]
-    if ceiling.empty:
-        return ""
-    held = [unit for unit, verdict in zip(ceiling["unit"], ceiling["verdict"]) if verdict == "holds"]
-    if not held:
-        where = "" if len(ceiling) == 1 else f" in any of the {len(ceiling)} cells"
-        return (f" The oracle ceiling did not beat random replay{where}, so the study has not shown that any buffer "
-                "can: claim 2 has no demonstrated power in this study, and its verdicts say only whether top-energy "
-                "replay forgot less (holds) or more (fails) than random replay in these seeds.")
-    names = ["; ".join(f"{k} = {cells.at[u, k]}" for k in keys) if u in cells.index else "pooled" for u in held]
-    return (f" The oracle ceiling beat random replay in {len(held)} of {len(ceiling)} cells ({', '.join(names)}): "
-            "claim 2's test has power there.")
-
-
-def _class_power(arms, cells, keys: list[str]) -> str:
-    """Where the study ran the oracle inside each class (oracle_per_class): whether it beat class_balanced, the
-    random buffer with the same class shares, under both measures (its interval above 0 under each), per cell and
-    budget; where it did not, even the ceiling has not shown a selection effect once the class shares are equal."""
-    rows = arms[(arms["strategy"] == "oracle_per_class") & (arms["reference"] == "class_balanced")]
-    if rows.empty:
-        return ""
-    won = rows.groupby(["unit", "budget"], sort=False)["lo"].apply(lambda lo: bool((lo > 0).all()))
-    held = list(dict.fromkeys(unit for (unit, _), w in won.items() if w))
-    units = won.index.get_level_values("unit").nunique()
-    runs = "cells" if len(won) == units else "cells and budgets"
-    if not held:
-        where = "the one cell" if len(won) == 1 else f"any of the {len(won)} {runs}"
-        return (" The ceiling inside each class (oracle_per_class against class_balanced, equal class shares) did "
-                f"not beat class-balanced random replay under both measures in {where}: even with the class shares "
-                "held equal, no buffer has been shown to beat random replay here.")
-    names = ["; ".join(f"{k} = {cells.at[u, k]}" for k in keys) if u in cells.index else "pooled" for u in held]
-    return (" The ceiling inside each class (oracle_per_class) beat class-balanced random replay under both measures "
-            f"in {sum(won)} of {len(won)} {runs} ({', '.join(names)}): the class control has power there.")
 
 
 def render_studies(root: Path) -> str:
@@ -187,31 +160,41 @@ def render_studies(root: Path) -> str:
     return "\n\n".join(render_study(f) for f in folders)
 
 
-def splice(readme: str, section: str, begin: str = BEGIN, end: str = END) -> str:
-    if readme.count(begin) != 1 or readme.count(end) != 1:
-        raise SystemExit(f"README.md must hold exactly one {begin} and one {end}")
-    head, rest = readme.split(begin)
+def splice(page: str, section: str, begin: str = BEGIN, end: str = END, name: str = "the page") -> str:
+    """page with the text between begin and end replaced by section."""
+    if page.count(begin) != 1 or page.count(end) != 1:
+        raise SystemExit(f"{name} must hold exactly one {begin} and one {end}")
+    head, rest = page.split(begin)
     _, tail = rest.split(end)
     return f"{head}{begin}\n{section}\n{end}{tail}"
+
+
+def pages(readme: str, results: str, details: dict, studies: Path) -> tuple[str, str]:
+    """README.md and docs/results.md with every generated section rendered from details and the studies folder."""
+    readme = splice(readme, render_answer(details), ANSWER_BEGIN, ANSWER_END, "README.md")
+    results = splice(results, render(details), name="docs/results.md")
+    return readme, splice(results, render_studies(studies), STUDIES_BEGIN, STUDIES_END, "docs/results.md")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--readme", type=Path, default=Path("README.md"))
+    ap.add_argument("--results", type=Path, default=Path("docs/results.md"))
     ap.add_argument("--metrics-dir", type=Path, default=Path("data/metrics"))
     ap.add_argument("--studies-dir", type=Path, default=PUBLISHED)
-    ap.add_argument("--check", action="store_true", help="exit 1 if the README is not what the metrics give")
+    ap.add_argument("--check", action="store_true", help="exit 1 if either page is not what the metrics give")
     args = ap.parse_args(argv)
     details = json.loads((args.metrics_dir / "details.json").read_text())
-    text = splice(args.readme.read_text(), render(details))
-    text = splice(text, render_studies(args.studies_dir), STUDIES_BEGIN, STUDIES_END)
+    old = {path: path.read_text() for path in (args.readme, args.results)}
+    new = dict(zip(old, pages(old[args.readme], old[args.results], details, args.studies_dir)))
+    stale = [path for path in old if new[path] != old[path]]
     if args.check:
-        if text != args.readme.read_text():
-            print(f"{args.readme}: the results sections differ from {args.metrics_dir} or {args.studies_dir}; run "
+        for path in stale:
+            print(f"{path}: its generated sections differ from {args.metrics_dir} or {args.studies_dir}; run "
                   "python -m tools.render_results", file=sys.stderr)
-            return 1
-        return 0
-    args.readme.write_text(text)
+        return 1 if stale else 0
+    for path in stale:
+        path.write_text(new[path])
     return 0
 
 

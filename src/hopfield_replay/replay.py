@@ -34,8 +34,10 @@ buffer (for the seeded selectors: with the same seed). s_i is the arm's score, x
 
 An arm of the pipeline is ``(strategy, score column)``, written as a strategy name (it ranks by the default score;
 the oracle by the measured forgetting) or as ``<column>_high`` / ``<column>_low`` / ``<column>_high_per_class`` /
-``<column>_low_per_class`` (``parse_arm``). A new strategy plugs in with
-``@register_strategy("name", needs_labels=..., needs_features=..., seeded=...)``.
+``<column>_low_per_class`` (``parse_arm``). The arm names and their grammar live in ``arms.py`` (a leaf module, so
+that checking params does not import the selectors). A new strategy plugs in with
+``@register_strategy("name", needs_labels=..., needs_features=..., seeded=...)``; as an arm of the pipeline its name
+also goes into ``arms.STRATEGY_NAMES``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from .arms import PER_CLASS, parse_arm  # noqa: F401  (re-exported: the arm grammar lives in arms.py)
 
 
 @dataclass(frozen=True)
@@ -244,8 +248,6 @@ register_strategy("oracle_per_class", needs_labels=True, uses_task_b=True,
                   doc="descending measured forgetting inside each class, classes round-robin (a ceiling)")(
     rank_high_per_class)
 
-PER_CLASS = "_per_class"  # the name ending of every class-stratified arm; its reference is class_balanced
-
 
 def _check_budget(budget, n: int) -> int:
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or not 1 <= budget <= n:
@@ -305,20 +307,6 @@ def select_replay(inputs: SelectionInputs, strategy: str, budget: int, *,
     if score_name is not None:
         table["score_name"] = score_name
     return table
-
-
-def parse_arm(arm: str, score: str) -> tuple[str, str]:
-    """An arm as ``(strategy, score column)``: a registered strategy ranks by ``score`` (the oracle by the column
-    ``"oracle"``, the measured forgetting); ``<column>_high`` / ``<column>_low`` is high / low on that column, and
-    ``<column>_high_per_class`` / ``<column>_low_per_class`` the same inside each class."""
-    if arm in STRATEGIES:
-        return arm, "oracle" if STRATEGY_INFO[arm].uses_task_b else score
-    for suffix, strategy in (("_high_per_class", "high_per_class"), ("_low_per_class", "low_per_class"),
-                             ("_high", "high"), ("_low", "low")):
-        if arm.endswith(suffix) and len(arm) > len(suffix):
-            return strategy, arm[: -len(suffix)]
-    raise ValueError(f"unknown arm {arm!r}; use one of {', '.join(STRATEGIES)} or <score column>_high / _low / "
-                     "_high_per_class / _low_per_class")
 
 
 def arm_name(strategy: str, budget: int) -> str:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import to_hex  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import to_hex
 
 ARM_COLOUR = {"none": "black", "energy_high": "tab:red", "energy_low": "tab:blue", "random": "tab:gray",
               "oracle": "tab:green", "pixel_mass_high": "tab:orange"}

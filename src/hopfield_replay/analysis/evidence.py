@@ -23,7 +23,7 @@ import pandas as pd
 import scipy.stats
 
 from ..measures.forgetting import MEASURES, add_measures
-from ..replay import PER_CLASS
+from ..arms import PER_CLASS
 from .stats import auroc, percentile_interval, precision_at, t_interval, top_k
 from .verdicts import verdict
 

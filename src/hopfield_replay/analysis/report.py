@@ -10,19 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import scipy.stats
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import scipy.stats  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from .colours import arm_colours  # noqa: E402
-from ..measures.forgetting import MEASURES  # noqa: E402
-from .protocol import Evidence, binned_means  # noqa: E402
-from .verdicts import CLAIM2_ARM, design_meaning  # noqa: E402
+from .colours import arm_colours
+from ..measures.forgetting import MEASURES
+from .protocol import Evidence, binned_means
+from .verdicts import CLAIM2_ARM, design_meaning
 
 KIND_COLOUR = {"energy": "tab:red", "energy_task_b": "tab:purple", "baseline": "tab:gray"}
 
@@ -169,15 +166,8 @@ def plot_image_grid(high: np.ndarray, low: np.ndarray, path: Path, *, high_energ
     return _save(fig, path)
 
 
-def format_interval(est, lo, hi, digits: int = 3, missing: str = "n/a") -> str:
-    """An estimate with its interval, "+0.123 [-0.010, +0.250]": the one way every report, study report and README
-    section writes it. A missing bound (None or NaN: one seed) gives "[no interval]", a missing estimate `missing`."""
-    est, lo, hi = (None if v is None or pd.isna(v) else v for v in (est, lo, hi))
-    if est is None:
-        return missing
-    if lo is None or hi is None:
-        return f"{est:+.{digits}f} [no interval]"
-    return f"{est:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+# The text: the rules, their sentences and the one interval formatter are verdicts.py's; the functions below place them.
+from .verdicts import CLAIM_RULE, format_interval  # noqa: E402
 
 
 def verdict_lines(verdicts: dict) -> list[str]:
@@ -258,24 +248,30 @@ def composition_lines(composition: pd.DataFrame) -> list[str]:
     return lines
 
 
-def markdown_report(ev: Evidence, figures: dict[str, str], run: dict) -> str:
+def markdown_report(ev: Evidence, figures: dict[str, str], run: dict, generation: dict | None = None) -> str:
     """One page: verdicts first, then the design checks and what the intervals cover, predictors, forgetting by t
     and by energy decile, arms, buffer overlap and the figures (paths relative). run: n_samples, seeds, arms,
-    budgets, level, score (the arms' ranking score), train_a_seed."""
+    budgets, level, score (the arms' ranking score), train_a_seed. generation (what the models generate, from
+    ``analysis.generation``): ``learned`` (one line per model, shown before the verdicts), ``note`` (a line after
+    the verdicts when some model did not learn its task, else empty) and ``section`` (its lines)."""
     verdicts, predictors, comparison, by_t, arms = ev.verdicts, ev.predictors, ev.comparison, ev.by_t, ev.arms
     by_decile = ev.by_decile
     lines = ["# hopfield-replay: does the Hopfield energy predict forgetting, and does top-energy replay help?", "",
              f"Run: {run['n_samples']} task-A samples, seeds {run['seeds']}, arms {', '.join(run['arms'])}, "
              f"budgets {run['budgets']}; intervals are {run['level']:.0%} (bootstrap over seeds and samples for "
-             "correlations; Student t over seeds for arm effects).", "", "## Verdicts", ""]
+             "correlations; Student t over seeds for arm effects).", ""]
+    if generation:
+        lines += ["## Are the models learned?", "", *generation["learned"], ""]
+    lines += ["## Verdicts", ""]
     lines += verdict_lines(verdicts)
-    lines += ["", "Under each forgetting measure, claim 1 holds when both of its intervals (the energy's Spearman minus "
-              "the best baseline's, and its partial Spearman) lie above 0, and fails when either lies below 0; claim 2 "
-              "holds when its interval lies above 0 at every budget, and fails when it lies below 0 at some budget and "
-              "above 0 at none. A claim holds (fails) when it holds (fails) under both measures; otherwise it is "
-              "inconclusive.", "", "## Can this run show a replay effect? Does claim 2 survive equal class shares?", ""]
+    if generation and generation["note"]:
+        lines += ["", generation["note"]]
+    lines += ["", CLAIM_RULE, "", "## Can this run show a replay effect? Does claim 2 survive equal class shares?", ""]
     lines += check_lines(ev.checks, verdicts["claim2"]["verdict"])
-    lines += ["", scope_text(run), "", "## Predictors of forgetting", ""]
+    lines += ["", scope_text(run), ""]
+    if generation:
+        lines += generation["section"]
+    lines += ["## Predictors of forgetting", ""]
     for measure, table in predictors.items():
         comp = comparison[measure]
         lines += [f"### {measure} forgetting (per-t standardised, averaged over the used t)", "",

@@ -7,23 +7,19 @@ published study (tools/publish_study.py) regenerates its report from its committ
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pandas as pd
 
 from ..measures.forgetting import MEASURES
-from .report import format_interval
 from .study import CLAIMS
-from .verdicts import CHECKS
+from .verdicts import CHECKS, STUDY_CHECKS_RULE, format_interval
 
 VERDICT_COLOUR = {"holds": "tab:green", "fails": "tab:red", "inconclusive": "tab:gray"}
 LABELS = {"claim1": "claim 1", "claim2": "claim 2", "replay_helps": "random beats no replay",
           "ceiling_wins": "oracle beats random", "class_control": "top-energy beats random inside classes"}
 EFFECT_LABEL = {"claim1": "energy's Spearman minus the best baseline's", "claim2": "forgetting: random minus top-energy"}
-
-
-_ci = functools.partial(format_interval, missing="not run")  # an interval in a study table; a NaN: "not run"
+NOT_RUN = "not run"  # an interval in a study table without an estimate
 
 
 def _unit_table(verdicts: pd.DataFrame, grid: pd.DataFrame | None, claims: tuple = CLAIMS) -> list[str]:
@@ -37,8 +33,8 @@ def _unit_table(verdicts: pd.DataFrame, grid: pd.DataFrame | None, claims: tuple
                  *(str(grid.at[unit, k]) for k in keys)]
         for claim in claims:
             r = rows[rows["claim"] == claim].set_index("measure")
-            cells += [f"**{r['verdict'].iloc[0]}**", *(_ci(r.at[m, "effect"], r.at[m, "lo"], r.at[m, "hi"])
-                                                      for m in MEASURES)]
+            cells += [f"**{r['verdict'].iloc[0]}**", *(format_interval(r.at[m, "effect"], r.at[m, "lo"], r.at[m, "hi"],
+                                                                      missing=NOT_RUN) for m in MEASURES)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -53,7 +49,8 @@ def _agreement_table(agreement: pd.DataFrame) -> list[str]:
                 cells.append("one seed: none")
             else:
                 ceiling = f"{r.at[m, 'ceiling']:.2f}" if pd.notna(r.at[m, "ceiling"]) else "none"
-                cells.append(f"{_ci(r.at[m, 'rho'], r.at[m, 'lo'], r.at[m, 'hi'])} ({ceiling})")
+                rho = format_interval(r.at[m, "rho"], r.at[m, "lo"], r.at[m, "hi"], missing=NOT_RUN)
+                cells.append(f"{rho} ({ceiling})")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -71,8 +68,9 @@ def _arms_table(arms: pd.DataFrame, grid: pd.DataFrame) -> list[str]:
         values = [str(grid.at[unit, k]) if unit in grid.index else "pooled" for k in keys]
         agree = " / ".join(f"{int(r.at[m, 'n_agree'])}/{int(r.at[m, 'n_seeds'])}" for m in MEASURES)
         lines.append("| " + " | ".join([unit.removeprefix("pooled:").replace("+", ", "), *values, strategy,
-                                        str(budget), reference, *(_ci(r.at[m, "effect"], r.at[m, "lo"], r.at[m, "hi"])
-                                                                  for m in MEASURES), agree]) + " |")
+                                        str(budget), reference,
+                                        *(format_interval(r.at[m, "effect"], r.at[m, "lo"], r.at[m, "hi"],
+                                                          missing=NOT_RUN) for m in MEASURES), agree]) + " |")
     return lines
 
 
@@ -97,11 +95,7 @@ def study_markdown(name: str, description: str | None, head: str, grid: pd.DataF
         lines += ["", "## Pooled over seed blocks", "", "Cells that differ only in `seeds`, as one run over all their "
                   "seeds (their scores tables are identical):", ""] + _unit_table(pooled, None)
     if len(verdicts):
-        lines += ["", "## Design checks", "", "Can each run show a replay effect at all: random replay against no "
-                  "replay, and the oracle ceiling against random replay (claim 2's positive control; effect: the "
-                  "budget with the lowest lower bound). Where the ceiling does not beat random, that run's claim 2 "
-                  "has no demonstrated power (docs/pipeline.md). Then claim 2 with the class shares held equal: "
-                  "energy_high_per_class against class_balanced (*not run* without those arms).", ""]
+        lines += ["", "## Design checks", "", STUDY_CHECKS_RULE, ""]
         lines += _unit_table(per_cell, grid, CHECKS) if len(per_cell) else []
         lines += ["", *_unit_table(pooled, None, CHECKS)] if len(pooled) else []
     if agreement is not None and len(agreement):
@@ -147,9 +141,6 @@ def study_markdown(name: str, description: str | None, head: str, grid: pd.DataF
 def plot_effects(verdicts: pd.DataFrame, path: str | Path) -> Path:
     """Forest plot: per claim (rows) and forgetting measure (columns), every cell's and pooled run's effect with
     its interval, coloured by that measure's verdict."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     units = list(dict.fromkeys(verdicts["unit"]))
@@ -186,9 +177,6 @@ def plot_arms(arms: pd.DataFrame, path: str | Path) -> Path:
     """Forest plot: per forgetting measure (columns), every arm's effect against random replay at its budget (and a
     ``*_per_class`` arm's against class_balanced, the class control), with its interval over seeds, grouped by cell
     and budget; filled markers where the interval excludes 0."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 

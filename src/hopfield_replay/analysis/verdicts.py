@@ -9,11 +9,18 @@ tables (evidence.py), and the design checks that say whether the replay experime
     design checks        : claim 2's rule on random minus none (replay_helps), on oracle minus random
                            (ceiling_wins: claim 2's positive control), and on class_balanced minus
                            energy_high_per_class (class_control: claim 2 with the buffer's class shares held equal)
+    a study              : over its cells, where the ceiling beat random replay (study_power), and where the ceiling
+                           inside each class beat class_balanced under both measures (study_class_power)
+
+This module is the one source of the rules and of their text: the functions above return dicts, and
+format_interval, design_meaning, answer, CLAIM_RULE, claim_rule_short, STUDY_CHECKS_RULE and study_*_text turn
+them into the sentences that report.py, study_report.py and tools/render_results.py place (a test keeps it so).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -45,8 +52,16 @@ def combine_verdicts(*verdicts: str) -> str:
     return "inconclusive"
 
 
-def _fmt(est, lo, hi) -> str:
-    return f"{est:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+def format_interval(est, lo, hi, digits: int = 3, missing: str = "n/a") -> str:
+    """An estimate with its interval, "+0.123 [-0.010, +0.250]": the one way every verdict, report, study report and
+    results page writes it. A missing bound (None or NaN: one seed) gives "[no interval]", a missing estimate
+    `missing`."""
+    est, lo, hi = (None if v is None or pd.isna(v) else v for v in (est, lo, hi))
+    if est is None:
+        return missing
+    if lo is None or hi is None:
+        return f"{est:+.{digits}f} [no interval]"
+    return f"{est:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
 def claims(predictor_table: pd.DataFrame, comparison: pd.DataFrame, arm_table: pd.DataFrame, *,
@@ -71,8 +86,9 @@ def claims(predictor_table: pd.DataFrame, comparison: pd.DataFrame, arm_table: p
               "partial": float(p["partial"]), "partial_lo": float(p["partial_lo"]),
               "partial_hi": float(p["partial_hi"]),
               "detail": (f"Spearman {p['spearman']:.3f} minus best baseline {c['baseline']}: "
-                         f"{_fmt(c['diff'], c['lo'], c['hi'])}; partial given {p['covariates'] or 'nothing'}: "
-                         f"{_fmt(p['partial'], p['partial_lo'], p['partial_hi'])}")}
+                         f"{format_interval(c['diff'], c['lo'], c['hi'])}; partial given "
+                         f"{p['covariates'] or 'nothing'}: "
+                         f"{format_interval(p['partial'], p['partial_lo'], p['partial_hi'])}")}
 
     per_budget = _per_budget(arm_table, arm, "random")
     claim2 = {"statement": f"top-energy replay ({arm}) beats random replay at equal budget",
@@ -154,6 +170,114 @@ def _class_meaning(control: str, claim2: str | None) -> str:
                         "buffer holds." if claim2 else "."))
 
 
+# The rules in words, as the report, the study report and the results page state them.
+CLAIM_RULE = ("Under each forgetting measure, claim 1 holds when both of its intervals (the energy's Spearman minus "
+              "the best baseline's, and its partial Spearman) lie above 0, and fails when either lies below 0; claim 2 "
+              "holds when its interval lies above 0 at every budget, and fails when it lies below 0 at some budget "
+              "and above 0 at none. A claim holds (fails) when it holds (fails) under both measures; otherwise it is "
+              "inconclusive.")
+STUDY_CHECKS_RULE = ("Can each run show a replay effect at all: random replay against no replay, and the oracle "
+                     "ceiling against random replay (claim 2's positive control; effect: the budget with the lowest "
+                     "lower bound). Where the ceiling does not beat random, that run's claim 2 has no demonstrated "
+                     "power (docs/pipeline.md). Then claim 2 with the class shares held equal: energy_high_per_class "
+                     "against class_balanced (*not run* without those arms).")
+
+
+def claim_rule_short(covariates: str) -> str:
+    """CLAIM_RULE in short, with the effects it reads (covariates: those of the partial Spearman)."""
+    return ("Claim 1, per measure: the energy's Spearman minus the best baseline's (counted in its better direction), "
+            f"then the energy's partial Spearman given {covariates}; it holds when both intervals lie above 0 and "
+            "fails when either lies below 0. Claim 2: forgetting under random replay minus under top-energy replay "
+            "(> 0: top-energy forgets less), paired by seed. A claim holds (fails) when it holds (fails) under both "
+            "measures, and is inconclusive otherwise.")
+
+
+ANSWER = {"claim1": {"holds": "the task-A energy predicts forgetting beyond the baselines",
+                     "fails": "the task-A energy does not predict forgetting beyond the baselines",
+                     "inconclusive": "whether the task-A energy predicts forgetting beyond the baselines is open"},
+          "claim2": {"holds": "top-energy replay forgets less than random replay at equal budget",
+                     "fails": "top-energy replay forgets more than random replay at equal budget",
+                     "inconclusive": "top-energy replay and random replay cannot be told apart at equal budget"}}
+ANSWER_EFFECT = {"claim1": "the energy's Spearman with relative forgetting minus the best baseline's",
+                 "claim2": "relative forgetting under random minus under top-energy replay"}
+
+
+def answer(verdicts: dict, checks: dict) -> str:
+    """The two claims' verdicts in two sentences, each with its effect on relative forgetting, and whether the
+    ceiling showed that the run can detect a buffer better than random. verdicts, checks: combined over the measures
+    (details.json's `verdicts` and `checks`)."""
+    said = {}
+    for key in ("claim1", "claim2"):
+        v, rel = verdicts[key]["verdict"], verdicts[key]["relative"]
+        said[key] = (f"**{v}**: {ANSWER[key][v]} ({ANSWER_EFFECT[key]}: "
+                     f"{format_interval(rel['effect'], rel['lo'], rel['hi'])})")
+    power = {"holds": "the oracle ceiling beat random replay, so this run can show a buffer better than random",
+             "not run": "no oracle ceiling ran, so whether this run could show a buffer better than random is unknown"
+             }.get(checks["ceiling_wins"]["verdict"],
+                   "the oracle ceiling did not beat random replay, so claim 2 has no demonstrated power in this run")
+    return f"claim 1 {said['claim1']}. Claim 2 {said['claim2']}; {power}."
+
+
+# A study: its verdict rows (one per unit, claim and measure; `verdict` combined over the measures) and arm rows.
+CLASS_CEILING = ("oracle_per_class", "class_balanced")  # the ceiling inside each class: arm, reference
+
+
+def study_power(verdicts: pd.DataFrame) -> dict | None:
+    """Claim 2's power over a study: the units (cells, pooled runs) whose ceiling (ceiling_wins) has a verdict, and
+    those where it beat random replay (holds). None where no unit ran the ceiling."""
+    combined = verdicts.drop_duplicates(["unit", "claim"])
+    ceiling = combined[(combined["claim"] == "ceiling_wins") & combined["verdict"].isin(VERDICTS)]
+    if ceiling.empty:
+        return None
+    return {"units": list(ceiling["unit"]),
+            "held": [unit for unit, v in zip(ceiling["unit"], ceiling["verdict"]) if v == "holds"]}
+
+
+def study_class_power(arms: pd.DataFrame) -> dict | None:
+    """The ceiling inside each class (CLASS_CEILING) over a study's arm rows: per (unit, budget), whether it beat
+    class_balanced, the random buffer with the same class shares, under both measures (claim 2's rule: its verdict
+    holds under each). None where no unit ran it."""
+    arm, reference = CLASS_CEILING
+    rows = arms[(arms["strategy"] == arm) & (arms["reference"] == reference)]
+    if rows.empty:
+        return None
+    won = {key: combine_verdicts(*map(verdict, g["effect"], g["lo"], g["hi"])) == "holds"
+           for key, g in rows.groupby(["unit", "budget"], sort=False)}
+    return {"won": won, "units": len({unit for unit, _ in won})}
+
+
+def study_power_text(power: dict | None, name: Callable[[str], str]) -> str:
+    """study_power in words (name: unit -> how the text names it); "" where no unit ran the ceiling."""
+    if power is None:
+        return ""
+    units, held = power["units"], power["held"]
+    if not held:
+        where = "" if len(units) == 1 else f" in any of the {len(units)} cells"
+        return (f" The oracle ceiling did not beat random replay{where}, so the study has not shown that any buffer "
+                "can: claim 2 has no demonstrated power in this study, and its verdicts say only whether top-energy "
+                "replay forgot less (holds) or more (fails) than random replay in these seeds.")
+    return (f" The oracle ceiling beat random replay in {len(held)} of {len(units)} cells "
+            f"({', '.join(map(name, held))}): claim 2's test has power there.")
+
+
+def study_class_power_text(power: dict | None, name: Callable[[str], str]) -> str:
+    """study_class_power in words (name: unit -> how the text names it); "" where no unit ran the class ceiling.
+    Where it never won, even the ceiling has not shown a selection effect once the class shares are equal."""
+    if power is None:
+        return ""
+    won = power["won"]
+    held = list(dict.fromkeys(unit for (unit, _), w in won.items() if w))
+    runs = "cells" if len(won) == power["units"] else "cells and budgets"
+    if not held:
+        where = "the one cell" if len(won) == 1 else f"any of the {len(won)} {runs}"
+        return (" The ceiling inside each class (oracle_per_class against class_balanced, equal class shares) did "
+                f"not beat class-balanced random replay under both measures in {where}: even with the class shares "
+                "held equal, no buffer has been shown to beat random replay here.")
+    return (" The ceiling inside each class (oracle_per_class) beat class-balanced random replay under both measures "
+            f"in {sum(won.values())} of {len(won)} {runs} ({', '.join(map(name, held))}): the class control has "
+            "power there.")
+
+
 def _per_budget(arm_table: pd.DataFrame, arm: str, reference: str) -> dict:
     """budget -> effect, lo, hi, n_seeds and verdict of ``arm`` against ``reference`` (overall subset)."""
     rows = arm_table[(arm_table["strategy"] == arm) & (arm_table["reference"] == reference)
@@ -181,5 +305,5 @@ def _over_budgets(per_budget: dict) -> str:
 
 def _budgets_text(per_budget: dict) -> str:
     seeds = min(b["n_seeds"] for b in per_budget.values())
-    return ("; ".join(f"{b}: {_fmt(d['effect'], d['lo'], d['hi'])}" for b, d in per_budget.items())
+    return ("; ".join(f"{b}: {format_interval(d['effect'], d['lo'], d['hi'])}" for b, d in per_budget.items())
             + (" (one seed: no interval)" if seeds < 2 else f" ({seeds} seeds)"))

@@ -1,8 +1,13 @@
 """The parameters: one typed pydantic model per ``params.yaml`` section, and one place per rule.
 
-Each section checks its own keys (unknown ones, types without silent coercion, non-finite numbers, bounds) and its
-cross-field rules; a broken rule raises ``RuleError`` naming the field. ``params_file.load_config`` reads the
-file, validates every section up front and turns the first problem into one line naming the dotted field.
+Each section checks its own keys (unknown ones, missing ones, types without silent coercion, non-finite numbers,
+bounds) and its cross-field rules; a broken rule raises ``RuleError`` naming the field. ``params_file.load_config``
+reads the file, validates every section up front and turns the first problem into one line naming the dotted field.
+
+No parameter has a default here: the params file sets every one (params.yaml, the one source of the values a run
+uses; a profile is merged into it), so a partial file is an error naming the missing field, never another run than
+``make run``. The one exception is the ``execution`` section (how runs execute, never a result): a params file may
+leave it out, or any of its keys, and gets the defaults written below.
 """
 
 from __future__ import annotations
@@ -12,19 +17,46 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..arms import STRATEGY_NAMES, is_arm_name
+
 
 class RuleError(ValueError):
-    """A cross-field rule broken: names the field (relative to its section) for the one-line message."""
+    """A broken rule (a cross-field rule, a missing or unknown key): names the field (relative to its section) for
+    the one-line message."""
 
     def __init__(self, field: str, message: str):
         super().__init__(message)
         self.field = field
 
 
+MISSING_HINT = "copy it from the shipped params.yaml (git show HEAD:params.yaml)"
+
+
 class Section(BaseModel):
-    """A params section: unknown keys, wrong types (no silent coercion) and NaN/inf are errors."""
+    """A params section: unknown keys, missing keys (a field without a default), wrong types (no silent coercion)
+    and NaN/inf are errors."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys(cls, data):
+        """An unknown key first (a misspelt key is often the missing one), then the first missing field, in one line
+        each (pydantic's own 'Field required' would show the whole section)."""
+        if not isinstance(data, dict):
+            return data
+        for key in data:
+            if key not in cls.model_fields:
+                what = "unknown section" if cls is Config else "unknown key"
+                raise RuleError(str(key), f"{what}; known: {', '.join(cls.model_fields)}")
+        for name, field in cls.model_fields.items():
+            if field.is_required() and name not in data:
+                if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                    raise RuleError(name, f"section missing; {MISSING_HINT}, or select a profile: python -m "
+                                          "tools.profile")
+                raise RuleError(name, f"missing; every parameter is set in the params file (none has a default): "
+                                      f"{MISSING_HINT}")
+        return data
 
 
 PosInt = Annotated[int, Field(ge=1)]
@@ -44,13 +76,13 @@ def _unique(values: list, what: str) -> list:
 
 
 class PrepareParams(Section):
-    dataset: Literal["mnist5k", "digits", "folder"] = "mnist5k"
-    root: str | None = None
-    split: Literal["train", "test"] = "train"
-    task_a: Annotated[list[NonNegInt], Field(min_length=1)] = [0, 1, 2, 3, 4]
-    task_b: Annotated[list[NonNegInt], Field(min_length=1)] = [5, 6, 7, 8, 9]
-    resolution: Annotated[int, Field(ge=4, le=1024)] = 16
-    max_per_class: PosInt | None = None
+    dataset: Literal["mnist5k", "digits", "folder"]
+    root: str | None
+    split: Literal["train", "test"]
+    task_a: Annotated[list[NonNegInt], Field(min_length=1)]
+    task_b: Annotated[list[NonNegInt], Field(min_length=1)]
+    resolution: Annotated[int, Field(ge=4, le=1024)]
+    max_per_class: PosInt | None
 
     @model_validator(mode="after")
     def _rules(self):
@@ -67,20 +99,20 @@ class PrepareParams(Section):
 class SDParams(Section):
     """``model.sd``: the Stable Diffusion pipeline to fine-tune and how (read when ``model.family`` is sd)."""
 
-    pretrained: str | None = None
-    revision: str | None = None
-    variant: str | None = None
-    local_files_only: bool = True
-    resolution: Annotated[int, Field(ge=8, le=2048, multiple_of=8)] | None = None
-    prompt: Literal["class", "empty"] = "class"
-    prompt_template: str = SD_DEFAULT_TEMPLATE
-    class_names: list[str] | None = None
-    lora: bool = False
-    lora_rank: PosInt = 4
-    lora_alpha: Annotated[float, Field(gt=0)] | None = None
-    lora_targets: Annotated[list[str], Field(min_length=1)] = ["to_k", "to_q", "to_v", "to_out.0"]
-    gradient_checkpointing: bool = False
-    encode_batch_size: PosInt = 32
+    pretrained: str | None
+    revision: str | None
+    variant: str | None
+    local_files_only: bool
+    resolution: Annotated[int, Field(ge=8, le=2048, multiple_of=8)] | None
+    prompt: Literal["class", "empty"]
+    prompt_template: str
+    class_names: list[str] | None
+    lora: bool
+    lora_rank: PosInt
+    lora_alpha: Annotated[float, Field(gt=0)] | None
+    lora_targets: Annotated[list[str], Field(min_length=1)]
+    gradient_checkpointing: bool
+    encode_batch_size: PosInt
 
     @field_validator("class_names")
     @classmethod
@@ -98,12 +130,12 @@ class SDParams(Section):
 
 
 class ModelParams(Section):
-    family: Literal["ddpm", "sd"] = "ddpm"
-    block_out_channels: Annotated[list[Annotated[int, Field(ge=8)]], Field(min_length=1)] = [32, 64, 64]
-    layers_per_block: PosInt = 1
-    attention: bool = False
-    norm_num_groups: PosInt = 8
-    sd: SDParams = SDParams()
+    family: Literal["ddpm", "sd"]
+    block_out_channels: Annotated[list[Annotated[int, Field(ge=8)]], Field(min_length=1)]
+    layers_per_block: PosInt
+    attention: bool
+    norm_num_groups: PosInt
+    sd: SDParams
 
     @model_validator(mode="after")
     def _rules(self):
@@ -119,18 +151,18 @@ class ModelParams(Section):
 class TrainParams(Section):
     """A training run (train_b's section is also every replay arm's: only the buffer differs)."""
 
-    steps: PosInt = 800
-    batch_size: PosInt = 64
-    lr: Annotated[float, Field(gt=0)] = 2e-4
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    grad_clip: Annotated[float, Field(ge=0)] = 1.0
-    lr_schedule: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
-    lr_warmup_steps: NonNegInt = 0
-    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
-    grad_accumulation: PosInt = 1
-    processes: PosInt = 1  # data parallel: the stage trains as this many processes (hopfield_replay.runtime.data_parallel)
-    compile_unet: bool = False  # torch.compile of the noise prediction (same method, other rounding)
-    channels_last: bool = False  # channels-last UNet weights and inputs while training (same method, other rounding)
+    steps: PosInt
+    batch_size: PosInt
+    lr: Annotated[float, Field(gt=0)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    grad_clip: Annotated[float, Field(ge=0)]
+    lr_schedule: Literal["constant", "constant_with_warmup", "linear", "cosine"]
+    lr_warmup_steps: NonNegInt
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None
+    grad_accumulation: PosInt
+    processes: PosInt  # data parallel: the stage trains as this many processes (hopfield_replay.runtime.data_parallel)
+    compile_unet: bool  # torch.compile of the noise prediction (same method, other rounding)
+    channels_last: bool  # channels-last UNet weights and inputs while training (same method, other rounding)
 
     @model_validator(mode="after")
     def _rules(self):
@@ -154,22 +186,22 @@ class TrainParams(Section):
 
 
 class TrainAParams(TrainParams):
-    seed: NonNegInt = 0
+    seed: NonNegInt
 
 
 class ScoresParams(Section):
     """``scores``: every per-sample predictor of forgetting (hopfield_replay.predictors)."""
 
-    form: Literal["inner", "distance"] = "distance"
-    beta_rule: Literal["fixed", "median_nn", "snr"] = "median_nn"
-    beta: Annotated[float, Field(gt=0)] | None = None
-    beta_t: Timestep = 500
-    beta_multiples: list[Annotated[float, Field(gt=0)]] = [0.1, 0.3, 3.0, 10.0, 30.0]
-    snr_energies: bool = True
-    knn_k: Annotated[list[PosInt], Field(min_length=1)] = [1, 10]
-    model_timesteps: Annotated[list[Timestep], Field(min_length=1)] = [50, 150, 250, 350, 450, 550, 650, 750, 850, 950]
-    noise_seed: Annotated[int, Field(ge=0, lt=2**64)] = 0
-    batch_size: PosInt | None = None
+    form: Literal["inner", "distance"]
+    beta_rule: Literal["fixed", "median_nn", "snr"]
+    beta: Annotated[float, Field(gt=0)] | None
+    beta_t: Timestep
+    beta_multiples: list[Annotated[float, Field(gt=0)]]
+    snr_energies: bool
+    knn_k: Annotated[list[PosInt], Field(min_length=1)]
+    model_timesteps: Annotated[list[Timestep], Field(min_length=1)]
+    noise_seed: Annotated[int, Field(ge=0, lt=2**64)]
+    batch_size: PosInt | None
 
     @field_validator("beta_multiples", "knn_k")
     @classmethod
@@ -184,10 +216,10 @@ class ScoresParams(Section):
 
 
 class ForgettingParams(Section):
-    timesteps: Annotated[list[Timestep], Field(min_length=1)] = [100, 250, 500, 750]
-    noise_seed: Annotated[int, Field(ge=0, lt=2**64)] = 0
-    batch_size: PosInt | None = None
-    space: Literal["model", "pixel"] = "model"
+    timesteps: Annotated[list[Timestep], Field(min_length=1)]
+    noise_seed: Annotated[int, Field(ge=0, lt=2**64)]
+    batch_size: PosInt | None
+    space: Literal["model", "pixel"]
 
     @field_validator("timesteps")
     @classmethod
@@ -195,20 +227,16 @@ class ForgettingParams(Section):
         return _unique(v, "a timestep")
 
 
-ARM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
 class SelectParams(Section):
     """``select_replay``: the replay arms. An arm is a registered strategy (energy_high, energy_low, random,
     class_balanced, kcenter, soft, oracle, energy_high_per_class, ...) or ``<predictor>_high`` / ``_low`` /
-    ``_high_per_class`` / ``_low_per_class`` for any column of the scores table (replay.parse_arm)."""
+    ``_high_per_class`` / ``_low_per_class`` for any column of the scores table (arms.parse_arm)."""
 
-    arms: Annotated[list[str], Field(min_length=1)] = ["energy_high", "random", "pixel_mass_high", "oracle",
-                                                       "class_balanced", "energy_high_per_class"]
-    budgets: Annotated[list[PosInt], Field(min_length=1)] = [250]
-    score: str = "energy_a"
-    temperature: Annotated[float, Field(gt=0)] = 1.0
-    oracle_measure: Literal["absolute", "relative"] = "relative"
+    arms: Annotated[list[str], Field(min_length=1)]
+    budgets: Annotated[list[PosInt], Field(min_length=1)]
+    score: str
+    temperature: Annotated[float, Field(gt=0)]
+    oracle_measure: Literal["absolute", "relative"]
 
     @field_validator("budgets")
     @classmethod
@@ -218,32 +246,58 @@ class SelectParams(Section):
     @field_validator("arms")
     @classmethod
     def _arms(cls, v):
-        from ..replay import STRATEGIES, parse_arm
-
         for arm in v:
-            try:
-                known = bool(ARM_NAME.match(arm)) and bool(parse_arm(arm, ""))
-            except ValueError:
-                known = False
-            if not known:
-                raise ValueError(f"unknown arm {arm!r}; use one of {', '.join(STRATEGIES)} or <predictor>_high / "
+            if not is_arm_name(arm):
+                raise ValueError(f"unknown arm {arm!r}; use one of {', '.join(STRATEGY_NAMES)} or <predictor>_high / "
                                  "_low / _high_per_class / _low_per_class (a column of the scores table)")
         return _unique(v, "an arm")
 
 
 class RetrainParams(Section):
-    replay_fraction: Annotated[float, Field(ge=0, le=1)] = 0.25
+    replay_fraction: Annotated[float, Field(ge=0, le=1)]
 
 
 class ReportParams(Section):
-    aggregate_t: Literal["forgetting", "all"] = "forgetting"
-    bootstrap: Annotated[int, Field(ge=10)] = 1000
-    level: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
-    deciles: Annotated[int, Field(ge=2)] = 10
-    top_frac: Annotated[float, Field(gt=0, lt=1)] = 0.1
-    nuisance: list[str] = ["pixel_mass", "recon_error_a"]
-    grid: PosInt = 8
-    seed: NonNegInt = 0
+    aggregate_t: Literal["forgetting", "all"]
+    bootstrap: Annotated[int, Field(ge=10)]
+    level: Annotated[float, Field(gt=0.5, lt=1)]
+    deciles: Annotated[int, Field(ge=2)]
+    top_frac: Annotated[float, Field(gt=0, lt=1)]
+    nuisance: list[str]
+    grid: PosInt
+    seed: NonNegInt
+
+
+class ClassifierParams(Section):
+    """``classifier``: the judge of what every model generates, a small CNN on every class of the prepared images."""
+
+    steps: PosInt
+    batch_size: PosInt
+    lr: Annotated[float, Field(gt=0)]
+    width: PosInt
+    holdout_fraction: Annotated[float, Field(gt=0, lt=1)]
+    min_accuracy: Annotated[float, Field(ge=0, le=1)]
+    seed: NonNegInt
+
+
+class GenerationParams(Section):
+    """``generation``: DDIM samples of every model, judged by the classifier, and the learned rule."""
+
+    samples: Annotated[int, Field(ge=2, le=100_000)]
+    ddim_steps: Annotated[int, Field(ge=1, le=1000)]
+    batch_size: PosInt
+    seed: NonNegInt
+    confidence: Annotated[float, Field(ge=0, lt=1)]
+    learned_min_share_ratio: Annotated[float, Field(gt=0, le=1)]
+    learned_max_fd_ratio: Annotated[float, Field(gt=0)]
+    grid: PosInt
+
+    @model_validator(mode="after")
+    def _rules(self):
+        if self.grid > self.samples:
+            raise RuleError("grid", f"{self.grid} samples per model in the grid, but only {self.samples} are drawn "
+                                    "(generation.samples); lower generation.grid or raise generation.samples")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -254,26 +308,26 @@ class MHNClosedFormParams(Section):
     """``mhn_closed_form``: the paper geometry (n patterns with overlap c + one orthogonal outlier in d dims) or
     Gaussian clusters, rotated by expm(eps Omega)."""
 
-    geometry: Literal["paper", "clusters"] = "paper"
-    n: PosInt = 12
-    c: Annotated[float, Field(ge=0, le=1)] = 0.35
-    d: Annotated[int, Field(ge=2)] = 50
-    beta: Annotated[float, Field(gt=0)] = 8.0
-    cluster_sizes: Annotated[list[PosInt], Field(min_length=1)] = [20, 8, 3]
-    cluster_spread: Annotated[float, Field(ge=0)] = 0.6
-    n_outliers: NonNegInt = 3
-    normalize: bool = True
-    memory_seed: NonNegInt = 0
-    rotations: PosInt = 2000
-    eps: Annotated[list[Annotated[float, Field(gt=0, le=10)]], Field(min_length=1)] = [0.05, 0.02]
-    seed: NonNegInt = 0
-    rotation_chunk: PosInt = 500
-    fp_tol: Annotated[float, Field(ge=0)] = 1e-13
-    fp_max_iter: PosInt = 10000
-    bootstrap: Annotated[int, Field(ge=10)] = 2000
-    ci_level: Annotated[float, Field(ge=0.5, le=0.999)] = 0.95
-    write_gains: bool = True
-    threads: NonNegInt = 1  # torch CPU threads (0: torch's default); 1 is fastest on a busy 2-core machine
+    geometry: Literal["paper", "clusters"]
+    n: PosInt
+    c: Annotated[float, Field(ge=0, le=1)]
+    d: Annotated[int, Field(ge=2)]
+    beta: Annotated[float, Field(gt=0)]
+    cluster_sizes: Annotated[list[PosInt], Field(min_length=1)]
+    cluster_spread: Annotated[float, Field(ge=0)]
+    n_outliers: NonNegInt
+    normalize: bool
+    memory_seed: NonNegInt
+    rotations: PosInt
+    eps: Annotated[list[Annotated[float, Field(gt=0, le=10)]], Field(min_length=1)]
+    seed: NonNegInt
+    rotation_chunk: PosInt
+    fp_tol: Annotated[float, Field(ge=0)]
+    fp_max_iter: PosInt
+    bootstrap: Annotated[int, Field(ge=10)]
+    ci_level: Annotated[float, Field(ge=0.5, le=0.999)]
+    write_gains: bool
+    threads: NonNegInt  # torch CPU threads (0: torch's default); 1 is fastest on a busy 2-core machine
 
     @field_validator("eps")
     @classmethod
@@ -295,27 +349,26 @@ class MHNClosedFormParams(Section):
 class MHNTrainedParams(Section):
     """``mhn_trained``: MHN-BM, memories trained by maximum likelihood on task A, then task B with replay."""
 
-    d: Annotated[int, Field(ge=2)] = 16
-    beta: Annotated[float, Field(gt=0)] = 16.0
-    memories: PosInt = 64
-    task_a_clusters: Annotated[list[PosInt], Field(min_length=1)] = [40, 30, 20, 10]
-    task_a_outliers: NonNegInt = 12
-    task_b: Literal["rotated", "new_clusters"] = "rotated"
-    task_b_eps: Annotated[float, Field(ge=0, le=10)] = 0.1
-    task_b_clusters: Annotated[list[PosInt], Field(min_length=1)] = [40, 30, 20, 10]
-    cluster_spread: Annotated[float, Field(ge=0)] = 0.4
-    steps_a: PosInt = 400
-    steps_b: PosInt = 200
-    lr: Annotated[float, Field(gt=0)] = 0.01
-    replay_budget: PosInt = 12
-    replay_fraction: Annotated[float, Field(ge=0, le=1)] = 0.1
-    arms: Annotated[list[Literal["energy_high", "random", "energy_low", "none"]], Field(min_length=1)] = [
-        "energy_high", "random", "energy_low", "none"]
-    seeds: Annotated[list[NonNegInt], Field(min_length=1)] = [0, 1, 2, 3, 4]
-    deciles: Annotated[int, Field(ge=2)] = 10
-    bootstrap: Annotated[int, Field(ge=10)] = 1000
-    ci_level: Annotated[float, Field(ge=0.5, le=0.999)] = 0.95
-    threads: NonNegInt = 1
+    d: Annotated[int, Field(ge=2)]
+    beta: Annotated[float, Field(gt=0)]
+    memories: PosInt
+    task_a_clusters: Annotated[list[PosInt], Field(min_length=1)]
+    task_a_outliers: NonNegInt
+    task_b: Literal["rotated", "new_clusters"]
+    task_b_eps: Annotated[float, Field(ge=0, le=10)]
+    task_b_clusters: Annotated[list[PosInt], Field(min_length=1)]
+    cluster_spread: Annotated[float, Field(ge=0)]
+    steps_a: PosInt
+    steps_b: PosInt
+    lr: Annotated[float, Field(gt=0)]
+    replay_budget: PosInt
+    replay_fraction: Annotated[float, Field(ge=0, le=1)]
+    arms: Annotated[list[Literal["energy_high", "random", "energy_low", "none"]], Field(min_length=1)]
+    seeds: Annotated[list[NonNegInt], Field(min_length=1)]
+    deciles: Annotated[int, Field(ge=2)]
+    bootstrap: Annotated[int, Field(ge=10)]
+    ci_level: Annotated[float, Field(ge=0.5, le=0.999)]
+    threads: NonNegInt
 
     @field_validator("arms", "seeds")
     @classmethod
@@ -338,9 +391,9 @@ class MHNTrainedParams(Section):
 class MHNReportParams(Section):
     """``mhn_report``: figure resolution and the bootstrap of the trained network's decile means."""
 
-    dpi: Annotated[int, Field(ge=30, le=600)] = 120
-    bootstrap: Annotated[int, Field(ge=10)] = 500
-    seed: NonNegInt = 0
+    dpi: Annotated[int, Field(ge=30, le=600)]
+    bootstrap: Annotated[int, Field(ge=10)]
+    seed: NonNegInt
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -350,7 +403,8 @@ class MHNReportParams(Section):
 class ExecutionParams(Section):
     """``execution``: training checkpoints (every ``checkpoint_every_steps`` steps or ``checkpoint_every_minutes``
     minutes, whichever comes first, under ``checkpoint_dir``, kept until the run succeeds) and the guard on the
-    size of a prepared data file."""
+    size of a prepared data file. The one section with defaults (params.yaml's values): it changes no result, so a
+    params file may leave it out, or any of its keys."""
 
     checkpoint_dir: Annotated[str, Field(min_length=1)] = ".checkpoints"
     checkpoint_every_minutes: Annotated[float, Field(gt=0)] = 10.0
@@ -363,23 +417,25 @@ class ExecutionParams(Section):
 
 
 class Config(Section):
-    """All of params.yaml. ``seeds`` are the task-B phase's seeds: one train_b run, one set of seeded replay
-    buffers and one run per replay arm for each."""
+    """All of params.yaml, every section and key required but ``execution``. ``seeds`` are the task-B phase's
+    seeds: one train_b run, one set of seeded replay buffers and one run per replay arm for each."""
 
-    device: str = "auto"
-    seeds: Annotated[list[NonNegInt], Field(min_length=1)] = [1, 2, 3]
-    prepare: PrepareParams = PrepareParams()
-    model: ModelParams = ModelParams()
-    train_a: TrainAParams = TrainAParams()
-    scores: ScoresParams = ScoresParams()
-    train_b: TrainParams = TrainParams(steps=300)
-    forgetting: ForgettingParams = ForgettingParams()
-    select_replay: SelectParams = SelectParams()
-    retrain: RetrainParams = RetrainParams()
-    report: ReportParams = ReportParams()
-    mhn_closed_form: MHNClosedFormParams = MHNClosedFormParams()
-    mhn_trained: MHNTrainedParams = MHNTrainedParams()
-    mhn_report: MHNReportParams = MHNReportParams()
+    device: str
+    seeds: Annotated[list[NonNegInt], Field(min_length=1)]
+    prepare: PrepareParams
+    model: ModelParams
+    train_a: TrainAParams
+    scores: ScoresParams
+    train_b: TrainParams
+    forgetting: ForgettingParams
+    select_replay: SelectParams
+    retrain: RetrainParams
+    report: ReportParams
+    classifier: ClassifierParams
+    generation: GenerationParams
+    mhn_closed_form: MHNClosedFormParams
+    mhn_trained: MHNTrainedParams
+    mhn_report: MHNReportParams
     execution: ExecutionParams = ExecutionParams()
 
     @field_validator("device")
@@ -401,4 +457,5 @@ class Config(Section):
 
 
 SECTIONS = tuple(name for name in Config.model_fields)
-OPTIONAL_SECTIONS = ("execution",)  # the only section a params file may leave out (it changes no result)
+# The sections a params file may leave out: those with a default (execution alone: it changes no result).
+OPTIONAL_SECTIONS = tuple(name for name, field in Config.model_fields.items() if not field.is_required())

@@ -82,6 +82,16 @@ class DenoisingModel:
         (path / FAMILY_FILE).write_text(json.dumps({"family": self.family, **(extra or {})}, indent=2) + "\n")
 
 
+def write_pipeline_index(path: Path, pipeline: str, **components: str) -> None:
+    """``model_index.json``: the folder is then a diffusers pipeline, so ``DDPMPipeline.from_pretrained(path)`` (or
+    ``DDIMPipeline``, which swaps in a DDIM scheduler of the same schedule) samples from it."""
+    import diffusers
+
+    index = {"_class_name": pipeline, "_diffusers_version": diffusers.__version__,
+             **{name: ["diffusers", cls] for name, cls in sorted(components.items())}}
+    (Path(path) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Families
 

@@ -9,7 +9,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.utils import logging as diffusers_logging
 
 from ..errors import UserError
-from .base import DenoisingModel, register_family
+from .base import DenoisingModel, register_family, write_pipeline_index
 
 
 @dataclass
@@ -67,6 +67,7 @@ class PixelDDPM(DenoisingModel):
         self.unet.save_pretrained(path / "unet")
         self.scheduler.save_pretrained(path / "scheduler")
         self._write_family(path)
+        write_pipeline_index(path, "DDPMPipeline", unet="UNet2DModel", scheduler="DDPMScheduler")
 
     @classmethod
     def from_pretrained(cls, path) -> "PixelDDPM":

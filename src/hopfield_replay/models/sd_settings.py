@@ -16,7 +16,7 @@ from ..io.config import SD_DEFAULT_TEMPLATE, SDParams
 from ..errors import UserError
 
 PROMPTS = ("class", "empty")
-DEFAULT_LORA_TARGETS = tuple(SDParams.model_fields["lora_targets"].default)
+DEFAULT_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")  # the pipeline sets its own: model.sd.lora_targets
 
 
 @dataclass(frozen=True)

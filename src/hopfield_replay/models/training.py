@@ -45,6 +45,11 @@ LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 
 @dataclass
 class TrainConfig:
+    """The settings of one training run. The pipeline never uses these defaults: every stage builds it from the
+    validated params (``TrainConfig(**cfg.train_b.loop_settings(), seed=..., replay_fraction=...)``), whose values
+    all come from params.yaml. The defaults are the library's, for notebooks and tests (a short run at params.yaml's
+    batch size and learning rate); they are not the pipeline's (params.yaml: train_a 600 steps, train_b 200)."""
+
     steps: int = 1000
     batch_size: int = 64
     lr: float = 2e-4
@@ -126,6 +131,88 @@ def _ema(params, config: TrainConfig, device: torch.device):
     return EMAModel(params, decay=config.ema_decay, foreach=device.type == "cuda")
 
 
+def _optimiser(params, config: TrainConfig, device: torch.device):
+    """(AdamW, its LR schedule, the EMA of the weights or None): AdamW is the fused kernel on CUDA."""
+    fused = {"fused": True} if device.type == "cuda" else {}
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
+    return opt, _lr_schedule(opt, config), _ema(params, config, device)
+
+
+class _Batches:
+    """Each step's noisy batch, drawn from the sampling generator ``gen`` in the order indices, replay indices,
+    timesteps, noise: round(replay_fraction * batch_size) samples of the replay buffer (when there is one) after
+    the rest from ``x0``. The data sit on the training device; the draws are made on ``gen``'s device."""
+
+    def __init__(self, model: DenoisingModel, x0, labels, replay_x0, replay_labels, config: TrainConfig,
+                 gen: torch.Generator, device: torch.device, channels_last: bool):
+        has_replay = replay_x0 is not None and replay_x0.shape[0] > 0
+        self.n_replay = int(round(config.replay_fraction * config.batch_size)) if has_replay else 0
+        self.n_new = config.batch_size - self.n_replay
+        self.x0 = x0.to(device)
+        self.labels = labels.to(device) if labels is not None else None
+        self.replay_x0, self.replay_labels = None, None
+        if has_replay:
+            self.replay_x0 = replay_x0.to(device)
+            self.replay_labels = replay_labels.to(device) if replay_labels is not None else None
+        self.scheduler = model.scheduler
+        self.num_t = model.scheduler.config.num_train_timesteps
+        self.gen, self.device, self.channels_last = gen, device, channels_last
+
+    def draw(self):
+        """(x_t, t, noise, labels or None) of the next step's whole batch."""
+        gen, draw_on, device = self.gen, self.gen.device, self.device
+        idx = torch.randint(0, self.x0.shape[0], (self.n_new,), generator=gen, device=draw_on).to(device)
+        batch = self.x0[idx]
+        y = self.labels[idx] if self.labels is not None else None
+        if self.n_replay:
+            ridx = torch.randint(0, self.replay_x0.shape[0], (self.n_replay,), generator=gen, device=draw_on).to(device)
+            batch = torch.cat([batch, self.replay_x0[ridx]])
+            if y is not None:
+                y = torch.cat([y, self.replay_labels[ridx]])
+        t = torch.randint(0, self.num_t, (batch.shape[0],), generator=gen, device=draw_on).to(device)
+        noise = torch.randn(batch.shape, generator=gen, device=draw_on).to(device)
+        x_t = self.scheduler.add_noise(batch, noise, t)
+        if self.channels_last and x_t.ndim == 4:
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
+        return x_t, t, noise, y
+
+
+def _resume(checkpoint: Checkpoint | None, model, opt, gen, device, lr_schedule, ema, accelerator, desc: str,
+            steps: int) -> tuple[int, list[float]]:
+    """(first step, losses so far): restored from ``checkpoint`` when it exists and drew its batches on the
+    device ``gen`` draws on; else (0, [])."""
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None and state.get("generator_device", "cpu") != gen.device.type:
+        print(f"checkpoint {checkpoint.path} drew its batches on another device; starting from step 0")
+        state = None
+    if state is None:
+        return 0, []
+    start, done = restore_training_state(state, model, opt, gen, device, lr_schedule=lr_schedule, ema=ema)
+    if accelerator.is_main_process:
+        print(f"{desc}: resumed from step {start} of {steps} ({checkpoint.path})")
+    return start, done
+
+
+def _backward(predict, model, accelerator, x_t, t, noise, y, *, first: int, micro: int, accumulation: int,
+              device: torch.device) -> torch.Tensor:
+    """Loss and backward of this process's share of the batch (rows ``first`` on), in ``accumulation``
+    micro-batches of ``micro`` rows, each loss / accumulation; under data parallel the gradients are synchronised
+    at the last micro-batch only. Returns the step's loss (detached, the sum of the micro-batches' losses)."""
+    step_loss = None
+    for k in range(accumulation):
+        part = slice(first + k * micro, first + (k + 1) * micro)
+        last = k == accumulation - 1
+        with contextlib.nullcontext() if last or accelerator.num_processes == 1 else accelerator.no_sync(model.unet):
+            with autocast(device):
+                pred = predict(x_t[part], t[part], y[part] if y is not None else None)
+            loss = torch.nn.functional.mse_loss(pred.float(), noise[part])
+            if accumulation > 1:
+                loss = loss / accumulation
+            accelerator.backward(loss)
+        step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+    return step_loss
+
+
 def train_denoiser(
     model: DenoisingModel,
     x0: torch.Tensor,
@@ -156,6 +243,7 @@ def train_denoiser(
         raise ValueError("training set is empty")
     if log_every < 1:
         raise ValueError(f"log_every={log_every}: must be >= 1")
+    # Set up: processes and batch split, seeds, the model on its device, optimiser, data parallel, data, resume.
     accelerator = _accelerator()
     processes, rank = accelerator.num_processes, accelerator.process_index
     micro = check_batch_split(config, processes)
@@ -163,72 +251,30 @@ def train_denoiser(
         device = accelerator.device
     model.check_labels(labels)
     model.check_labels(replay_labels)
-    has_replay = replay_x0 is not None and replay_x0.shape[0] > 0
-    n_replay = int(round(config.replay_fraction * config.batch_size)) if has_replay else 0
-    n_new = config.batch_size - n_replay
     torch.manual_seed(config.seed)
     gen = sampling_generator(device, config.seed)
-    draw_on = gen.device
     model.to(device).train()
     if channels_last:
         model.unet.to(memory_format=torch.channels_last)
     params = model.trainable_parameters()
-    fused = {"fused": True} if device.type == "cuda" else {}
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
-    lr_schedule = _lr_schedule(opt, config)
-    ema = _ema(params, config, device)
+    opt, lr_schedule, ema = _optimiser(params, config, device)
     unet = model.unet
     if processes > 1:
         model.unet = accelerator.prepare_model(unet)  # DDP: gradients averaged over processes in backward
     predict = torch.compile(model.predict_noise) if compile_unet else model.predict_noise
-    num_t = model.scheduler.config.num_train_timesteps
-    x0 = x0.to(device)
-    labels = labels.to(device) if labels is not None else None
-    if has_replay:
-        replay_x0 = replay_x0.to(device)
-        replay_labels = replay_labels.to(device) if replay_labels is not None else None
-    done: list[float] = []
-    start = 0
-    state = checkpoint.load() if checkpoint is not None else None
-    if state is not None and state.get("generator_device", "cpu") != draw_on.type:
-        print(f"checkpoint {checkpoint.path} drew its batches on another device; starting from step 0")
-        state = None
-    if state is not None:
-        start, done = restore_training_state(state, model, opt, gen, device, lr_schedule=lr_schedule, ema=ema)
-        if accelerator.is_main_process:
-            print(f"{desc}: resumed from step {start} of {config.steps} ({checkpoint.path})")
+    batches = _Batches(model, x0, labels, replay_x0, replay_labels, config, gen, device, channels_last)
+    start, done = _resume(checkpoint, model, opt, gen, device, lr_schedule, ema, accelerator, desc, config.steps)
     bar = tqdm(range(start, config.steps), desc=desc, disable=not (progress and accelerator.is_main_process),
                mininterval=2.0, smoothing=1.0, initial=start, total=config.steps)
     losses = _Losses(done, log_every, bar, reduce=(lambda v: accelerator.reduce(v, "mean")) if processes > 1 else None)
-    mine = rank * micro * config.grad_accumulation  # this process's share of the batch starts here
+    first = rank * micro * config.grad_accumulation  # this process's share of the batch starts here
+    # Train: for each step, batch -> loss and backward -> clip -> step -> EMA -> log -> checkpoint.
     try:
         for step in bar:
-            idx = torch.randint(0, x0.shape[0], (n_new,), generator=gen, device=draw_on).to(device)
-            batch = x0[idx]
-            y = labels[idx] if labels is not None else None
-            if n_replay:
-                ridx = torch.randint(0, replay_x0.shape[0], (n_replay,), generator=gen, device=draw_on).to(device)
-                batch = torch.cat([batch, replay_x0[ridx]])
-                if y is not None:
-                    y = torch.cat([y, replay_labels[ridx]])
-            t = torch.randint(0, num_t, (batch.shape[0],), generator=gen, device=draw_on).to(device)
-            noise = torch.randn(batch.shape, generator=gen, device=draw_on).to(device)
-            x_t = model.scheduler.add_noise(batch, noise, t)
-            if channels_last and x_t.ndim == 4:
-                x_t = x_t.contiguous(memory_format=torch.channels_last)
+            x_t, t, noise, y = batches.draw()
             opt.zero_grad(set_to_none=True)
-            step_loss = None
-            for k in range(config.grad_accumulation):
-                part = slice(mine + k * micro, mine + (k + 1) * micro)
-                last = k == config.grad_accumulation - 1
-                with contextlib.nullcontext() if last or processes == 1 else accelerator.no_sync(model.unet):
-                    with autocast(device):
-                        pred = predict(x_t[part], t[part], y[part] if y is not None else None)
-                    loss = torch.nn.functional.mse_loss(pred.float(), noise[part])
-                    if config.grad_accumulation > 1:
-                        loss = loss / config.grad_accumulation
-                    accelerator.backward(loss)
-                step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+            step_loss = _backward(predict, model, accelerator, x_t, t, noise, y, first=first, micro=micro,
+                                  accumulation=config.grad_accumulation, device=device)
             if config.grad_clip:
                 accelerator.clip_grad_norm_(params, config.grad_clip)
             opt.step()
@@ -245,6 +291,7 @@ def train_denoiser(
         model.unet = unet
         if channels_last:
             model.unet.to(memory_format=torch.contiguous_format)
+    # Finish: the EMA weights into the model (when kept), eval mode, every step's loss.
     if ema is not None:
         ema.copy_to(params)
     model.eval()
