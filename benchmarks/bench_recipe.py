@@ -16,7 +16,10 @@ table times one training step with channels-last, bf16 autocast and torch.compil
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -24,7 +27,6 @@ import torch
 from hopfield_replay.io.config import ModelParams
 from hopfield_replay.io.data import load_mnist5k, resize, to_model_range
 from hopfield_replay.io.params_file import load_config
-from types import SimpleNamespace
 from hopfield_replay.measures.classifier import train_classifier
 from hopfield_replay.measures.generation import frechet_distance, is_learned, judge, sample
 from hopfield_replay.models import TrainConfig, build_model, train_denoiser
@@ -76,20 +78,25 @@ def main() -> None:
     ap.add_argument("--task-b", nargs="*", type=int, default=[], help="task-B step counts from the best model A")
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--ddim", type=int, default=50)
+    ap.add_argument("--classifier", help="a folder written by the classifier stage (default: train one here)")
     args = ap.parse_args()
     cfg = load_config("params.yaml")
-    # the classifier and the learned rule (params.yaml's classifier / generation sections once they exist)
-    g = SimpleNamespace(confidence=0.9, learned_min_share_ratio=0.85, learned_max_fd_ratio=3.0)
-    cc = SimpleNamespace(steps=3000, batch_size=128, lr=3e-3, holdout_fraction=0.1, seed=0)
+    g, c = cfg.generation, cfg.classifier
     if args.quick:
         args.steps, args.samples, args.ddim, args.recipes = [20], 32, 5, args.recipes[:2]
     torch.manual_seed(0)
     images, labels = load_mnist5k()
     x = to_model_range(resize(torch.from_numpy(images), cfg.prepare.resolution))
-    clf = train_classifier(x, labels, steps=60 if args.quick else cc.steps,
-                           batch_size=cc.batch_size, lr=cc.lr,
-                           holdout_fraction=cc.holdout_fraction, seed=cc.seed)
-    print(f"classifier: held-out accuracy {clf.accuracy:.3f}")
+    if args.classifier:  # the classifier stage's folder: same data, same split (classifier.json)
+        from hopfield_replay.measures.classifier import ImageClassifier
+
+        info = json.loads((Path(args.classifier) / "classifier.json").read_text())
+        clf = SimpleNamespace(model=ImageClassifier.from_pretrained(args.classifier).eval(), accuracy=info["accuracy"],
+                              holdout=np.flatnonzero(np.isin(np.arange(len(labels)), info["holdout_sample_ids"])))
+    else:
+        clf = train_classifier(x, labels, steps=60 if args.quick else c.steps, batch_size=c.batch_size, lr=c.lr,
+                               width=c.width, holdout_fraction=c.holdout_fraction, seed=c.seed)
+    print(f"classifier: held-out accuracy {clf.accuracy:.3f}", flush=True)
     held = np.zeros(len(labels), bool)
     held[clf.holdout] = True
 

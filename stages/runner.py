@@ -37,6 +37,20 @@ def draw_to_files() -> None:
     matplotlib.use("Agg")
 
 
+def check_distinct_paths(args: argparse.Namespace, paths: tuple[str, ...]) -> None:
+    """An output (a ``--out*`` path, or report's ``--metrics-dir``) must not be an input, the params file or another
+    output: one would destroy the other. Refused before anything is read."""
+    outputs = [n for n in paths if n.startswith("out") or n == "metrics-dir"]
+    named = {"params": args.params, **{n: getattr(args, n.replace("-", "_")) for n in paths}}
+    seen: dict[Path, str] = {}
+    for name in ["params", *[n for n in paths if n not in outputs], *outputs]:
+        where = Path(os.path.abspath(named[name]))
+        if name in outputs and where in seen:
+            raise UserError(f"--{name} {named[name]}: is also --{seen[where]}; an output must not be an input, the "
+                            "params file or another output: pass another path")
+        seen.setdefault(where, name)
+
+
 def stage(*paths: str, relaunch: Callable[[Config, list[str]], int | None] | None = None, figures: bool = False,
           **options: type) -> Callable:
     """Decorate ``fn(cfg, args)``: ``--params``, one required ``--<path>`` per name and ``--<option>`` per keyword.
@@ -58,6 +72,7 @@ def stage(*paths: str, relaunch: Callable[[Config, list[str]], int | None] | Non
             args = ap.parse_args(argv)
             logging.basicConfig(level=os.environ.get("HOPFIELD_REPLAY_LOG", "INFO"), format="%(message)s")
             try:
+                check_distinct_paths(args, paths)
                 cfg = load_config(args.params)
                 if relaunch is not None:
                     name = module.__spec__.name if module.__spec__ is not None else module.__name__

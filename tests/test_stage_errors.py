@@ -189,3 +189,71 @@ def test_every_stage_checks_its_outputs_before_reading_or_computing(tmp_path, st
     proc = stage(name, _tiny(), *argv)
     _assert_one_line_error(proc, "cannot be written", "blocker is a file, not a folder")
     assert not (tmp_path / "missing").exists() and blocker.read_text() == "a file where a folder should be"
+
+
+def _argv_with(tokens, outs, tmp_path, out_value):
+    """A stage's dvc.yaml arguments with inputs under tmp_path/in and each output set by ``out_value(flag, i)``."""
+    argv, inputs = [], []
+    for flag, value in zip(tokens[::2], tokens[1::2]):
+        if flag == "--params":
+            continue
+        if flag in OPTIONS:
+            argv += [flag, OPTIONS[flag]]
+        elif any(o == value or o.startswith(value + "/") for o in outs):
+            argv += [flag, out_value(flag, len(argv))]
+        else:
+            path = tmp_path / "in" / flag.removeprefix("--")
+            inputs.append(path)
+            argv += [flag, path]
+    return argv, inputs
+
+
+@pytest.mark.parametrize("name", sorted(_dvc_stage_commands()))
+def test_an_output_that_is_an_input_or_another_output_is_refused(tmp_path, stage, name):
+    """Every stage of dvc.yaml refuses, before anything is read, an output path equal to one of its inputs (the
+    first output is pointed at the first input, or at the params file for stages without inputs) and two outputs
+    given the same path."""
+    tokens, outs = _dvc_stage_commands()[name]
+    first = {}
+
+    def same_as_input(flag, i):
+        first.setdefault("flag", flag)
+        return (tmp_path / "in" / "x0") if flag == first["flag"] else tmp_path / "out" / flag
+
+    argv, inputs = _argv_with(tokens, outs, tmp_path, same_as_input)
+    target = inputs[0] if inputs else tmp_path / "params.yaml"  # the fixture writes the params file there
+    argv = [target if (a == tmp_path / "in" / "x0") else a for a in argv]
+    proc = stage(name, _tiny(), *argv)
+    _assert_one_line_error(proc, "an output must not be an input, the params file or another output")
+    assert not (tmp_path / "out").exists()
+    n_outs = sum(1 for f, v in zip(tokens[::2], tokens[1::2])
+                 if any(o == v or o.startswith(v + "/") for o in outs))
+    if n_outs > 1:
+        argv, _ = _argv_with(tokens, outs, tmp_path, lambda flag, i: tmp_path / "out" / "same")
+        _assert_one_line_error(stage(name, _tiny(), *argv), "is also --", "another output")
+        assert not (tmp_path / "out").exists()
+
+
+def test_outputs_of_the_wrong_kind_and_special_files_are_refused_and_kept(tmp_path):
+    """check_output: a folder output where a file stands, a file output where a folder stands, and a FIFO are
+    refused and left as they are; a previous output of the same kind may be replaced."""
+    from hopfield_replay.errors import UserError
+    from hopfield_replay.io.tables import atomic_path, check_output
+
+    file, folder, fifo = tmp_path / "file", tmp_path / "folder", tmp_path / "fifo"
+    file.write_text("keep")
+    folder.mkdir()
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="is a file, but this output is a folder"):
+        check_output(file, is_dir=True)
+    with pytest.raises(UserError, match="is a folder, but this output is a file"):
+        check_output(folder)
+    for is_dir in (False, True):
+        with pytest.raises(UserError, match="not a regular file or folder"):
+            check_output(fifo, is_dir=is_dir)
+    assert file.read_text() == "keep" and folder.is_dir() and fifo.exists()
+    with atomic_path(file) as tmp:
+        tmp.write_text("new")
+    with atomic_path(folder, is_dir=True) as tmp:
+        (tmp / "x").write_text("new")
+    assert file.read_text() == "new" and (folder / "x").read_text() == "new"

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 KIT = ("diffusers", "importlib_metadata", "lazy_importer", "pydantic", "annotated_types", "typing_inspection",
-       "typing_extensions", "mlxtend")
+       "typing_extensions", "mlxtend", "torchmetrics", "lightning_utilities")
 COMPILED = ("pydantic_core",)
 PYTHONS = ("3.11", "3.12", "3.13")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")

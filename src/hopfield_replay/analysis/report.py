@@ -1,4 +1,5 @@
-"""Figures and the one-page report (matplotlib, Agg backend; PNG files that embed in `dvc plots show`).
+"""Figures and the one-page report (matplotlib PNG files that embed in `dvc plots show`; the stage that draws picks
+the Agg backend, the library never does).
 
 The report leads with the verdicts on the paper's two claims (verdicts.claims), the checks that the replay
 experiment can show an effect at all (verdicts.design_checks) and what the intervals cover, then the predictor

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from importlib import metadata
@@ -84,9 +85,18 @@ def provenance(params: dict, *, seed: int, device: str, table: str) -> dict:
 
 
 def check_output(path: str | Path, *, is_dir: bool = False) -> Path:
-    """Fail before any work if ``path`` cannot be written: a file stands where a folder of its path should be, or
-    a file output names an existing folder (which would be replaced). Stages check every output path up front."""
+    """Fail before any work if ``path`` cannot be written: a file stands where a folder of its path should be, a
+    file output names an existing folder or a folder output an existing file (either would be replaced), or the
+    path is something other than a regular file or folder (a device, FIFO or socket). Replacing a previous output of
+    the same kind is allowed. Stages check every output path up front."""
     path = Path(path)
+    if path.exists():
+        mode = path.stat().st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise UserError(f"{path}: is not a regular file or folder (a device, FIFO or socket); pass another output "
+                            "path (it is kept)")
+        if is_dir and stat.S_ISREG(mode):
+            raise UserError(f"{path}: is a file, but this output is a folder; pass a folder path (the file is kept)")
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise UserError(f"{path}: cannot be written: {parent} is a file, not a folder; pass an output path inside a "

@@ -1,6 +1,7 @@
 """What a model generates, judged by the classifier of the prepared data.
 
-Sampling is DDIM (diffusers' ``DDIMScheduler`` built from the model's own training schedule, eta = 0) from a seeded
+Sampling is DDIM (diffusers' ``DDIMScheduler`` built from the model's own scheduler config, eta = 0, exactly as
+``DDIMPipeline.from_pretrained(model_folder)`` samples it: x0 clipped to [-1, 1] where the config says so) from a seeded
 initial noise, so that two models sampled with the same seed start from the same noise. In latent space (Stable
 Diffusion) the samples are decoded by the model's VAE and resized to the classifier's resolution.
 
@@ -29,7 +30,7 @@ def sample(model, shape: tuple[int, ...], n: int, *, steps: int, seed: int, batc
     """``n`` DDIM samples of a ``DenoisingModel`` (pixels in [-1, 1], decoded from latents where the model works in
     latent space), float32 on the CPU. The initial noise of sample i depends only on (seed, i): the same seed gives
     the same noise to every model of one shape."""
-    scheduler = DDIMScheduler.from_config(model.scheduler.config, clip_sample=False, set_alpha_to_one=False)
+    scheduler = DDIMScheduler.from_config(model.scheduler.config)  # as DDIMPipeline samples the saved model
     scheduler.set_timesteps(steps)
     noise = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
     out = []
