@@ -38,14 +38,16 @@ RECIPES = {  # name: the TrainConfig fields that differ from the plain loop
 }
 
 
-def quality(model, clf, real_held, real_ref, classes, g, n: int, ddim: int, seed: int = 0) -> dict:
+def quality(model, clf, real_held, real_ref, other_held, classes, g, n: int, ddim: int, seed: int = 0) -> dict:
     images = sample(model, tuple(real_ref.shape[1:]), n, steps=ddim, seed=seed)
     j, floor = judge(clf, images, classes, g.confidence), judge(clf, real_held, classes, g.confidence)
     fd, fd_floor = frechet_distance(clf, images, real_ref), frechet_distance(clf, real_held, real_ref)
+    other_fd = frechet_distance(clf, other_held, real_ref)
     return {"share": j.confident_share, "floor": floor.confident_share, "fd": fd, "fd_floor": fd_floor,
             "classes": np.round(j.histogram[classes], 2).tolist(),
-            "learned": is_learned(j.confident_share, floor.confident_share, fd, fd_floor,
-                                  min_ratio=g.learned_min_share_ratio, max_fd_ratio=g.learned_max_fd_ratio)}
+            "other_fd": other_fd,
+            "learned": is_learned(j.confident_share, floor.confident_share, fd, other_fd,
+                                  min_ratio=g.learned_min_share_ratio, max_fd_share=g.learned_max_fd_share)}
 
 
 def step_times(model_params: ModelParams, x0: torch.Tensor, steps: int) -> None:
@@ -105,8 +107,9 @@ def main() -> None:
         return (x[torch.from_numpy(m & ~held)], x[torch.from_numpy(m & held)], torch.from_numpy(m & ~held))
 
     ref_a, held_a, _ = task(cfg.prepare.task_a)
+    _, held_b_all, _ = task(cfg.prepare.task_b)
     x0_a = x[torch.from_numpy(np.isin(labels, cfg.prepare.task_a))]
-    print(f"\n{'recipe':<18}{'steps':>6}{'cpu s':>8}{'loss':>8}{'share':>7}{'floor':>7}{'FD':>8}{'FD floor':>9}"
+    print(f"\n{'recipe':<18}{'steps':>6}{'cpu s':>8}{'loss':>8}{'share':>7}{'floor':>7}{'FD':>8}{'FD floor':>9}{'other':>7}"
           f"  learned  task-A class shares")
     best = None
     for name in args.recipes:
@@ -116,9 +119,9 @@ def main() -> None:
             t = time.process_time()
             losses = train_denoiser(model, x0_a, tc, progress=False)
             cpu = time.process_time() - t
-            q = quality(model, clf.model, held_a, ref_a, cfg.prepare.task_a, g, args.samples, args.ddim)
+            q = quality(model, clf.model, held_a, ref_a, held_b_all, cfg.prepare.task_a, g, args.samples, args.ddim)
             print(f"{name:<18}{steps:>6}{cpu:>8.0f}{np.mean(losses[-50:]):>8.4f}{q['share']:>7.2f}{q['floor']:>7.2f}"
-                  f"{q['fd']:>8.2f}{q['fd_floor']:>9.2f}  {'yes' if q['learned'] else 'no':<8} {q['classes']}",
+                  f"{q['fd']:>8.2f}{q['fd_floor']:>9.2f}{q['other_fd']:>7.1f}  {'yes' if q['learned'] else 'no':<8} {q['classes']}",
                   flush=True)
             if best is None or q["share"] > best[0]:
                 best = (q["share"], name, steps, model)
@@ -134,8 +137,8 @@ def main() -> None:
             t = time.process_time()
             train_denoiser(model, x0_b, tc, progress=False)
             cpu = time.process_time() - t
-            q = quality(model, clf.model, held_b, ref_b, cfg.prepare.task_b, g, args.samples, args.ddim)
-            qa = quality(model, clf.model, held_a, ref_a, cfg.prepare.task_a, g, args.samples, args.ddim)
+            q = quality(model, clf.model, held_b, ref_b, held_a, cfg.prepare.task_b, g, args.samples, args.ddim)
+            qa = quality(model, clf.model, held_a, ref_a, held_b, cfg.prepare.task_a, g, args.samples, args.ddim)
             print(f"task B {steps_b:>5} steps, {cpu:.0f} cpu s: task-B share {q['share']:.2f} (floor {q['floor']:.2f}),"
                   f" FD {q['fd']:.2f} (floor {q['fd_floor']:.2f}), learned {q['learned']}; task-A share left "
                   f"{qa['share']:.2f}", flush=True)

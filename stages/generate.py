@@ -5,7 +5,8 @@ noise, so arms are compared on the same noise. Per model, one row of ``generatio
 the classifier assigns to each class (``share_<c>``), the task-A and task-B shares, the confident share of the
 model's own task (confidence >= ``generation.confidence``) beside the same figure for real held-out images (the
 floor), the Frechet distance in the classifier's feature space to the real images of that task beside the real
-floor, and whether the model passes the learned rule. The first ``generation.grid`` samples of every model go to
+floor and the other task's real images (the scale of the learned rule), and whether the model passes the learned
+rule. The first ``generation.grid`` samples of every model go to
 ``grids.safetensors`` for the report's sample grids.
 """
 
@@ -77,7 +78,9 @@ def main(cfg, args):
     floors = {}
     for k, c in tasks.items():
         ref, hold = real[k]
-        floors[k] = (judge(clf, hold, c, g.confidence).confident_share, frechet_distance(clf, hold, ref))
+        other = real["B" if k == "A" else "A"][1]
+        floors[k] = (judge(clf, hold, c, g.confidence).confident_share, frechet_distance(clf, hold, ref),
+                     frechet_distance(clf, other, ref))
     rows, grids = [], {}
     resolution = images["images"].shape[-1]
     for m in models:
@@ -91,18 +94,19 @@ def main(cfg, args):
         j = judge(clf, x, classes, g.confidence)
         ref, _ = real[m["phase"]]
         fd = frechet_distance(clf, x, ref)
-        floor_share, floor_fd = floors[m["phase"]]
-        learned = is_learned(j.confident_share, floor_share, fd, floor_fd, min_ratio=g.learned_min_share_ratio,
-                             max_fd_ratio=g.learned_max_fd_ratio)
+        floor_share, floor_fd, other_fd = floors[m["phase"]]
+        learned = is_learned(j.confident_share, floor_share, fd, other_fd, min_ratio=g.learned_min_share_ratio,
+                             max_fd_share=g.learned_max_fd_share)
         rows.append({**{k: v for k, v in m.items() if k != "path"}, "n": g.samples,
                      "confident_share": j.confident_share, "floor_share": floor_share, "fd": fd, "floor_fd": floor_fd,
+                     "other_task_fd": other_fd,
                      "learned": learned, "task_a_share": task_share(j.histogram, tasks["A"]),
                      "task_b_share": task_share(j.histogram, tasks["B"]),
                      **{f"share_{c}": float(v) for c, v in enumerate(j.histogram)}})
         grids[m["model"].replace("/", ":")] = x[: g.grid].contiguous()
         grids[m["model"].replace("/", ":") + ":class"] = torch.from_numpy(j.predicted[: g.grid].astype(np.int64))
         print(f"generate: {m['model']}: confident share {j.confident_share:.2f} (real {floor_share:.2f}), FD {fd:.2f} "
-              f"(real {floor_fd:.2f}), task-A share {rows[-1]['task_a_share']:.2f}: "
+              f"(real {floor_fd:.2f}, other task {other_fd:.1f}), task-A share {rows[-1]['task_a_share']:.2f}: "
               f"{'learned' if learned else 'NOT learned'}")
     df = pd.DataFrame(rows)
     meta = provenance(cfg, "generation", "classifier", seed=g.seed, device=device, table="generation")

@@ -34,7 +34,7 @@ def main(cfg, args):
     replay = add_measures(read_table(args.replay, columns=["sample_id", "seed", "strategy", "budget", "t", "replayed",
                                                            "error_a", "error"]))
     generation = read_table(args.generation, columns=["model", "phase", "seed", "strategy", "budget", "learned",
-                                                      "confident_share", "floor_share", "fd", "floor_fd",
+                                                      "confident_share", "floor_share", "fd", "floor_fd", "other_task_fd",
                                                       "task_a_share", "task_b_share"])
     grids = load_tensors(args.grids)
     effects = arm_effects(generation, p.level)

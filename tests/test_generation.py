@@ -113,14 +113,14 @@ def test_judge_counts_classes_and_confident_shares(classifier, digits):
     assert strict.confident_share <= j.confident_share
 
 
-@pytest.mark.parametrize("share, floor, fd, floor_fd, expected", [
-    (0.80, 0.90, 2.0, 1.0, True),     # 0.80 >= 0.85 * 0.90 and 2 <= 3 * 1 + 1
-    (0.70, 0.90, 2.0, 1.0, False),    # too few confident samples
-    (0.80, 0.90, 4.5, 1.0, False),    # too far from the real images
-    (0.95, 0.95, 0.9, 0.0, True),     # a floor of 0 leaves one unit of slack
+@pytest.mark.parametrize("share, floor, fd, other_fd, expected", [
+    (0.80, 0.90, 12.0, 140.0, True),   # 0.80 >= 0.85 * 0.90 and 12 <= 0.1 * 140
+    (0.70, 0.90, 12.0, 140.0, False),  # too few confident samples
+    (0.80, 0.90, 15.0, 140.0, False),  # too far from the real images, on the scale of the other task's
+    (0.95, 0.95, 0.0, 0.0, True),      # the real data itself
 ])
-def test_the_learned_rule(share, floor, fd, floor_fd, expected):
-    assert is_learned(share, floor, fd, floor_fd, min_ratio=0.85, max_fd_ratio=3.0) is expected
+def test_the_learned_rule(share, floor, fd, other_fd, expected):
+    assert is_learned(share, floor, fd, other_fd, min_ratio=0.85, max_fd_share=0.1) is expected
 
 
 def _generation_table() -> pd.DataFrame:

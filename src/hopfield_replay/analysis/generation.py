@@ -63,7 +63,8 @@ def learned_lines(generation: pd.DataFrame) -> list[str]:
         task = "task A" if r.phase == "A" else "task B"
         lines.append(f"- `{r.model}`: {'**learned**' if r.learned else '**not learned**'} {task} "
                      f"(confident share {r.confident_share:.2f} against {r.floor_share:.2f} for real images; Frechet "
-                     f"distance {r.fd:.2f} against {r.floor_fd:.2f}; task-A share of its samples {r.task_a_share:.2f})")
+                     f"distance {r.fd:.2f} against {r.floor_fd:.2f} for real images and {r.other_task_fd:.1f} for the "
+                     f"other task's; task-A share of its samples {r.task_a_share:.2f})")
     return lines
 
 

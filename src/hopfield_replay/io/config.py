@@ -289,7 +289,7 @@ class GenerationParams(Section):
     seed: NonNegInt
     confidence: Annotated[float, Field(ge=0, lt=1)]
     learned_min_share_ratio: Annotated[float, Field(gt=0, le=1)]
-    learned_max_fd_ratio: Annotated[float, Field(gt=0)]
+    learned_max_fd_share: Annotated[float, Field(gt=0, le=1)]
     grid: PosInt
 
     @model_validator(mode="after")

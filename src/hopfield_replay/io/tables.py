@@ -52,6 +52,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "generation": {  # plus share_<c>: the share of samples the classifier assigns to class c
         "model": "object", "phase": "object", "seed": "int64", "strategy": "object", "budget": "int64", "n": "int64",
         "confident_share": "float64", "floor_share": "float64", "fd": "float64", "floor_fd": "float64",
+        "other_task_fd": "float64",
         "learned": "bool", "task_a_share": "float64", "task_b_share": "float64",
     },
 }

@@ -9,7 +9,8 @@ Per model, over its N samples and the classifier's probabilities p(c | x):
   - the class histogram h_c = (1/N) #{n : argmax_c p(c | x_n) = c};
   - the confident share  s = (1/N) #{n : argmax p(. | x_n) in C and max_c p(c | x_n) >= threshold}, C the model's
     trained classes (the same figure for real held-out images of C is the floor);
-  - the Frechet distance in the classifier's feature space to real images of C,
+  - the Frechet distance in the classifier's feature space to real images of C (beside the same distance for real
+    held-out images of C, the floor, and for real images of the other task, the scale of the learned rule),
         FD = |mu_g - mu_r|^2 + tr(S_g + S_r - 2 (S_g S_r)^(1/2))   (torchmetrics, float64).
 """
 
@@ -106,12 +107,12 @@ def task_share(histogram: np.ndarray, classes: list[int]) -> float:
     return float(np.asarray(histogram)[list(classes)].sum())
 
 
-def is_learned(confident_share: float, floor_share: float, fd: float, floor_fd: float, *, min_ratio: float,
-               max_fd_ratio: float) -> bool:
-    """The learned rule: the model's confident share reaches ``min_ratio`` of real images' share, and its Frechet
-    distance is at most ``max_fd_ratio`` times the real held-out images' distance (the floor) plus one unit of the
-    feature scale (so that a floor near 0 does not make the rule unreachable)."""
-    return confident_share >= min_ratio * floor_share and fd <= max_fd_ratio * floor_fd + 1.0
+def is_learned(confident_share: float, floor_share: float, fd: float, other_fd: float, *, min_ratio: float,
+               max_fd_share: float) -> bool:
+    """The learned rule: the model's confident share of its task reaches ``min_ratio`` of real held-out images'
+    share, and its Frechet distance to the task's real images is at most ``max_fd_share`` of the distance of the
+    other task's real images to them (scale-free: 0 is the real data, 1 is as far as the wrong task)."""
+    return confident_share >= min_ratio * floor_share and fd <= max_fd_share * other_fd
 
 
 def extract(classifier: ImageClassifier, images: torch.Tensor) -> np.ndarray:
