@@ -56,6 +56,16 @@ def model_list(cfg, args) -> list[dict]:
     return out
 
 
+def to_prepared(x: torch.Tensor, channels: int, resolution: int) -> torch.Tensor:
+    """Decoded samples in the prepared images' layout: the VAE's RGB back to grey (the channel mean, the inverse of
+    encode's grey-to-RGB repeat) and its resolution to the classifier's."""
+    if x.shape[1] != channels:
+        x = x.mean(dim=1, keepdim=True).repeat(1, channels, 1, 1)
+    if x.shape[-1] != resolution:
+        x = torch.nn.functional.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True)
+    return x
+
+
 @stage("images", "samples", "x0", "classifier", "model-a", "models-b-dir", "models-dir", "out", "out-grids")
 def main(cfg, args):
     g, device = cfg.generation, resolve_device(cfg.device)
@@ -89,8 +99,7 @@ def main(cfg, args):
         prompt_labels = torch.tensor(classes).repeat(g.samples // len(classes) + 1)[: g.samples]
         x = sample(model, shape, g.samples, steps=g.ddim_steps, seed=g.seed, batch_size=g.batch_size,
                    labels=prompt_labels)
-        if x.shape[-1] != resolution:  # decoded latents: to the classifier's resolution
-            x = torch.nn.functional.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True)
+        x = to_prepared(x, images["images"].shape[1], resolution)
         j = judge(clf, x, classes, g.confidence)
         ref, _ = real[m["phase"]]
         fd = frechet_distance(clf, x, ref)

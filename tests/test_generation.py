@@ -154,3 +154,11 @@ def test_learned_summary_and_grid_rows():
     g = _generation_table()
     assert learned_summary(g) == {"models": 10, "learned": 9, "model_a_learned": True, "task_b_learned": True}
     assert grid_rows(g) == ["task_a", "task_b:seed1", "retrain:seed1:energy_high-10", "retrain:seed1:random-10"]
+
+
+def test_one_seed_gives_no_interval_and_an_inconclusive_claim():
+    g = _generation_table()
+    g = g[g.seed.isin([0, 1])]
+    claim = claim2_generation(arm_effects(g))
+    assert claim["verdict"] == "inconclusive" and np.isnan(claim["lo"])
+    assert claim["effect"] == pytest.approx(0.30 - 0.40)

@@ -49,7 +49,7 @@ def claim2_generation(effects: pd.DataFrame) -> dict | None:
     rows = effects[(effects.arm == CLAIM2_ARM) & (effects.reference == "random")]
     if rows.empty:
         return None
-    worst = rows.loc[rows.lo.idxmin()]
+    worst = rows.iloc[int(np.argmin(np.nan_to_num(rows.lo.to_numpy(dtype=float), nan=-np.inf)))]  # one seed: NaN
     verdicts = set(rows.verdict)
     overall = verdicts.pop() if len(verdicts) == 1 else "inconclusive"
     return {"verdict": overall, "effect": float(worst.effect), "lo": float(worst.lo), "hi": float(worst.hi),
