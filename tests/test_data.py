@@ -257,3 +257,28 @@ def test_damaged_files_of_every_format_are_named(tmp_path):
     (png / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     with pytest.raises(UserError, match=r"a.png is damaged or truncated"):
         load_folder(tmp_path / "png")
+
+
+@pytest.mark.parametrize("name", ["train-images-idx3-ubyte", "d.npz", "class0/x.png"])
+def test_a_fifo_in_a_data_folder_is_refused_without_blocking(tmp_path, name):
+    """A FIFO where a data file is expected would block the reader forever: it is refused in one line (a 10 s
+    alarm turns a hang into a failure)."""
+    import signal
+
+    target = tmp_path / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(target)
+    if name.startswith("train-images"):
+        (tmp_path / "train-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 1, 0]))
+
+    def hung(*_):
+        raise AssertionError(f"reading a folder with a FIFO {name} blocked")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        with pytest.raises(UserError, match="not a regular file"):
+            load_folder(tmp_path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

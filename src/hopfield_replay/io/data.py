@@ -58,7 +58,15 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     return _to_float(d.images[:, None], 16.0), d.target.astype(np.int64)
 
 
+def regular_file(path: Path) -> Path:
+    """Only regular files are read: a FIFO, device or socket in a data folder would block or never end."""
+    if not Path(path).is_file():
+        raise UserError(f"{path}: not a regular file (a FIFO, device or socket); replace it with the data file")
+    return Path(path)
+
+
 def _open(path: Path):
+    regular_file(path)
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
@@ -132,6 +140,7 @@ def read_pickle(path: Path) -> object:
     """A CIFAR-10 python pickle (a batch or ``batches.meta``) through the restricted unpickler: the one place in
     the project that unpickles anything. A pickle naming any callable outside numpy's array constructors, or a
     damaged stream, is a UserError naming the file; nothing in it runs."""
+    regular_file(path)
     try:
         with open(path, "rb") as fh:
             return _CifarUnpickler(fh, encoding="bytes").load()
@@ -172,6 +181,7 @@ def _load_npz(root: Path, split: str):
     files = sorted(root.glob("*.npz"))
     for f in files:
         try:
+            regular_file(f)
             with np.load(f) as z:
                 found = f"x_{split}" in z and f"y_{split}" in z
                 x, y = (z[f"x_{split}"], z[f"y_{split}"].astype(np.int64).reshape(-1)) if found else (None, None)
@@ -201,6 +211,7 @@ def _load_image_folder(root: Path, split: str):
     images = []
     for f, _ in files:
         try:
+            regular_file(f)
             with Image.open(f) as im:
                 images.append(np.asarray(im.convert("L" if im.mode in ("L", "1", "I", "I;16") else "RGB")))
         except (OSError, ValueError, SyntaxError) as exc:  # PIL's UnidentifiedImageError is an OSError
