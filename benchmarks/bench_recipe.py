@@ -109,8 +109,8 @@ def main() -> None:
     ref_a, held_a, _ = task(cfg.prepare.task_a)
     _, held_b_all, _ = task(cfg.prepare.task_b)
     x0_a = x[torch.from_numpy(np.isin(labels, cfg.prepare.task_a))]
-    print(f"\n{'recipe':<18}{'steps':>6}{'cpu s':>8}{'loss':>8}{'share':>7}{'floor':>7}{'FD':>8}{'FD floor':>9}{'other':>7}"
-          f"  learned  task-A class shares")
+    print(f"\n{'recipe':<18}{'steps':>6}{'cpu s':>8}{'loss':>8}{'share':>7}{'floor':>7}{'FD':>8}{'FD floor':>9}"
+          f"{'other':>7}  learned  task-A class shares")
     best = None
     for name in args.recipes:
         for steps in args.steps:
@@ -121,8 +121,8 @@ def main() -> None:
             cpu = time.process_time() - t
             q = quality(model, clf.model, held_a, ref_a, held_b_all, cfg.prepare.task_a, g, args.samples, args.ddim)
             print(f"{name:<18}{steps:>6}{cpu:>8.0f}{np.mean(losses[-50:]):>8.4f}{q['share']:>7.2f}{q['floor']:>7.2f}"
-                  f"{q['fd']:>8.2f}{q['fd_floor']:>9.2f}{q['other_fd']:>7.1f}  {'yes' if q['learned'] else 'no':<8} {q['classes']}",
-                  flush=True)
+                  f"{q['fd']:>8.2f}{q['fd_floor']:>9.2f}{q['other_fd']:>7.1f}  {'yes' if q['learned'] else 'no':<8} "
+                  f"{q['classes']}", flush=True)
             if best is None or q["share"] > best[0]:
                 best = (q["share"], name, steps, model)
     if args.task_b:

@@ -17,7 +17,8 @@ import pandas as pd
 
 from hopfield_replay.errors import UserError
 from hopfield_replay.measures.forgetting import per_sample
-from hopfield_replay.replay import STRATEGY_INFO, SelectionInputs, parse_arm, select_replay
+from hopfield_replay.arms import parse_arm
+from hopfield_replay.replay import STRATEGY_INFO, SelectionInputs, select_replay
 from hopfield_replay.io.tables import atomic_path, check_output, load_task, provenance, read_table, write_table
 from stages.runner import stage
 

@@ -374,7 +374,7 @@ def test_arm_names_are_the_registered_strategies():
 
 
 def test_parse_arm_maps_names_to_strategy_and_score_column():
-    from hopfield_replay.replay import parse_arm
+    from hopfield_replay.arms import parse_arm
 
     assert parse_arm("energy_high", "energy_a") == ("energy_high", "energy_a")
     assert parse_arm("soft", "energy_rise") == ("soft", "energy_rise")

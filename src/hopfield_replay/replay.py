@@ -49,8 +49,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .arms import PER_CLASS, parse_arm  # noqa: F401  (re-exported: the arm grammar lives in arms.py)
-
 
 @dataclass(frozen=True)
 class SelectionInputs:
