@@ -162,37 +162,9 @@ FIRST_WORK = {"prepare": "load_dataset", "mhn_closed_form": "run_closed_form", "
 OPTIONS = {"--seed": "1", "--arm": "energy_high", "--budget": "10"}
 
 
-@pytest.mark.parametrize("name", sorted(_dvc_stage_commands()))
-def test_every_stage_checks_its_outputs_before_reading_or_computing(tmp_path, stage, monkeypatch, name):
-    """Each stage of dvc.yaml, run with its real arguments but every output under a file (not a folder) and every
-    input missing, fails on the output path: it checks its outputs before it reads an input or computes anything,
-    so a bad --out costs a second, not a training run."""
-    tokens, outs = _dvc_stage_commands()[name]
-    blocker = tmp_path / "blocker"
-    blocker.write_text("a file where a folder should be")
-    argv = []
-    for flag, value in zip(tokens[::2], tokens[1::2]):
-        if flag == "--params":
-            continue
-        if flag in OPTIONS:
-            argv += [flag, OPTIONS[flag]]
-        elif any(o == value or o.startswith(value + "/") for o in outs):
-            argv += [flag, blocker / flag.removeprefix("--")]
-        else:
-            argv += [flag, tmp_path / "missing" / flag.removeprefix("--")]
-    assert any(str(blocker) in str(a) for a in argv), f"{name}: no output argument found in dvc.yaml's command"
-    if name in FIRST_WORK:
-        def must_not_run(*args, **kwargs):
-            raise AssertionError(f"{name} started its work before checking its outputs")
-
-        monkeypatch.setattr(importlib.import_module(f"stages.{name}"), FIRST_WORK[name], must_not_run)
-    proc = stage(name, _tiny(), *argv)
-    _assert_one_line_error(proc, "cannot be written", "blocker is a file, not a folder")
-    assert not (tmp_path / "missing").exists() and blocker.read_text() == "a file where a folder should be"
-
-
-def _argv_with(tokens, outs, tmp_path, out_value):
-    """A stage's dvc.yaml arguments with inputs under tmp_path/in and each output set by ``out_value(flag, i)``."""
+def _argv_with(tokens, outs, inputs_under, out_value):
+    """A stage's dvc.yaml arguments with every input under ``inputs_under`` and each output set by
+    ``out_value(flag, i)``; also returns the input paths."""
     argv, inputs = [], []
     for flag, value in zip(tokens[::2], tokens[1::2]):
         if flag == "--params":
@@ -202,10 +174,30 @@ def _argv_with(tokens, outs, tmp_path, out_value):
         elif any(o == value or o.startswith(value + "/") for o in outs):
             argv += [flag, out_value(flag, len(argv))]
         else:
-            path = tmp_path / "in" / flag.removeprefix("--")
+            path = inputs_under / flag.removeprefix("--")
             inputs.append(path)
             argv += [flag, path]
     return argv, inputs
+
+
+@pytest.mark.parametrize("name", sorted(_dvc_stage_commands()))
+def test_every_stage_checks_its_outputs_before_reading_or_computing(tmp_path, stage, monkeypatch, name):
+    """Each stage of dvc.yaml, run with its real arguments but every output under a file (not a folder) and every
+    input missing, fails on the output path: it checks its outputs before it reads an input or computes anything,
+    so a bad --out costs a second, not a training run."""
+    tokens, outs = _dvc_stage_commands()[name]
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    argv, _ = _argv_with(tokens, outs, tmp_path / "missing", lambda flag, i: blocker / flag.removeprefix("--"))
+    assert any(str(blocker) in str(a) for a in argv), f"{name}: no output argument found in dvc.yaml's command"
+    if name in FIRST_WORK:
+        def must_not_run(*args, **kwargs):
+            raise AssertionError(f"{name} started its work before checking its outputs")
+
+        monkeypatch.setattr(importlib.import_module(f"stages.{name}"), FIRST_WORK[name], must_not_run)
+    proc = stage(name, _tiny(), *argv)
+    _assert_one_line_error(proc, "cannot be written", "blocker is a file, not a folder")
+    assert not (tmp_path / "missing").exists() and blocker.read_text() == "a file where a folder should be"
 
 
 @pytest.mark.parametrize("name", sorted(_dvc_stage_commands()))
@@ -220,7 +212,7 @@ def test_an_output_that_is_an_input_or_another_output_is_refused(tmp_path, stage
         first.setdefault("flag", flag)
         return (tmp_path / "in" / "x0") if flag == first["flag"] else tmp_path / "out" / flag
 
-    argv, inputs = _argv_with(tokens, outs, tmp_path, same_as_input)
+    argv, inputs = _argv_with(tokens, outs, tmp_path / "in", same_as_input)
     target = inputs[0] if inputs else tmp_path / "params.yaml"  # the fixture writes the params file there
     argv = [target if (a == tmp_path / "in" / "x0") else a for a in argv]
     proc = stage(name, _tiny(), *argv)
@@ -229,7 +221,7 @@ def test_an_output_that_is_an_input_or_another_output_is_refused(tmp_path, stage
     n_outs = sum(1 for f, v in zip(tokens[::2], tokens[1::2])
                  if any(o == v or o.startswith(v + "/") for o in outs))
     if n_outs > 1:
-        argv, _ = _argv_with(tokens, outs, tmp_path, lambda flag, i: tmp_path / "out" / "same")
+        argv, _ = _argv_with(tokens, outs, tmp_path / "in", lambda flag, i: tmp_path / "out" / "same")
         _assert_one_line_error(stage(name, _tiny(), *argv), "is also --", "another output")
         assert not (tmp_path / "out").exists()
 
