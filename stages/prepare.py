@@ -33,7 +33,7 @@ def main(cfg, args):
     check_output(args.out_images)
     check_output(args.out_samples)
     try:
-        images, labels = load_dataset(p.dataset, p.root, p.split)
+        images, labels = load_dataset(p.dataset, p.root, p.split, int(cfg.execution.max_output_gb * 1e9))
         names = class_names(p.dataset, p.root, p.split, labels)
     except UserError as exc:  # the library says what is wrong with the value; the stage names the field
         raise UserError(f"prepare.{'root' if p.dataset == 'folder' else 'dataset'}: {exc}") from None

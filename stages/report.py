@@ -18,12 +18,14 @@ from hopfield_replay.analysis.report import (markdown_report, plot_arms_by_decil
                                     plot_score_vs_forgetting, check_lines, verdict_lines)
 from hopfield_replay.analysis.generation import (arm_effects, claim2_generation, grid_rows, learned_summary,
                                                  plot_sample_grids, report_parts)
+from hopfield_replay.analysis.convergence import control_by_t, control_lines, regime_lines
+from hopfield_replay.measures.regime import regime_by_t
 from hopfield_replay.io.tables import atomic_path, check_output, load_task, load_tensors, read_table, write_json
 from stages.runner import stage
 
 
-@stage("images", "samples", "scores", "forgetting", "replay", "generation", "grids", "metrics-dir", "out-dir",
-       figures=True)
+@stage("images", "samples", "scores", "forgetting", "replay", "generation", "grids", "control", "regime",
+       "metrics-dir", "out-dir", figures=True)
 def main(cfg, args):
     p, energy = cfg.report, cfg.select_replay.score
     check_output(args.out_dir, is_dir=True)
@@ -37,6 +39,11 @@ def main(cfg, args):
                                                       "confident_share", "floor_share", "fd", "floor_fd", "other_task_fd",
                                                       "task_a_share", "task_b_share"])
     grids = load_tensors(args.grids)
+    control = control_by_t(add_measures(read_table(args.control, columns=["sample_id", "seed", "t", "error_a",
+                                                                           "error"])),
+                           forgetting, n_boot=p.bootstrap, seed=p.seed, level=p.level)
+    regime = read_table(args.regime, columns=["sample_id", "t", "model_error", "empirical_error", "distance"])
+    controls = [*control_lines(control, cfg.train_b.steps, cfg.seeds[0], p.level), "", *regime_lines(regime)]
     effects = arm_effects(generation, p.level)
     ev = run_protocol(scores, forgetting, replay, seeds=cfg.seeds, energy=energy, nuisance=p.nuisance,
                       deciles=p.deciles, top_frac=p.top_frac, n_boot=p.bootstrap, seed=p.seed, level=p.level,
@@ -74,15 +81,20 @@ def main(cfg, args):
         }
         figures = {k: str(v.relative_to(out)) for k, v in figures.items()}
         (out / "report.md").write_text(markdown_report(ev, figures, run,
-                                                       report_parts(generation, effects, figures["samples"])))
+                                                       report_parts(generation, effects, figures["samples"]),
+                                                       controls))
         summary, claim = learned_summary(generation), claim2_generation(effects)
         write_json({"run": run, **ev.details(),
                     "generation": {"models": generation.to_dict("records"), "effects": effects.to_dict("records"),
-                                   "learned": summary, "claim2": claim}}, args.metrics_dir / "details.json")
+                                   "learned": summary, "claim2": claim},
+                    "controls": {"continued_training": control.to_dict("records"),
+                                 "regime": regime_by_t(regime).to_dict("records")}}, args.metrics_dir / "details.json")
+        still = {m: control.loc[(control.measure == m) & control.still_learning, "t"].tolist() for m in MEASURES}
         write_json({**ev.headline(), "generation": {"claim2": claim["verdict"] if claim else None,
-                                                    "models_learned": f"{summary['learned']}/{summary['models']}"}},
-                   args.metrics_dir / "verdicts.json")
+                                                    "models_learned": f"{summary['learned']}/{summary['models']}"},
+                    "control": {"task_a_error_still_falls_at_t": still}}, args.metrics_dir / "verdicts.json")
     print("report: are the models learned?\n" + "\n".join(report_parts(generation, effects, None)["learned"])
+          + "\nreport: has model A converged?\n" + "\n".join(l for l in controls if l.startswith(("- ", "Model A is")))
           + "\nreport: verdicts\n" + "\n".join(verdict_lines(ev.verdicts)) + "\nreport: design checks\n"
           + "\n".join(check_lines(ev.checks, ev.verdicts["claim2"]["verdict"]))
           + f"\nreport: {args.out_dir / 'report.md'}")

@@ -18,6 +18,7 @@ The library never sets a backend, so a notebook that imports it keeps its own.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -51,6 +52,18 @@ def check_distinct_paths(args: argparse.Namespace, paths: tuple[str, ...]) -> No
         seen.setdefault(where, name)
 
 
+# errno -> the fix, for what the file system refuses (the outputs are written atomically: nothing half-written stays)
+FILE_SYSTEM_REFUSALS = {
+    errno.ENOSPC: "free disk space (or pass an output path on another disk) and run the stage again",
+    errno.EDQUOT: "free space within your disk quota and run the stage again",
+    errno.ENAMETOOLONG: "pass a shorter path",
+    errno.EACCES: "pass a path you may read or write, or fix its permissions",
+    errno.EPERM: "pass a path you may read or write, or fix its permissions",
+    errno.EROFS: "pass an output path on a writable file system",
+    errno.EILSEQ: "rename the path to UTF-8 text",
+}
+
+
 def stage(*paths: str, relaunch: Callable[[Config, list[str]], int | None] | None = None, figures: bool = False,
           **options: type) -> Callable:
     """Decorate ``fn(cfg, args)``: ``--params``, one required ``--<path>`` per name and ``--<option>`` per keyword.
@@ -60,9 +73,11 @@ def stage(*paths: str, relaunch: Callable[[Config, list[str]], int | None] | Non
 
     def decorate(fn: Callable[[Config, argparse.Namespace], None]) -> Callable[[list[str] | None], None]:
         module = sys.modules[fn.__module__]
+        # run as `python -m stages.x`, the module is __main__: its spec keeps the real name for the usage line
+        module_name = module.__spec__.name if module.__spec__ is not None else module.__name__
 
         def main(argv: list[str] | None = None) -> None:
-            ap = argparse.ArgumentParser(prog=f"python -m {module.__name__}", description=module.__doc__,
+            ap = argparse.ArgumentParser(prog=f"python -m {module_name}", description=module.__doc__,
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
             ap.add_argument("--params", type=Path, required=True, help="the params file (params.yaml)")
             for name in paths:
@@ -75,8 +90,7 @@ def stage(*paths: str, relaunch: Callable[[Config, list[str]], int | None] | Non
                 check_distinct_paths(args, paths)
                 cfg = load_config(args.params)
                 if relaunch is not None:
-                    name = module.__spec__.name if module.__spec__ is not None else module.__name__
-                    code = relaunch(cfg, ["-m", name, *(sys.argv[1:] if argv is None else argv)])
+                    code = relaunch(cfg, ["-m", module_name, *(sys.argv[1:] if argv is None else argv)])
                     if code is not None:
                         raise SystemExit(code)
                 if figures:
@@ -84,6 +98,18 @@ def stage(*paths: str, relaunch: Callable[[Config, list[str]], int | None] | Non
                 fn(cfg, args)
             except UserError as exc:
                 print(f"error: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
+            except OSError as exc:  # what the file system refuses is the user's to fix; any other OSError is a bug
+                if exc.errno not in FILE_SYSTEM_REFUSALS:
+                    raise
+                print(f"error: {exc.filename or 'a path'}: {exc.strerror}; {FILE_SYSTEM_REFUSALS[exc.errno]}",
+                      file=sys.stderr)
+                raise SystemExit(2) from None
+            except UnicodeEncodeError as exc:
+                if "surrogate" not in str(exc.reason):
+                    raise
+                print(f"error: a path given holds bytes that are not text ({exc.object[:80]!r}); rename it to "
+                      "UTF-8", file=sys.stderr)
                 raise SystemExit(2) from None
 
         main.__doc__ = fn.__doc__

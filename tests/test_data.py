@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hopfield_replay.io.data import class_names, load_dataset, load_folder, load_mnist5k, read_idx, resize, split_tasks, to_model_range
+from hopfield_replay.io.data import class_names, load_dataset, load_mnist5k, resize, split_tasks, to_model_range
+from hopfield_replay.io.formats import load_folder, read_idx
 from hopfield_replay.errors import UserError
 
 
@@ -221,7 +222,7 @@ def test_nothing_but_the_restricted_reader_unpickles():
                         found.append((path.relative_to(root).as_posix(), "torch.load without weights_only=True"))
                     if owner == "np" and isinstance(kw.get("allow_pickle"), ast.Constant) and kw["allow_pickle"].value:
                         found.append((path.relative_to(root).as_posix(), "np.load(allow_pickle=True)"))
-    allowed = {("src/hopfield_replay/io/data.py", "pickle.Unpickler"), ("src/hopfield_replay/io/data.py", "pickle.UnpicklingError")}
+    allowed = {("src/hopfield_replay/io/formats.py", "pickle.Unpickler"), ("src/hopfield_replay/io/formats.py", "pickle.UnpicklingError")}
     assert sorted(set(found) - allowed) == []
     assert allowed <= set(found)  # the scan sees the reader itself
 

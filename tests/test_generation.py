@@ -99,6 +99,9 @@ def test_every_saved_ddpm_loads_as_a_diffusers_pipeline(tmp_path):
     assert isinstance(ddim.scheduler, DDIMScheduler)
     out = ddim(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np")
     assert out.images.shape == (2, 8, 8, 1)
+    again = model.pipeline()(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                             output_type="np")
+    assert np.array_equal(again.images, out.images)  # the in-memory model samples as its saved folder does
 
 
 def test_judge_counts_classes_and_confident_shares(classifier, digits):

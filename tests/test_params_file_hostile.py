@@ -7,18 +7,13 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from hopfield_replay.io.params_file import ParamsError, load_config
 from tests.conftest import ROOT
 
 SHIPPED = (ROOT / "params.yaml").read_bytes()
-settings.register_profile("ci", max_examples=60, derandomize=True, deadline=None,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture])
-settings.register_profile("long", max_examples=2000, deadline=None,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def _error(path) -> str:

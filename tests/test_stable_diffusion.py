@@ -7,6 +7,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np
 import pytest
 import torch
 
@@ -199,6 +200,19 @@ def test_save_and_load_model_round_trip(model, tiny, tmp_path):
     with torch.no_grad():
         assert torch.equal(model.predict_noise(z, t, labels), loaded.predict_noise(z, t, labels))
     assert torch.equal(model.alphas_cumprod(), loaded.alphas_cumprod())
+
+
+def test_a_saved_model_samples_as_a_stable_diffusion_pipeline(model, tmp_path):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    model.save_pretrained(tmp_path / "m")
+    pipe = load_model(tmp_path / "m").pipeline()
+    assert isinstance(pipe, StableDiffusionPipeline) and isinstance(pipe.scheduler, DDIMScheduler)
+    assert same_state(state(pipe.unet), state(model.unet))
+    kwargs = dict(num_inference_steps=3, height=RES, width=RES, output_type="np", guidance_scale=1.0)
+    a = pipe(NAMES[:2], generator=torch.Generator().manual_seed(0), **kwargs).images
+    b = pipe(NAMES[:2], generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert a.shape == (2, RES, RES, 3) and np.isfinite(a).all() and np.array_equal(a, b)
 
 
 def test_lora_trains_only_the_adapter_and_round_trips(tiny, tmp_path):

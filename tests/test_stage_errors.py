@@ -3,6 +3,7 @@ one `error:` line naming the field or file, exit 2, no output; anything else is 
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import subprocess
@@ -126,6 +127,7 @@ def test_damaged_input_file_is_named(tmp_path, stage):
 def test_a_missing_path_argument_is_a_usage_error(tmp_path):
     proc = _subprocess(tmp_path, "train_a", _tiny(), "--x0", tmp_path / "x0")
     assert proc.returncode == 2 and "the following arguments are required: --samples, --out" in proc.stderr
+    assert "usage: python -m stages.train_a " in proc.stderr and "__main__" not in proc.stderr
 
 
 def test_an_unexpected_exception_is_a_bug_with_its_traceback(tmp_path):
@@ -249,3 +251,27 @@ def test_outputs_of_the_wrong_kind_and_special_files_are_refused_and_kept(tmp_pa
     with atomic_path(folder, is_dir=True) as tmp:
         (tmp / "x").write_text("new")
     assert file.read_text() == "new" and (folder / "x").read_text() == "new"
+
+
+def test_paths_the_file_system_refuses_are_one_line_and_leave_nothing(tmp_path, stage, monkeypatch):
+    """Too long, not text, or a full disk: one line naming the path and the fix, exit 2, no output left."""
+    out = tmp_path / "out"
+    args = ("--out-samples", out / "s.parquet")
+    proc = stage("prepare", _tiny(), "--out-images", out / ("x" * 300 + ".safetensors"), *args)
+    _assert_one_line_error(proc, "File name too long", "pass a shorter path")
+    proc = stage("prepare", _tiny(), "--out-images", out / "i\udcff.safetensors", *args)  # bytes that are not text
+    assert proc.returncode == 0 and os.fsencode(out / "i\udcff.safetensors") in [os.fsencode(p) for p in out.iterdir()]
+    for p in out.iterdir():
+        p.unlink()
+    proc = stage("prepare", _tiny(), "--out-images", out / "i.safetensors", "--out-samples", out / "s\udcff.parquet")
+    _assert_one_line_error(proc, "not text", "rename it to UTF-8")  # pyarrow takes text paths only
+    assert not any(out.iterdir())
+    import pyarrow.parquet as pq
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "s.parquet"))
+
+    monkeypatch.setattr(pq, "write_table", full_disk)
+    proc = stage("prepare", _tiny(), "--out-images", out / "i.safetensors", *args)
+    _assert_one_line_error(proc, "s.parquet: No space left on device", "free disk space")
+    assert not out.exists() or not any(out.iterdir())  # the two outputs are written together or not at all

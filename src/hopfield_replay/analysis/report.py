@@ -249,12 +249,14 @@ def composition_lines(composition: pd.DataFrame) -> list[str]:
     return lines
 
 
-def markdown_report(ev: Evidence, figures: dict[str, str], run: dict, generation: dict | None = None) -> str:
+def markdown_report(ev: Evidence, figures: dict[str, str], run: dict, generation: dict | None = None,
+                    controls: list[str] | None = None) -> str:
     """One page: verdicts first, then the design checks and what the intervals cover, predictors, forgetting by t
     and by energy decile, arms, buffer overlap and the figures (paths relative). run: n_samples, seeds, arms,
     budgets, level, score (the arms' ranking score), train_a_seed. generation (what the models generate, from
     ``analysis.generation``): ``learned`` (one line per model, shown before the verdicts), ``note`` (a line after
-    the verdicts when some model did not learn its task, else empty) and ``section`` (its lines)."""
+    the verdicts when some model did not learn its task, else empty) and ``section`` (its lines). controls: the
+    lines of "Has model A converged?" (``analysis.convergence``), placed before the verdicts."""
     verdicts, predictors, comparison, by_t, arms = ev.verdicts, ev.predictors, ev.comparison, ev.by_t, ev.arms
     by_decile = ev.by_decile
     lines = ["# hopfield-replay: does the Hopfield energy predict forgetting, and does top-energy replay help?", "",
@@ -263,6 +265,8 @@ def markdown_report(ev: Evidence, figures: dict[str, str], run: dict, generation
              "correlations; Student t over seeds for arm effects).", ""]
     if generation:
         lines += ["## Are the models learned?", "", *generation["learned"], ""]
+    if controls:
+        lines += ["## Has model A converged? Continued training and the MHN regime", "", *controls, ""]
     lines += ["## Verdicts", ""]
     lines += verdict_lines(verdicts)
     if generation and generation["note"]:

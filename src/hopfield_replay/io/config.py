@@ -84,6 +84,11 @@ class PrepareParams(Section):
     resolution: Annotated[int, Field(ge=4, le=1024)]
     max_per_class: PosInt | None
 
+    @field_validator("task_a", "task_b")
+    @classmethod
+    def _distinct_classes(cls, v):
+        return _unique(v, "a class")
+
     @model_validator(mode="after")
     def _rules(self):
         overlap = sorted(set(self.task_a) & set(self.task_b))

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -49,6 +50,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "budget": "int64", "t": "int64", "error_a": "float64", "error": "float64", "absolute": "float64",
         "relative": "float64", "replayed": "bool",
     },
+    "regime": {"sample_id": "int64", "t": "int64", "model_error": "float64", "empirical_error": "float64",
+               "distance": "float64"},
     "generation": {  # plus share_<c>: the share of samples the classifier assigns to class c
         "model": "object", "phase": "object", "seed": "int64", "strategy": "object", "budget": "int64", "n": "int64",
         "confident_share": "float64", "floor_share": "float64", "fd": "float64", "floor_fd": "float64",
@@ -56,6 +59,18 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "learned": "bool", "task_a_share": "float64", "task_b_share": "float64",
     },
 }
+
+
+SCHEMAS["control"] = SCHEMAS["forgetting"]  # the control stage measures model A continued as forgetting measures
+
+# The columns that identify a row of each table: a table read back with two rows of one key is damaged.
+KEYS: dict[str, list[str]] = {
+    "samples": ["sample_id"], "scores": ["sample_id"], "forgetting": ["sample_id", "seed", "t"], "control": ["sample_id", "seed", "t"],
+    "selection": ["sample_id", "strategy", "budget", "seed"],
+    "replay_forgetting": ["sample_id", "seed", "strategy", "budget", "t"], "generation": ["model"],
+    "regime": ["sample_id", "t"],
+}
+_KINDS = {"int64": "iu", "float64": "f", "bool": "b", "object": "OSU"}
 
 
 def package_versions() -> dict[str, str]:
@@ -172,7 +187,35 @@ def read_table(path: str | Path, *, columns: list[str] | None = None) -> pd.Data
     if missing:
         raise UserError(f"{path}: lacks columns {missing}; pass the table the stage expects, or rerun the stage that "
                         "writes it (it may be from another version)")
+    try:
+        table = read_meta(path).get("table")
+    except (ValueError, AttributeError):  # metadata that is not a JSON object: a foreign table, checked as such
+        table = None
+    check_values(df, path, table if isinstance(table, str) else None)
     return df
+
+
+def check_values(df: pd.DataFrame, path: Path, table: str | None) -> None:
+    """A table read back holds what its writer promised, else a UserError naming the file and the column: every
+    column of its schema of the right kind, with no missing value, every float column finite, and one row per key
+    (``KEYS``). The library's own checks would otherwise raise ValueError deep inside a stage."""
+    if table not in SCHEMAS:  # a foreign or free-form table (the MHN summaries hold NaN for one-seed intervals)
+        return
+    fix = "the file is damaged or was edited: rerun the stage that writes it (dvc repro --force <stage>)"
+    for col, dtype in SCHEMAS[table].items():
+        if col in df.columns and df[col].dtype.kind not in _KINDS[dtype]:
+            raise UserError(f"{path}: column {col!r} holds {df[col].dtype}, not {dtype}; {fix}")
+    for col in df.columns:
+        values = df[col]
+        if values.dtype.kind in "fc" and not np.isfinite(values.to_numpy()).all():
+            raise UserError(f"{path}: column {col!r} holds non-finite values (NaN or inf) in row "
+                            f"{int(np.flatnonzero(~np.isfinite(values.to_numpy()))[0])}; {fix}")
+        if col in SCHEMAS[table] and values.isna().any():
+            raise UserError(f"{path}: column {col!r} has missing values; {fix}")
+    key = [c for c in KEYS.get(table, []) if c in df.columns]
+    if key and len(key) == len(KEYS[table]) and df.duplicated(key).any():
+        row = df.loc[df.duplicated(key, keep=False), key].iloc[0].to_dict()
+        raise UserError(f"{path}: two rows for {row}; {fix}")
 
 
 def read_meta(path: str | Path) -> dict:

@@ -69,6 +69,13 @@ class PixelDDPM(DenoisingModel):
         self._write_family(path)
         write_pipeline_index(path, "DDPMPipeline", unet="UNet2DModel", scheduler="DDPMScheduler")
 
+    def pipeline(self):
+        """This model as a diffusers ``DDIMPipeline`` on its noise schedule (a saved folder also loads directly with
+        ``DDIMPipeline.from_pretrained(folder)`` or ``DDPMPipeline.from_pretrained(folder)``)."""
+        from diffusers import DDIMPipeline, DDIMScheduler
+
+        return DDIMPipeline(unet=self.unet, scheduler=DDIMScheduler.from_config(self.scheduler.config))
+
     @classmethod
     def from_pretrained(cls, path) -> "PixelDDPM":
         path = Path(path)

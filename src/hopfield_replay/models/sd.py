@@ -141,6 +141,16 @@ class LatentDiffusion(DenoisingModel):
             load_lora_weights(model.unet, path)
         return model
 
+    def pipeline(self):
+        """This model as a diffusers ``StableDiffusionPipeline``: its VAE, text encoder and tokenizer, the fine-tuned
+        UNet (with its LoRA adapter) and a DDIM scheduler on its noise schedule, so that a saved folder samples with
+        ``load_model(folder).pipeline()(prompt, num_inference_steps=50)``. No safety checker (none is loaded)."""
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        return StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                       unet=self.unet, scheduler=DDIMScheduler.from_config(self.scheduler.config),
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
     # -- prompts ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def _embed_prompts(self) -> torch.Tensor:

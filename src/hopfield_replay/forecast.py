@@ -1,0 +1,191 @@
+"""Forecast per-sample forgetting before fine-tuning: from model A, the old (task-A) and new (task-B) data and at
+most a short probe fine-tune on the new data, never from the outcome of the fine-tune itself. Every column is
+oriented so that higher means more forgetting predicted:
+
+    proximity_b    = -(1/k) sum_{i <= k} |x_k - b_(i)|       b_(i): the i-th nearest new sample (model space)
+    grad_dot       = -g_k . g_B                               g_k = grad_theta L_k(theta_A), g_B = mean_b grad L_b
+    grad_cos       = -g_k . g_B / (|g_k| |g_B|)
+    probe_{s}      = L_k(theta_s) - L_k(theta_A)              theta_s: a copy of model A fine-tuned s steps on B
+
+L_k is the denoising loss of sample k at the fixed noise of the reconstruction measures, mean over the t grid of
+|eps_theta(x_t, t) - eps|^2 (``reconstruction.denoising_energy``). lr * grad_dot is the first-order rise of L_k after
+one SGD step of rate lr on the new data; the probe is that step taken for real, s times, with the fine-tune's own
+optimiser (MIR, Aljundi et al. 2019: replay the samples whose loss a virtual update on the new data raises most).
+The per-sample gradients are exact (one backward per old sample, nothing stored but two numbers).
+
+    python -m hopfield_replay.forecast --model DIR --old DATA --new DATA --out forecast.parquet
+
+writes one row per old sample (its index in the old data, every forecast, and its rank by the best-known column) for
+any saved model folder (DDPM or Stable Diffusion) and two data folders in the formats ``prepare`` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .energy import knn_distances
+from .errors import UserError
+from .measures.noise import fixed_noise
+from .measures.reconstruction import denoising_energy
+from .models import DenoisingModel, TrainConfig, load_model, train_denoiser
+
+FORECASTS = ("proximity_b", "grad_dot", "grad_cos")  # plus probe_{steps} for every probe length
+
+
+def _losses(model: DenoisingModel, x0: torch.Tensor, ids, timesteps: list[int], seed: int,
+            labels: torch.Tensor | None) -> torch.Tensor:
+    """(B,) differentiable L_k: mean over timesteps of the noise-prediction MSE at each sample's fixed noise."""
+    shape, device = tuple(x0.shape[1:]), model.device
+    t = torch.tensor(timesteps, dtype=torch.long, device=device).repeat_interleave(x0.shape[0])
+    noise = torch.cat([fixed_noise(np.asarray(ids), int(s), shape, seed, device=device) for s in timesteps])
+    clean = x0.to(device, torch.float32).repeat(len(timesteps), *([1] * len(shape)))
+    y = labels.to(device).repeat(len(timesteps)) if labels is not None else None
+    pred = model.predict_noise(model.scheduler.add_noise(clean, noise, t), t, y)
+    per_pair = ((pred.float() - noise) ** 2).flatten(1).mean(1)
+    return per_pair.view(len(timesteps), x0.shape[0]).mean(0)
+
+
+def gradient_interference(model: DenoisingModel, x_old: torch.Tensor, ids_old, x_new: torch.Tensor, ids_new,
+                          timesteps: list[int], *, seed: int = 0, labels_old=None, labels_new=None,
+                          chunk: int = 64, progress: bool = False) -> dict[str, np.ndarray]:
+    """grad_dot and grad_cos (module docstring): g_B accumulated over chunks of the new data, then one backward
+    per old sample against it."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    params = [p for p in model.trainable_parameters() if p.requires_grad]
+    g_b = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    for lo in range(0, x_new.shape[0], chunk):
+        sl = slice(lo, lo + chunk)
+        loss = _losses(model, x_new[sl], np.asarray(ids_new)[sl], timesteps, seed,
+                       labels_new[sl] if labels_new is not None else None).sum() / x_new.shape[0]
+        for acc, g in zip(g_b, torch.autograd.grad(loss, params)):
+            acc += g.double()
+    norm_b = torch.sqrt(sum((g * g).sum() for g in g_b))
+    dot, norm = np.empty(x_old.shape[0]), np.empty(x_old.shape[0])
+    ids_old = np.asarray(ids_old)
+    for k in tqdm(range(x_old.shape[0]), desc="gradient interference", disable=not progress, mininterval=2.0):
+        loss = _losses(model, x_old[k : k + 1], ids_old[k : k + 1], timesteps, seed,
+                       labels_old[k : k + 1] if labels_old is not None else None).sum()
+        grads = torch.autograd.grad(loss, params)
+        dot[k] = float(sum((g.double() * b).sum() for g, b in zip(grads, g_b)))
+        norm[k] = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.where(norm * float(norm_b) > 0, dot / (norm * float(norm_b)), 0.0)
+    return {"grad_dot": -dot, "grad_cos": -cos}
+
+
+def probe_rise(model: DenoisingModel, x_old: torch.Tensor, ids_old, x_new: torch.Tensor, timesteps: list[int],
+               config: TrainConfig, *, seed: int = 0, labels_old=None, labels_new=None,
+               base_losses: np.ndarray | None = None) -> np.ndarray:
+    """L_k after ``config.steps`` steps of fine-tuning a copy of ``model`` on the new data, minus L_k before."""
+    kw = dict(labels=labels_old, seed=seed, progress=False)
+    before = base_losses if base_losses is not None else denoising_energy(model, x_old, ids_old, timesteps, **kw)
+    probe = copy.deepcopy(model)
+    train_denoiser(probe, x_new, config, labels=labels_new, device=model.device, progress=False)
+    after = denoising_energy(probe, x_old, ids_old, timesteps, **kw)
+    return (np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64))
+
+
+def forecast(model: DenoisingModel, x_old: torch.Tensor, x_new: torch.Tensor, *, timesteps: list[int],
+             probe: TrainConfig, probe_steps: list[int], knn_k: int = 5, seed: int = 0, ids_old=None, ids_new=None,
+             labels_old=None, labels_new=None, progress: bool = False) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Every forecast of the module docstring, one row per old sample (in order), and the seconds each took on
+    this machine (``probe`` gives the probe's recipe; its steps are replaced by each of ``probe_steps``)."""
+    if x_old.shape[1:] != x_new.shape[1:]:
+        raise UserError(f"old samples of shape {tuple(x_old.shape[1:])} and new of {tuple(x_new.shape[1:])}: give "
+                        "data of one size (the model's)")
+    ids_old = np.arange(x_old.shape[0]) if ids_old is None else np.asarray(ids_old)
+    ids_new = np.arange(x_new.shape[0]) + 2**31 if ids_new is None else np.asarray(ids_new)
+    out, cost = {}, {}
+    start = time.perf_counter()
+    flat = x_old.reshape(x_old.shape[0], -1).double()
+    out["proximity_b"] = -knn_distances(flat, x_new.reshape(x_new.shape[0], -1).double(),
+                                        min(knn_k, x_new.shape[0])).mean(1).numpy()
+    cost["proximity_b"] = time.perf_counter() - start
+    start = time.perf_counter()
+    out.update(gradient_interference(model, x_old, ids_old, x_new, ids_new, timesteps, seed=seed,
+                                     labels_old=labels_old, labels_new=labels_new, progress=progress))
+    cost["grad_dot"] = cost["grad_cos"] = time.perf_counter() - start
+    start = time.perf_counter()
+    base = denoising_energy(model, x_old, ids_old, timesteps, labels=labels_old, seed=seed, progress=False)
+    shared = time.perf_counter() - start
+    for steps in probe_steps:
+        start = time.perf_counter()
+        config = TrainConfig(**{**probe.__dict__, "steps": int(steps), "replay_fraction": 0.0})
+        out[f"probe_{steps}"] = probe_rise(model, x_old, ids_old, x_new, timesteps, config, seed=seed,
+                                           labels_old=labels_old, labels_new=labels_new, base_losses=base)
+        cost[f"probe_{steps}"] = time.perf_counter() - start + shared
+    return pd.DataFrame({k: np.asarray(v, dtype=np.float64) for k, v in out.items()}), cost
+
+
+# -- the command line --------------------------------------------------------------------------------------------
+
+def _model_space(model: DenoisingModel, folder: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A data folder at the model's resolution in its space: grey and colour converted to the DDPM's channels,
+    encoded by the VAE for Stable Diffusion."""
+    from .io.data import resize, to_model_range
+    from .io.formats import load_folder
+
+    images, labels = load_folder(folder)
+    resolution = int(getattr(model, "resolution", None) or model.unet.config.sample_size)
+    pixels = to_model_range(resize(torch.from_numpy(images), resolution))
+    if model.family == "ddpm":
+        channels = int(model.unet.config.in_channels)
+        if pixels.shape[1] == 3 and channels == 1:
+            pixels = pixels.mean(1, keepdim=True)
+        elif pixels.shape[1] == 1 and channels == 3:
+            pixels = pixels.repeat(1, 3, 1, 1)
+    with torch.no_grad():
+        return model.encode(pixels), torch.from_numpy(labels)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m hopfield_replay.forecast", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="a saved model folder (DDPM or Stable Diffusion)")
+    ap.add_argument("--old", required=True, help="the data the model has learned (a folder prepare reads)")
+    ap.add_argument("--new", required=True, help="the data it is about to be fine-tuned on")
+    ap.add_argument("--out", required=True, type=Path, help="the Parquet table to write")
+    ap.add_argument("--timesteps", type=int, nargs="+", default=[100, 250, 500, 750])
+    ap.add_argument("--probe-steps", type=int, nargs="*", default=[20], help="probe lengths (steps on the new data)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="the probe's learning rate (the fine-tune's)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--knn", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        from .io.tables import check_output, write_table
+
+        check_output(args.out)
+        if any(s < 1 for s in args.probe_steps) or args.knn < 1 or args.batch_size < 1 or not args.lr > 0:
+            raise UserError("--probe-steps, --knn and --batch-size must be >= 1 and --lr > 0")
+        model = load_model(args.model)
+        x_old, y_old = _model_space(model, args.old)
+        x_new, y_new = _model_space(model, args.new)
+        conditional = model.family != "ddpm"
+        table, cost = forecast(model, x_old, x_new, timesteps=args.timesteps, knn_k=args.knn, seed=args.seed,
+                               probe=TrainConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed),
+                               probe_steps=args.probe_steps, labels_old=y_old if conditional else None,
+                               labels_new=y_new if conditional else None, progress=True)
+        table.insert(0, "label", y_old.numpy().astype(np.int64))
+        table.insert(0, "index", np.arange(len(table), dtype=np.int64))
+        write_table(table, args.out, table="forecast", meta={"table": "forecast", "seconds": cost,
+                                                            "model": str(args.model), "old": args.old,
+                                                            "new": args.new})
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"forecast: {len(table)} old samples, columns {', '.join(table.columns[2:])} -> {args.out}; seconds: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in cost.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Forecasts before fine-tuning: the gradient interference against the loss change of a real small step, the
+proximity against brute force, the probe against a fine-tune run by hand, and the one-call command line."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from hopfield_replay.forecast import _losses, forecast, gradient_interference, probe_rise
+from hopfield_replay.measures.reconstruction import denoising_energy
+from hopfield_replay.models import DDPMConfig, PixelDDPM, TrainConfig, train_denoiser
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+T = [100, 400, 800]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = PixelDDPM.from_config(DDPMConfig(resolution=8, channels=1, block_out_channels=[8, 16], norm_num_groups=4))
+    x = torch.rand(40, 1, 8, 8) * 2 - 1
+    train_denoiser(model, x[:20], TrainConfig(steps=30, batch_size=10, lr=2e-3, seed=0), progress=False)
+    return model.eval(), x[:20], x[20:]
+
+
+def test_the_losses_are_the_denoising_energy(setup):
+    model, old, _ = setup
+    with torch.no_grad():
+        mine = _losses(model, old, np.arange(20), T, 3, None).double().numpy()
+    ref = denoising_energy(model, old, np.arange(20), T, seed=3, progress=False).double().numpy()
+    np.testing.assert_allclose(mine, ref, rtol=1e-5)
+
+
+def test_gradient_interference_predicts_the_loss_change_of_a_small_step(setup):
+    """lr * grad_dot is the first-order rise of L_k after one SGD step of rate lr along g_B: take the step for real."""
+    model, old, new = setup
+    got = gradient_interference(model, old, np.arange(20), new, np.arange(100, 120), T, seed=1, chunk=7)
+    assert np.all(np.abs(got["grad_cos"]) <= 1 + 1e-9)
+    stepped = copy.deepcopy(model)
+    params = [p for p in stepped.unet.parameters() if p.requires_grad]
+    loss_b = _losses(stepped, new, np.arange(100, 120), T, 1, None).mean()
+    grads = torch.autograd.grad(loss_b, params)
+    lr = 1e-3
+    with torch.no_grad():
+        before = _losses(model, old, np.arange(20), T, 1, None).double().numpy()
+        for p, g in zip(params, grads):
+            p -= lr * g
+        after = _losses(stepped, old, np.arange(20), T, 1, None).double().numpy()
+    rise = after - before
+    np.testing.assert_allclose(lr * got["grad_dot"], rise, rtol=0.05, atol=2e-6)
+    assert np.corrcoef(lr * got["grad_dot"], rise)[0, 1] > 0.999
+
+
+def test_the_probe_is_a_fine_tune_of_a_copy(setup):
+    model, old, new = setup
+    weights = [p.detach().clone() for p in model.unet.parameters()]
+    config = TrainConfig(steps=5, batch_size=10, lr=1e-3, seed=2, replay_fraction=0.0)
+    rise = probe_rise(model, old, np.arange(20), new, T, config, seed=4)
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.unet.parameters()))  # model A is untouched
+    by_hand = copy.deepcopy(model)
+    train_denoiser(by_hand, new, config, progress=False)
+    ref = (denoising_energy(by_hand, old, np.arange(20), T, seed=4, progress=False).double()
+           - denoising_energy(model, old, np.arange(20), T, seed=4, progress=False).double()).numpy()
+    np.testing.assert_allclose(rise, ref, rtol=1e-6, atol=1e-9)
+
+
+def test_forecast_returns_every_column_and_its_cost(setup):
+    model, old, new = setup
+    table, cost = forecast(model, old, new, timesteps=T, probe=TrainConfig(batch_size=10, lr=1e-3, seed=0),
+                           probe_steps=[2, 4], knn_k=3, seed=0)
+    assert list(table.columns) == ["proximity_b", "grad_dot", "grad_cos", "probe_2", "probe_4"] and len(table) == 20
+    assert np.isfinite(table.to_numpy()).all() and set(cost) == set(table.columns) and min(cost.values()) >= 0
+    a, b = old.reshape(20, -1).double().numpy(), new.reshape(20, -1).double().numpy()
+    dist = np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(table.proximity_b, -np.sort(dist, 1)[:, :3].mean(1), rtol=1e-9)
+
+
+def _folder(root, classes, n=6, seed=0):
+    g = np.random.default_rng(seed)
+    for c in classes:
+        (root / str(c)).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray((g.random((12, 12)) * 255).astype(np.uint8), "L").save(root / str(c) / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_the_command_line_forecasts_from_a_saved_model_and_two_folders(setup, tmp_path):
+    model, _, _ = setup
+    model.save_pretrained(tmp_path / "model")
+    old, new = _folder(tmp_path / "old", [0, 1]), _folder(tmp_path / "new", [2, 3], seed=1)
+    cmd = [sys.executable, "-m", "hopfield_replay.forecast", "--model", tmp_path / "model", "--old", old, "--new", new,
+           "--out", tmp_path / "f.parquet", "--probe-steps", "2", "--batch-size", "4", "--timesteps", "100", "500"]
+    proc = subprocess.run(list(map(str, cmd)), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_parquet(tmp_path / "f.parquet")
+    assert list(table.columns) == ["index", "label", "proximity_b", "grad_dot", "grad_cos", "probe_2"]
+    assert len(table) == 12 and table["index"].tolist() == list(range(12)) and sorted(set(table.label)) == [0, 1]
+    bad = subprocess.run(list(map(str, cmd[:-6] + ["--probe-steps", "0"])), cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--probe-steps" in bad.stderr
