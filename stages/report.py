@@ -19,12 +19,14 @@ from hopfield_replay.analysis.report import (markdown_report, plot_arms_by_decil
 from hopfield_replay.analysis.generation import (arm_effects, claim2_generation, grid_rows, learned_summary,
                                                  plot_sample_grids, report_parts)
 from hopfield_replay.analysis.convergence import control_by_t, control_lines, regime_lines
+from hopfield_replay.analysis.forecasting import best_forecast, evaluate_forecasts, forecast_lines, plot_forecasts
 from hopfield_replay.measures.regime import regime_by_t
-from hopfield_replay.io.tables import atomic_path, check_output, load_task, load_tensors, read_table, write_json
+from hopfield_replay.io.tables import (atomic_path, check_output, load_task, load_tensors, read_meta, read_table,
+                                       write_json)
 from stages.runner import stage
 
 
-@stage("images", "samples", "scores", "forgetting", "replay", "generation", "grids", "control", "regime",
+@stage("images", "samples", "scores", "forgetting", "replay", "generation", "grids", "control", "regime", "forecast",
        "metrics-dir", "out-dir", figures=True)
 def main(cfg, args):
     p, energy = cfg.report, cfg.select_replay.score
@@ -49,6 +51,14 @@ def main(cfg, args):
                       deciles=p.deciles, top_frac=p.top_frac, n_boot=p.bootstrap, seed=p.seed, level=p.level,
                       aggregate_t=p.aggregate_t)
     used = {m: ev.by_t[m].loc[lambda d: d.used, "t"] for m in MEASURES}
+    forecast_table = read_table(args.forecast).set_index("sample_id").drop(columns="label")
+    forecast_meta = read_meta(args.forecast)
+    forecasts = evaluate_forecasts(
+        forecast_table, scores, forgetting,
+        used_t={m: used[m].tolist() for m in MEASURES}, seeds=cfg.seeds,
+        ceilings={m: ev.agreement[m]["ceiling"] for m in MEASURES}, seconds=forecast_meta.get("seconds", {}),
+        train_b_seconds=forecast_meta.get("train_b_seconds", float("nan")), nuisance=p.nuisance, reference=energy,
+        n_boot=p.bootstrap, seed=p.seed, level=p.level, top_frac=p.top_frac)
     curves = pd.concat([decile_curves(replay[replay.t.isin(used[m])], ev.deciles, m).assign(measure=m)
                         for m in MEASURES], ignore_index=True)
     per = ev.agg["relative"].to_frame().join(scores)
@@ -78,21 +88,30 @@ def main(cfg, args):
                                           plots / "energy_extremes.png", high_energy=order[high].to_numpy(),
                                           low_energy=order[low].to_numpy()),
             "samples": plot_sample_grids(grids, grid_rows(generation), plots / "samples.png"),
+            "forecasts": plot_forecasts(forecasts, plots / "forecasts.png", energy),
         }
+        forecasts.to_csv(plots / "forecasts.csv", index=False)
         figures = {k: str(v.relative_to(out)) for k, v in figures.items()}
         (out / "report.md").write_text(markdown_report(ev, figures, run,
                                                        report_parts(generation, effects, figures["samples"]),
-                                                       controls))
+                                                       controls, forecast_lines(forecasts, energy,
+                                                                                forecast_meta.get("train_b_seconds",
+                                                                                                  float("nan")),
+                                                                                figures["forecasts"])))
         summary, claim = learned_summary(generation), claim2_generation(effects)
         write_json({"run": run, **ev.details(),
                     "generation": {"models": generation.to_dict("records"), "effects": effects.to_dict("records"),
                                    "learned": summary, "claim2": claim},
+                    "forecasts": forecasts.to_dict("records"),
                     "controls": {"continued_training": control.to_dict("records"),
                                  "regime": regime_by_t(regime).to_dict("records")}}, args.metrics_dir / "details.json")
         still = {m: control.loc[(control.measure == m) & control.still_learning, "t"].tolist() for m in MEASURES}
         write_json({**ev.headline(), "generation": {"claim2": claim["verdict"] if claim else None,
                                                     "models_learned": f"{summary['learned']}/{summary['models']}"},
-                    "control": {"task_a_error_still_falls_at_t": still}}, args.metrics_dir / "verdicts.json")
+                    "control": {"task_a_error_still_falls_at_t": still},
+                    "forecast": {m: {k: best_forecast(forecasts, m)[k] for k in ("predictor", "spearman",
+                                                                                  "share_of_ceiling", "seconds")}
+                                 for m in MEASURES}}, args.metrics_dir / "verdicts.json")
     print("report: are the models learned?\n" + "\n".join(report_parts(generation, effects, None)["learned"])
           + "\nreport: has model A converged?\n" + "\n".join(l for l in controls if l.startswith(("- ", "Model A is")))
           + "\nreport: verdicts\n" + "\n".join(verdict_lines(ev.verdicts)) + "\nreport: design checks\n"

@@ -77,7 +77,8 @@ def test_forecast_returns_every_column_and_its_cost(setup):
     table, cost = forecast(model, old, new, timesteps=T, probe=TrainConfig(batch_size=10, lr=1e-3, seed=0),
                            probe_steps=[2, 4], knn_k=3, seed=0)
     assert list(table.columns) == ["proximity_b", "grad_dot", "grad_cos", "probe_2", "probe_4"] and len(table) == 20
-    assert np.isfinite(table.to_numpy()).all() and set(cost) == set(table.columns) and min(cost.values()) >= 0
+    assert np.isfinite(table.to_numpy()).all() and set(cost) == {*table.columns, "train_seconds_per_step"}
+    assert min(cost.values()) > 0 and cost["probe_4"] > cost["train_seconds_per_step"] * 4
     a, b = old.reshape(20, -1).double().numpy(), new.reshape(20, -1).double().numpy()
     dist = np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))
     np.testing.assert_allclose(table.proximity_b, -np.sort(dist, 1)[:, :3].mean(1), rtol=1e-9)
@@ -102,8 +103,8 @@ def test_the_command_line_forecasts_from_a_saved_model_and_two_folders(setup, tm
     proc = subprocess.run(list(map(str, cmd)), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     table = pd.read_parquet(tmp_path / "f.parquet")
-    assert list(table.columns) == ["index", "label", "proximity_b", "grad_dot", "grad_cos", "probe_2"]
-    assert len(table) == 12 and table["index"].tolist() == list(range(12)) and sorted(set(table.label)) == [0, 1]
+    assert list(table.columns) == ["sample_id", "label", "proximity_b", "grad_dot", "grad_cos", "probe_2"]
+    assert len(table) == 12 and table["sample_id"].tolist() == list(range(12)) and sorted(set(table.label)) == [0, 1]
     bad = subprocess.run(list(map(str, cmd[:-6] + ["--probe-steps", "0"])), cwd=ROOT, capture_output=True, text=True,
                          timeout=600)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--probe-steps" in bad.stderr

@@ -52,6 +52,9 @@ def test_dvc_repro_writes_every_table(tiny_project, tiny_params):
         "forgetting": len(seeds) * n_per_task * n_t,
         "selection": len(seeds) * len(sel["arms"]) * sum(sel["budgets"]),
         "replay_forgetting": len(seeds) * (n_arms + 1) * n_per_task * n_t,
+        "control": n_per_task * n_t,
+        "regime": n_per_task * n_t,
+        "forecast": n_per_task,
     }
     for name, rows in expected_rows.items():
         df = pd.read_parquet(tables / f"{name}.parquet")
@@ -102,8 +105,21 @@ def test_dvc_repro_writes_every_table(tiny_project, tiny_params):
             < report.index("## Predictors") < report.index("## Replay arms"))
     assert set(details["checks"]) == {"replay_helps", "ceiling_wins", "class_control"}
     assert details["run"]["train_a_seed"] == 0
-    for png in ("predictors.png", "energy_vs_forgetting.png", "arms_by_decile.png", "energy_extremes.png"):
+    for png in ("predictors.png", "energy_vs_forgetting.png", "arms_by_decile.png", "energy_extremes.png",
+                "forecasts.png"):
         assert (tiny_project / "data" / "report" / "plots" / png).stat().st_size > 5000
+    # the controls and the forecasts: the control's error_a is model A's, its error the continued model's
+    control = pd.read_parquet(tables / "control.parquet").merge(forgetting[forgetting.seed == seeds[0]],
+                                                                 on=["sample_id", "t"], suffixes=("", "_b"))
+    assert (control.error_a == control.error_a_b).all() and (control.error != control.error_b).any()
+    forecast = pd.read_parquet(tables / "forecast.parquet")
+    steps = max(1, round(tiny_params["forecast"]["probe_fractions"][0] * tiny_params["train_b"]["steps"]))
+    assert list(forecast.columns) == ["sample_id", "label", "proximity_b", "grad_dot", "grad_cos", f"probe_{steps}"]
+    assert set(forecast.sample_id) == set(scores.sample_id)
+    assert report.index("## Are the models learned?") < report.index("## Has model A converged?") < report.index(
+        "## Verdicts") and "## Forecasting forgetting before fine-tuning" in report
+    assert {r["predictor"] for r in details["forecasts"]} == {*forecast.columns[2:], "energy_a"}
+    assert set(verdicts["control"]["task_a_error_still_falls_at_t"]) == {"absolute", "relative"}
 
 
 def test_repro_is_up_to_date_after_a_run(tiny_project):

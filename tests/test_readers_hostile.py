@@ -24,6 +24,7 @@ from PIL import Image
 from hopfield_replay.errors import UserError
 from hopfield_replay.io import formats
 from hopfield_replay.io.tables import KEYS, SCHEMAS, load_tensors, read_table, save_tensors, write_table
+from tests.conftest import ROOT
 
 
 def refused(call, path) -> str:
@@ -279,3 +280,17 @@ def test_safetensors_byte_flips_and_truncations(tmp_path_factory, tensor_bytes, 
     path = tmp_path_factory.mktemp("stflip") / "x.safetensors"
     path.write_bytes(flipped(tensor_bytes, changes, cut))
     either(lambda: load_tensors(path, keys=("images",)), path)
+
+
+# -- study files ------------------------------------------------------------------------------------------------
+
+STUDY = (ROOT / "studies" / "ddpm-mnist-cpu-ceiling.yaml").read_bytes()
+
+
+@given(changes=flips(STUDY), cut=st.one_of(st.none(), st.integers(0, len(STUDY))))
+def test_study_file_byte_flips_and_truncations(tmp_path_factory, changes, cut):
+    from hopfield_replay.analysis.study import load_study
+
+    path = tmp_path_factory.mktemp("study") / "ddpm-mnist-cpu-ceiling.yaml"
+    path.write_bytes(flipped(STUDY, changes, cut))
+    either(lambda: load_study(path), path)

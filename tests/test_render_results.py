@@ -89,6 +89,27 @@ def test_render_states_the_verdicts_and_the_numbers_it_is_given():
                                            "demonstrated power in this run.")
 
 
+def test_the_pages_say_whether_the_models_learned_and_what_the_controls_and_forecasts_found():
+    from tools.render_results import beyond_the_claims, learned_text
+
+    assert learned_text({}) == "" and beyond_the_claims({}) == []
+    details = {"generation": {"learned": {"models": 13, "learned": 11, "model_a_learned": True,
+                                          "task_b_learned": False},
+                              "claim2": {"verdict": "fails", "effect": -0.02, "lo": -0.05, "hi": -0.01, "budget": 250}},
+               "controls": {"continued_training": [{"measure": "relative", "t": 100, "still_learning": True},
+                                                   {"measure": "relative", "t": 500, "still_learning": False},
+                                                   {"measure": "absolute", "t": 500, "still_learning": True}]},
+               "forecasts": [{"measure": "relative", "forecast": True, "predictor": p, "spearman": rho,
+                              "spearman_lo": rho - 0.1, "spearman_hi": rho + 0.1, "share_of_ceiling": rho / 0.9,
+                              "seconds": 30.0, "train_b_ratio": 0.15} for p, rho in (("probe_8", 0.3), ("grad_dot", 0.5))]}
+    assert learned_text(details) == "; 11 of 13 models learned their task, judged by what they generate"
+    lines = beyond_the_claims(details)
+    assert "model A: yes; every no-replay task-B model: no" in lines[0]
+    assert "budget 250): **fails**, -0.020 [-0.050, -0.010]." in lines[1]
+    assert "still falls at t = 100, where" in lines[2]
+    assert "`grad_dot`, Spearman +0.500 [+0.400, +0.600], 0.56 of the seed ceiling, 30 s (0.15 x" in lines[3]
+
+
 def test_an_interval_reads_the_same_everywhere():
     from hopfield_replay.analysis import report, study_report
     from hopfield_replay.analysis.verdicts import format_interval

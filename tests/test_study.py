@@ -391,7 +391,7 @@ def test_a_rerun_recomputes_nothing_and_respects_the_concurrency_limit(study_run
         assert "Running stage" not in second["logs"][cell]
         assert cells.at[cell, "experiment"] == "kept"  # the experiment from the first run stands
     assert cells.at[good, "workspace_state"] == "reused" and cells.at[short, "workspace_state"] == "created"
-    assert cells.at[short, "restored"] == 13  # every stage (the classifier and generate too) from the shared run-cache
+    assert cells.at[short, "restored"] == 16  # every stage (generate, control, regime, forecast too) from the run-cache
     assert "is cached - skipping run" in second["logs"][short]
     assert cells.at[bad, "status"] == "failed" and cells.at[bad, "attempts"] == 2
     (s1, f1), (s2, f2) = cells.loc[[good, short], ["started", "finished"]].to_numpy()

@@ -30,11 +30,49 @@ STUDIES_BEGIN, STUDIES_END = "<!-- studies:begin -->", "<!-- studies:end -->"
 MEASURES = ("absolute", "relative")
 
 
+def learned_text(details: dict) -> str:
+    """How many of the run's models learned their task (the generate stage's rule), for the answer's run clause."""
+    summary = (details.get("generation") or {}).get("learned")
+    if not summary:
+        return ""
+    return f"; {summary['learned']} of {summary['models']} models learned their task, judged by what they generate"
+
+
 def render_answer(details: dict) -> str:
     """The README's answer: the run, then the two claims' verdicts in two sentences."""
     run = details["run"]
     return (f"On the last committed `make run` ({run['n_samples']} task-A samples, seeds {run['seeds']}; "
-            f"{run['level']:.0%} intervals), " + answer(details["verdicts"], details["checks"]))
+            f"{run['level']:.0%} intervals{learned_text(details)}), " + answer(details["verdicts"], details["checks"]))
+
+
+def beyond_the_claims(details: dict) -> list[str]:
+    """What the models generate, the continued-training control and the best forecast, when the run has them."""
+    lines = []
+    generation = details.get("generation")
+    if generation:
+        s, claim = generation["learned"], generation.get("claim2")
+        lines.append(f"- What the models generate: {s['learned']} of {s['models']} models pass the learned rule (model "
+                     f"A: {'yes' if s['model_a_learned'] else 'no'}; every no-replay task-B model: "
+                     f"{'yes' if s['task_b_learned'] else 'no'}).")
+        if claim:
+            lines.append(f"- Claim 2 in what the models generate (task-A share of their samples, top-energy minus "
+                         f"random replay, budget {claim['budget']}): **{claim['verdict']}**, "
+                         f"{format_interval(claim['effect'], claim['lo'], claim['hi'])}.")
+    rows = (details.get("controls") or {}).get("continued_training")
+    if rows:
+        falling = [r["t"] for r in rows if r["measure"] == "relative" and r["still_learning"]]
+        lines.append("- Model A continued on task A alone: its task-A error still falls at t = "
+                     f"{', '.join(map(str, falling))}, where forgetting is confounded with unfinished learning."
+                     if falling else "- Model A continued on task A alone: its task-A error falls at no measured t, "
+                     "so forgetting is not confounded with unfinished learning.")
+    forecasts = [r for r in details.get("forecasts") or [] if r["measure"] == "relative" and r["forecast"]]
+    if forecasts:
+        best = max(forecasts, key=lambda r: r["spearman"])
+        lines.append(f"- Best forecast of relative forgetting made before fine-tuning: `{best['predictor']}`, Spearman "
+                     f"{format_interval(best['spearman'], best['spearman_lo'], best['spearman_hi'])}, "
+                     f"{best['share_of_ceiling']:.2f} of the seed ceiling, {best['seconds']:.0f} s "
+                     f"({best['train_b_ratio']:.2f} x one train_b run).")
+    return lines + [""] if lines else []
 
 
 def render(details: dict) -> str:
@@ -63,6 +101,7 @@ def render(details: dict) -> str:
              if p in rows]
     covariates = rows[shown[0]]["covariates"] or "nothing"
     lines += ["", claim_rule_short(covariates), ""]
+    lines += beyond_the_claims(details)
     checks = details["checks"]
     lines += ["Can this run show a replay effect at all? Does claim 2 survive equal class shares? (overall, per "
               "budget)", "", "| check | verdict | absolute forgetting | relative forgetting |", "|---|---|---|---|"]

@@ -15,8 +15,9 @@ The per-sample gradients are exact (one backward per old sample, nothing stored 
 
     python -m hopfield_replay.forecast --model DIR --old DATA --new DATA --out forecast.parquet
 
-writes one row per old sample (its index in the old data, every forecast, and its rank by the best-known column) for
-any saved model folder (DDPM or Stable Diffusion) and two data folders in the formats ``prepare`` reads.
+writes one row per old sample (sample_id: its index in the old data as ``prepare`` reads it; its label; every
+forecast, higher = more forgetting predicted) for any saved model folder (DDPM or Stable Diffusion) and two data
+folders in the formats ``prepare`` reads.
 """
 
 from __future__ import annotations
@@ -62,21 +63,21 @@ def gradient_interference(model: DenoisingModel, x_old: torch.Tensor, ids_old, x
 
     model.eval()
     params = [p for p in model.trainable_parameters() if p.requires_grad]
-    g_b = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    g_b = [torch.zeros_like(p) for p in params]  # the parameters' dtype: a float64 copy of an SD UNet is 7 GB
     for lo in range(0, x_new.shape[0], chunk):
         sl = slice(lo, lo + chunk)
         loss = _losses(model, x_new[sl], np.asarray(ids_new)[sl], timesteps, seed,
                        labels_new[sl] if labels_new is not None else None).sum() / x_new.shape[0]
         for acc, g in zip(g_b, torch.autograd.grad(loss, params)):
-            acc += g.double()
-    norm_b = torch.sqrt(sum((g * g).sum() for g in g_b))
+            acc += g
+    norm_b = torch.sqrt(sum((g.double() ** 2).sum() for g in g_b))
     dot, norm = np.empty(x_old.shape[0]), np.empty(x_old.shape[0])
     ids_old = np.asarray(ids_old)
     for k in tqdm(range(x_old.shape[0]), desc="gradient interference", disable=not progress, mininterval=2.0):
         loss = _losses(model, x_old[k : k + 1], ids_old[k : k + 1], timesteps, seed,
                        labels_old[k : k + 1] if labels_old is not None else None).sum()
         grads = torch.autograd.grad(loss, params)
-        dot[k] = float(sum((g.double() * b).sum() for g, b in zip(grads, g_b)))
+        dot[k] = float(sum((g.double() * b.double()).sum() for g, b in zip(grads, g_b)))
         norm[k] = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
     with np.errstate(divide="ignore", invalid="ignore"):
         cos = np.where(norm * float(norm_b) > 0, dot / (norm * float(norm_b)), 0.0)
@@ -85,12 +86,16 @@ def gradient_interference(model: DenoisingModel, x_old: torch.Tensor, ids_old, x
 
 def probe_rise(model: DenoisingModel, x_old: torch.Tensor, ids_old, x_new: torch.Tensor, timesteps: list[int],
                config: TrainConfig, *, seed: int = 0, labels_old=None, labels_new=None,
-               base_losses: np.ndarray | None = None) -> np.ndarray:
-    """L_k after ``config.steps`` steps of fine-tuning a copy of ``model`` on the new data, minus L_k before."""
+               base_losses: np.ndarray | None = None, timing: dict | None = None) -> np.ndarray:
+    """L_k after ``config.steps`` steps of fine-tuning a copy of ``model`` on the new data, minus L_k before
+    (``timing["train_seconds"]``: the fine-tune's seconds alone, when a dict is given)."""
     kw = dict(labels=labels_old, seed=seed, progress=False)
     before = base_losses if base_losses is not None else denoising_energy(model, x_old, ids_old, timesteps, **kw)
     probe = copy.deepcopy(model)
+    start = time.perf_counter()
     train_denoiser(probe, x_new, config, labels=labels_new, device=model.device, progress=False)
+    if timing is not None:
+        timing["train_seconds"] = time.perf_counter() - start
     after = denoising_energy(probe, x_old, ids_old, timesteps, **kw)
     return (np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64))
 
@@ -99,7 +104,8 @@ def forecast(model: DenoisingModel, x_old: torch.Tensor, x_new: torch.Tensor, *,
              probe: TrainConfig, probe_steps: list[int], knn_k: int = 5, seed: int = 0, ids_old=None, ids_new=None,
              labels_old=None, labels_new=None, progress: bool = False) -> tuple[pd.DataFrame, dict[str, float]]:
     """Every forecast of the module docstring, one row per old sample (in order), and the seconds each took on
-    this machine (``probe`` gives the probe's recipe; its steps are replaced by each of ``probe_steps``)."""
+    this machine, plus ``train_seconds_per_step`` of the probes' fine-tuning (``probe`` gives the probe's recipe;
+    its steps are replaced by each of ``probe_steps``)."""
     if x_old.shape[1:] != x_new.shape[1:]:
         raise UserError(f"old samples of shape {tuple(x_old.shape[1:])} and new of {tuple(x_new.shape[1:])}: give "
                         "data of one size (the model's)")
@@ -121,9 +127,12 @@ def forecast(model: DenoisingModel, x_old: torch.Tensor, x_new: torch.Tensor, *,
     for steps in probe_steps:
         start = time.perf_counter()
         config = TrainConfig(**{**probe.__dict__, "steps": int(steps), "replay_fraction": 0.0})
+        timing = {}
         out[f"probe_{steps}"] = probe_rise(model, x_old, ids_old, x_new, timesteps, config, seed=seed,
-                                           labels_old=labels_old, labels_new=labels_new, base_losses=base)
+                                           labels_old=labels_old, labels_new=labels_new, base_losses=base,
+                                           timing=timing)
         cost[f"probe_{steps}"] = time.perf_counter() - start + shared
+        cost["train_seconds_per_step"] = timing["train_seconds"] / steps
     return pd.DataFrame({k: np.asarray(v, dtype=np.float64) for k, v in out.items()}), cost
 
 
@@ -176,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
                                probe_steps=args.probe_steps, labels_old=y_old if conditional else None,
                                labels_new=y_new if conditional else None, progress=True)
         table.insert(0, "label", y_old.numpy().astype(np.int64))
-        table.insert(0, "index", np.arange(len(table), dtype=np.int64))
+        table.insert(0, "sample_id", np.arange(len(table), dtype=np.int64))  # the index in the old data
         write_table(table, args.out, table="forecast", meta={"table": "forecast", "seconds": cost,
                                                             "model": str(args.model), "old": args.old,
                                                             "new": args.new})
@@ -184,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"forecast: {len(table)} old samples, columns {', '.join(table.columns[2:])} -> {args.out}; seconds: "
-          + ", ".join(f"{k} {v:.1f}" for k, v in cost.items()))
+          + ", ".join(f"{k} {cost[k]:.1f}" for k in table.columns[2:]))
 
 
 if __name__ == "__main__":

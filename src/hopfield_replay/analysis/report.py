@@ -250,13 +250,14 @@ def composition_lines(composition: pd.DataFrame) -> list[str]:
 
 
 def markdown_report(ev: Evidence, figures: dict[str, str], run: dict, generation: dict | None = None,
-                    controls: list[str] | None = None) -> str:
+                    controls: list[str] | None = None, forecasts: list[str] | None = None) -> str:
     """One page: verdicts first, then the design checks and what the intervals cover, predictors, forgetting by t
     and by energy decile, arms, buffer overlap and the figures (paths relative). run: n_samples, seeds, arms,
     budgets, level, score (the arms' ranking score), train_a_seed. generation (what the models generate, from
     ``analysis.generation``): ``learned`` (one line per model, shown before the verdicts), ``note`` (a line after
     the verdicts when some model did not learn its task, else empty) and ``section`` (its lines). controls: the
-    lines of "Has model A converged?" (``analysis.convergence``), placed before the verdicts."""
+    lines of "Has model A converged?" (``analysis.convergence``), placed before the verdicts. forecasts: the lines of
+    the forecasting section (``analysis.forecasting``), placed after the predictors."""
     verdicts, predictors, comparison, by_t, arms = ev.verdicts, ev.predictors, ev.comparison, ev.by_t, ev.arms
     by_decile = ev.by_decile
     lines = ["# hopfield-replay: does the Hopfield energy predict forgetting, and does top-energy replay help?", "",
@@ -295,8 +296,9 @@ def markdown_report(ev: Evidence, figures: dict[str, str], run: dict, generation
                          f"{format_interval(c['diff'], c['lo'], c['hi'])} | {r['precision_at_10']:.3f} | "
                          f"{r['auroc_top_decile']:.3f} |")
         lines.append("")
-    lines += [f"![predictors]({figures['predictors']})", "", f"![energy and controls]({figures['scatter']})", "",
-              "## Which timesteps carry forgetting (no replay)", "",
+    lines += [f"![predictors]({figures['predictors']})", "", f"![energy and controls]({figures['scatter']})", ""]
+    lines += forecasts or []
+    lines += ["## Which timesteps carry forgetting (no replay)", "",
               "Per-sample forgetting (the predictor and arm tables) is aggregated over the t marked *used*: those "
               "that carry forgetting (report.aggregate_t).", "",
               "| measure | t | mean [interval] | share > 0 | forgets? | used |", "|---|---|---|---|---|---|"]

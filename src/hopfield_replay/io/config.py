@@ -285,6 +285,19 @@ class ClassifierParams(Section):
     seed: NonNegInt
 
 
+class ForecastParams(Section):
+    """``forecast``: predictors of forgetting made before fine-tuning (hopfield_replay.forecast), a second question
+    beside claim 1, never among its baselines."""
+
+    probe_fractions: list[Annotated[float, Field(gt=0, le=1)]]
+    knn_k: PosInt
+
+    @field_validator("probe_fractions")
+    @classmethod
+    def _distinct(cls, v):
+        return _unique(v, "a probe fraction")
+
+
 class GenerationParams(Section):
     """``generation``: DDIM samples of every model, judged by the classifier, and the learned rule."""
 
@@ -438,6 +451,7 @@ class Config(Section):
     report: ReportParams
     classifier: ClassifierParams
     generation: GenerationParams
+    forecast: ForecastParams
     mhn_closed_form: MHNClosedFormParams
     mhn_trained: MHNTrainedParams
     mhn_report: MHNReportParams

@@ -50,6 +50,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "budget": "int64", "t": "int64", "error_a": "float64", "error": "float64", "absolute": "float64",
         "relative": "float64", "replayed": "bool",
     },
+    "forecast": {"sample_id": "int64", "label": "int64"},  # plus one float64 column per forecast (forecast.py)
     "regime": {"sample_id": "int64", "t": "int64", "model_error": "float64", "empirical_error": "float64",
                "distance": "float64"},
     "generation": {  # plus share_<c>: the share of samples the classifier assigns to class c
@@ -68,7 +69,7 @@ KEYS: dict[str, list[str]] = {
     "samples": ["sample_id"], "scores": ["sample_id"], "forgetting": ["sample_id", "seed", "t"], "control": ["sample_id", "seed", "t"],
     "selection": ["sample_id", "strategy", "budget", "seed"],
     "replay_forgetting": ["sample_id", "seed", "strategy", "budget", "t"], "generation": ["model"],
-    "regime": ["sample_id", "t"],
+    "regime": ["sample_id", "t"], "forecast": ["sample_id"],
 }
 _KINDS = {"int64": "iu", "float64": "f", "bool": "b", "object": "OSU"}
 

@@ -1,0 +1,49 @@
+"""forecast: predict each task-A sample's forgetting before any task-B fine-tune, from model A, the task-A and
+task-B data and short probe fine-tunes (hopfield_replay.forecast): proximity_b, grad_dot, grad_cos and probe_<steps>
+for each of forecast.probe_fractions x train_b.steps, with the seconds each took on this machine.
+
+The probes train a copy of model A on task B with train_b's settings at a constant learning rate (a short run has no
+room for warmup and decay), seed = the first of `seeds`; losses at the fixed noise and t grid of `forgetting`. The
+report measures each forecast against the forgetting the full fine-tunes then showed, and against the seed ceiling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hopfield_replay.forecast import forecast
+from hopfield_replay.io.tables import check_output, load_task, write_table
+from hopfield_replay.models import TrainConfig, load_model
+from hopfield_replay.runtime.devices import resolve_device
+from stages.runner import provenance, stage
+
+
+@stage("x0", "samples", "model", "out")
+def main(cfg, args):
+    fp, tb, device = cfg.forgetting, cfg.train_b, resolve_device(cfg.device)
+    check_output(args.out)
+    model = load_model(args.model).to(device)
+    x_a, labels_a, ids_a = load_task(args.x0, args.samples, "A", family=model.family)
+    x_b, labels_b, ids_b = load_task(args.x0, args.samples, "B", family=model.family)
+    steps = sorted({max(1, round(f * tb.steps)) for f in cfg.forecast.probe_fractions})
+    recipe = TrainConfig(**{**tb.loop_settings(), "lr_schedule": "constant", "lr_warmup_steps": 0,
+                            "ema_decay": None}, seed=cfg.seeds[0], replay_fraction=0.0)
+    conditional = model.family != "ddpm"
+    table, seconds = forecast(model, x_a, x_b, timesteps=fp.timesteps, probe=recipe, probe_steps=steps,
+                              knn_k=cfg.forecast.knn_k, seed=fp.noise_seed, ids_old=ids_a, ids_new=ids_b,
+                              labels_old=labels_a if conditional else None,
+                              labels_new=labels_b if conditional else None, progress=True)
+    # one train_b run's seconds, projected from the probes' training seconds per step (same recipe and batch)
+    per_step = seconds.pop("train_seconds_per_step", float("nan"))
+    table.insert(0, "label", np.asarray(labels_a, dtype=np.int64))
+    table.insert(0, "sample_id", np.asarray(ids_a, dtype=np.int64))
+    meta = provenance(cfg, "forecast", "forgetting", "train_b", "seeds", seed=fp.noise_seed, device=device,
+                      table="forecast")
+    write_table(table, args.out, table="forecast",
+                meta={**meta, "seconds": seconds, "train_b_seconds": per_step * tb.steps, "probe_steps": steps})
+    print("forecast: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
+          + f"; one train_b run ~{per_step * tb.steps:.0f} s (projected from the probe)")
+
+
+if __name__ == "__main__":
+    main()
