@@ -6,13 +6,16 @@ the classifier assigns to each class (``share_<c>``), the task-A and task-B shar
 model's own task (confidence >= ``generation.confidence``) beside the same figure for real held-out images (the
 floor), the Frechet distance in the classifier's feature space to the real images of that task beside the real
 floor and the other task's real images (the scale of the learned rule), and whether the model passes the learned
-rule. The first ``generation.grid`` samples of every model go to
+rule. Model A is judged on task A, each no-replay task-B model on task B (both parts of the rule); a replay arm,
+trained on task B and its task-A buffer, on both tasks' classes, by the share part alone (its class mix has no
+real counterpart for a Frechet distance; the distance to task B's real images alone is recorded). The first ``generation.grid`` samples of every model go to
 ``grids.safetensors`` for the report's sample grids.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -83,29 +86,32 @@ def main(cfg, args):
     held = np.isin(ids, info["holdout_sample_ids"])
     shape = tuple(load_tensors(args.x0, keys=("x0",))["x0"].shape[1:])
     tasks = {"A": list(cfg.prepare.task_a), "B": list(cfg.prepare.task_b)}
+    tasks["A+B"] = tasks["A"] + tasks["B"]  # what a replay arm trained on: task B and its task-A buffer
     real = {k: (images["images"][torch.from_numpy(np.isin(labels, c) & ~held)],
                 images["images"][torch.from_numpy(np.isin(labels, c) & held)]) for k, c in tasks.items()}
     floors = {}
     for k, c in tasks.items():
         ref, hold = real[k]
-        other = real["B" if k == "A" else "A"][1]
+        other = real["A" if k == "B" else "B"][1]  # for A+B: task B alone, as a model that forgot task A draws
         floors[k] = (judge(clf, hold, c, g.confidence).confident_share, frechet_distance(clf, hold, ref),
                      frechet_distance(clf, other, ref))
     rows, grids = [], {}
     resolution = images["images"].shape[-1]
     for m in models:
-        classes = tasks[m["phase"]]
+        judged = m["phase"] if m["strategy"] in ("task_a", "none") else "A+B"
+        classes = tasks[judged]
         model = load_model(m["path"]).to(device)
         prompt_labels = torch.tensor(classes).repeat(g.samples // len(classes) + 1)[: g.samples]
         x = sample(model, shape, g.samples, steps=g.ddim_steps, seed=g.seed, batch_size=g.batch_size,
                    labels=prompt_labels)
         x = to_prepared(x, images["images"].shape[1], resolution)
         j = judge(clf, x, classes, g.confidence)
-        ref, _ = real[m["phase"]]
+        ref, _ = real[judged]
         fd = frechet_distance(clf, x, ref)
-        floor_share, floor_fd, other_fd = floors[m["phase"]]
+        floor_share, floor_fd, other_fd = floors[judged]
+        # a replay arm's class mix (task B and its buffer) has no real counterpart: the share rule only
         learned = is_learned(j.confident_share, floor_share, fd, other_fd, min_ratio=g.learned_min_share_ratio,
-                             max_fd_share=g.learned_max_fd_share)
+                             max_fd_share=g.learned_max_fd_share if judged != "A+B" else math.inf)
         rows.append({**{k: v for k, v in m.items() if k != "path"}, "n": g.samples,
                      "confident_share": j.confident_share, "floor_share": floor_share, "fd": fd, "floor_fd": floor_fd,
                      "other_task_fd": other_fd,

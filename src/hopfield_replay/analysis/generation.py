@@ -60,6 +60,13 @@ def learned_lines(generation: pd.DataFrame) -> list[str]:
     """The report's opening: one line per model, does it pass the learned rule?"""
     lines = []
     for r in generation.itertuples(index=False):
+        if r.strategy not in ("task_a", "none"):  # a replay arm: task B and its buffer, the share rule only
+            lines.append(f"- `{r.model}`: {'**learned**' if r.learned else '**not learned**'} tasks A and B "
+                         f"(confident share over both tasks' classes {r.confident_share:.2f} against "
+                         f"{r.floor_share:.2f} for real images; Frechet distance {r.fd:.2f} against {r.floor_fd:.2f} "
+                         f"for real images and {r.other_task_fd:.1f} for task B's alone, not part of the rule; "
+                         f"task-A share of its samples {r.task_a_share:.2f})")
+            continue
         task = "task A" if r.phase == "A" else "task B"
         lines.append(f"- `{r.model}`: {'**learned**' if r.learned else '**not learned**'} {task} "
                      f"(confident share {r.confident_share:.2f} against {r.floor_share:.2f} for real images; Frechet "
