@@ -4,7 +4,8 @@ forgetting t (hopfield_replay.measures.regime), with the noise of the reconstruc
     D*(x_t) = sum_i softmax_i(SNR(t) (x_t / sqrt(abar_t) . x_i - |x_i|^2 / 2)) x_i      over the task-A images
     relative(t) = mean |x0_hat - D*|^2 / mean |D* - x0|^2
 
-Relative below 1: the model reproduces its training images (the memorising regime of the paper's MHN analysis).
+Relative below 1: the model acts as the Hopfield retrieval of its training images (the regime of the paper's MHN
+analysis); at low noise D* returns the training image itself, so closeness there is memorising.
 """
 
 from __future__ import annotations

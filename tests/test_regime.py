@@ -98,4 +98,7 @@ def test_regime_lines_name_the_memorising_timesteps():
                           "empirical_error": [0.5, 2.0, 0.5, 2.0], "distance": [0.1, 4.0, 0.3, 4.0]})
     lines = regime_lines(table)
     assert "| 100 | 1 | 0.5 | 0.2 | 0.4 |" in lines and "| 900 | 1 | 2 | 4 | 2 |" in lines
-    assert lines[-1].startswith("Model A is in the memorising regime at t = 100 (relative")
+    assert lines[-1].startswith("Model A is close to D* at t = 100 (relative distance below 1") and lines[-1].endswith(
+        "far from it at t = 900.")
+    assert regime_lines(table.assign(distance=0.0))[-1].startswith("Model A is close to D* at every measured t")
+    assert regime_lines(table.assign(distance=9.0))[-1].startswith("Model A is far from D* at every measured t")

@@ -102,7 +102,8 @@ def test_the_pages_say_whether_the_models_learned_and_what_the_controls_and_fore
                "forecasts": [{"measure": "relative", "forecast": True, "predictor": p, "spearman": rho,
                               "spearman_lo": rho - 0.1, "spearman_hi": rho + 0.1, "share_of_ceiling": rho / 0.9,
                               "seconds": 30.0, "train_b_ratio": 0.15} for p, rho in (("probe_8", 0.3), ("grad_dot", 0.5))]}
-    assert learned_text(details) == "; 11 of 13 models learned their task, judged by what they generate"
+    assert learned_text(details) == ("; judged by what they generate, model A learned task A and 10 of 12 task-B "
+                                     "models learned theirs")
     lines = beyond_the_claims(details)
     assert "model A: yes; every no-replay task-B model: no" in lines[0]
     assert "budget 250): **fails**, -0.020 [-0.050, -0.010]." in lines[1]

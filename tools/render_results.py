@@ -35,7 +35,9 @@ def learned_text(details: dict) -> str:
     summary = (details.get("generation") or {}).get("learned")
     if not summary:
         return ""
-    return f"; {summary['learned']} of {summary['models']} models learned their task, judged by what they generate"
+    a = int(summary["model_a_learned"])
+    return (f"; judged by what they generate, model A {'learned' if a else 'did not learn'} task A and "
+            f"{summary['learned'] - a} of {summary['models'] - 1} task-B models learned theirs")
 
 
 def render_answer(details: dict) -> str:

@@ -16,8 +16,9 @@ and t this module reports
     distance        = mean (x0_hat - D*(x_t))^2
 
 and the report's relative distance is mean distance / mean empirical_error over samples at each t. A model close
-to D* (relative distance below 1) reproduces its training images, the memorising regime the MHN analysis
-describes; a model far from it generalises, or has not learned. The softmax and the weighted mean run in float64,
+to D* (relative distance below 1) acts as the Hopfield retrieval of its training images, the regime the MHN
+analysis describes: at low noise D* returns the training image itself (closeness there is memorising), at high
+noise a softmax-weighted mean of many. A model far from D* at low noise does not reproduce its training images. The softmax and the weighted mean run in float64,
 streamed over query chunks (the memories stay whole: N x d float64 for one chunk's logits).
 """
 
