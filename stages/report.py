@@ -102,7 +102,7 @@ def main(cfg, args):
         write_json({"run": run, **ev.details(),
                     "generation": {"models": generation.to_dict("records"), "effects": effects.to_dict("records"),
                                    "learned": summary, "claim2": claim},
-                    "forecasts": forecasts.to_dict("records"),
+                    "forecasts": forecasts.astype(object).where(forecasts.notna(), None).to_dict("records"),
                     "controls": {"continued_training": control.to_dict("records"),
                                  "regime": regime_by_t(regime).to_dict("records")}}, args.metrics_dir / "details.json")
         still = {m: control.loc[(control.measure == m) & control.still_learning, "t"].tolist() for m in MEASURES}
