@@ -1,6 +1,7 @@
 """forecast: predict each task-A sample's forgetting before any task-B fine-tune, from model A, the task-A and
 task-B data and short probe fine-tunes (hopfield_replay.forecast): proximity_b, grad_dot, grad_cos and probe_<steps>
-for each of forecast.probe_fractions x train_b.steps, with the seconds each took on this machine.
+for each of forecast.probe_fractions x train_b.steps, with the compute each takes (image passes, deterministic; the
+seconds on this machine are printed).
 
 The probes train a copy of model A on task B with train_b's settings at a constant learning rate (a short run has no
 room for warmup and decay), seed = the first of `seeds`; losses at the fixed noise and t grid of `forgetting`. The
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hopfield_replay.forecast import forecast
+from hopfield_replay.forecast import forecast, forecast_cost
 from hopfield_replay.io.tables import check_output, load_task, write_table
 from hopfield_replay.models import TrainConfig, load_model
 from hopfield_replay.runtime.devices import resolve_device
@@ -33,16 +34,17 @@ def main(cfg, args):
                               knn_k=cfg.forecast.knn_k, seed=fp.noise_seed, ids_old=ids_a, ids_new=ids_b,
                               labels_old=labels_a if conditional else None,
                               labels_new=labels_b if conditional else None, progress=True)
-    # one train_b run's seconds, projected from the probes' training seconds per step (same recipe and batch)
+    # the table holds the deterministic compute (image passes); the seconds are this machine's, printed only
     per_step = seconds.pop("train_seconds_per_step", float("nan"))
     table.insert(0, "label", np.asarray(labels_a, dtype=np.int64))
     table.insert(0, "sample_id", np.asarray(ids_a, dtype=np.int64))
     meta = provenance(cfg, "forecast", "forgetting", "train_b", "seeds", seed=fp.noise_seed, device=device,
                       table="forecast")
+    passes = forecast_cost(len(ids_a), len(ids_b), len(fp.timesteps), steps, tb.batch_size)
     write_table(table, args.out, table="forecast",
-                meta={**meta, "seconds": seconds, "train_b_seconds": per_step * tb.steps, "probe_steps": steps})
-    print("forecast: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
-          + f"; one train_b run ~{per_step * tb.steps:.0f} s (projected from the probe)")
+                meta={**meta, "cost_passes": passes, "train_b_passes": tb.steps * tb.batch_size, "probe_steps": steps})
+    print("forecast: seconds here: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items())
+          + f"; one train_b run ~{per_step * tb.steps:.0f} s (projected from the probes' steps)")
 
 
 if __name__ == "__main__":

@@ -108,3 +108,10 @@ def test_the_command_line_forecasts_from_a_saved_model_and_two_folders(setup, tm
     bad = subprocess.run(list(map(str, cmd[:-6] + ["--probe-steps", "0"])), cwd=ROOT, capture_output=True, text=True,
                          timeout=600)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--probe-steps" in bad.stderr
+
+
+def test_the_cost_of_a_forecast_is_counted_in_image_passes():
+    from hopfield_replay.forecast import forecast_cost
+
+    cost = forecast_cost(n_old=100, n_new=50, n_timesteps=4, probe_steps=[10], batch_size=8)
+    assert cost == {"proximity_b": 0.0, "grad_dot": 600.0, "grad_cos": 600.0, "probe_10": 80 + 2 * 100 * 4 / 3}

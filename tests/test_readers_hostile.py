@@ -2,7 +2,7 @@
 ``.npz`` and ImageFolder data, Parquet tables and safetensors files. Each is either a one-line UserError naming the
 file, or data that keeps the documented contract (io/formats.py: float32 (N, C, H, W) in [0, 1], C in {1, 3},
 int64 labels >= 0; a table whose schema columns are finite and unique per key); never a traceback or a hang.
-The budget is hypothesis's "ci" profile (tests/conftest.py); HYPOTHESIS_PROFILE=long runs longer."""
+The budget is hypothesis's "ci" profile (tests/fuzz_profiles.py); HYPOTHESIS_PROFILE=long runs longer."""
 
 from __future__ import annotations
 
@@ -24,7 +24,11 @@ from PIL import Image
 from hopfield_replay.errors import UserError
 from hopfield_replay.io import formats
 from hopfield_replay.io.tables import KEYS, SCHEMAS, load_tensors, read_table, save_tensors, write_table
+from tests.fuzz_profiles import PROFILE
 from tests.conftest import ROOT
+
+
+assert PROFILE in ("ci", "long"), f"HYPOTHESIS_PROFILE={PROFILE}: use ci or long"
 
 
 def refused(call, path) -> str:

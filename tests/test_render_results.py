@@ -101,14 +101,14 @@ def test_the_pages_say_whether_the_models_learned_and_what_the_controls_and_fore
                                                    {"measure": "absolute", "t": 500, "still_learning": True}]},
                "forecasts": [{"measure": "relative", "forecast": True, "predictor": p, "spearman": rho,
                               "spearman_lo": rho - 0.1, "spearman_hi": rho + 0.1, "share_of_ceiling": rho / 0.9,
-                              "seconds": 30.0, "train_b_ratio": 0.15} for p, rho in (("probe_8", 0.3), ("grad_dot", 0.5))]}
+                              "cost": 960.0, "train_b_ratio": 0.15} for p, rho in (("probe_8", 0.3), ("grad_dot", 0.5))]}
     assert learned_text(details) == ("; judged by what they generate, model A learned task A and 10 of 12 task-B "
                                      "models learned theirs")
     lines = beyond_the_claims(details)
     assert "model A: yes; every no-replay task-B model: no" in lines[0]
     assert "budget 250): **fails**, -0.020 [-0.050, -0.010]." in lines[1]
     assert "still falls at t = 100, where" in lines[2]
-    assert "`grad_dot`, Spearman +0.500 [+0.400, +0.600], 0.56 of the seed ceiling, 30 s (0.15 x" in lines[3]
+    assert "`grad_dot`, Spearman +0.500 [+0.400, +0.600], 0.56 of the seed ceiling, at 0.15 x the compute" in lines[3]
 
 
 def test_an_interval_reads_the_same_everywhere():

@@ -72,8 +72,8 @@ def beyond_the_claims(details: dict) -> list[str]:
         best = max(forecasts, key=lambda r: r["spearman"])
         lines.append(f"- Best forecast of relative forgetting made before fine-tuning: `{best['predictor']}`, Spearman "
                      f"{format_interval(best['spearman'], best['spearman_lo'], best['spearman_hi'])}, "
-                     f"{best['share_of_ceiling']:.2f} of the seed ceiling, {best['seconds']:.0f} s "
-                     f"({best['train_b_ratio']:.2f} x one train_b run).")
+                     f"{best['share_of_ceiling']:.2f} of the seed ceiling, at {best['train_b_ratio']:.2f} x the "
+                     "compute of one train_b run.")
     return lines + [""] if lines else []
 
 

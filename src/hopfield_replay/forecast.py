@@ -100,6 +100,20 @@ def probe_rise(model: DenoisingModel, x_old: torch.Tensor, ids_old, x_new: torch
     return (np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64))
 
 
+def forecast_cost(n_old: int, n_new: int, n_timesteps: int, probe_steps: list[int], batch_size: int) -> dict:
+    """The compute of each forecast in image passes: one forward and backward of one noisy image counts 1, a forward
+    alone 1/3 (a backward costs about two forwards). Deterministic, unlike seconds, so it can sit in a table; one
+    fine-tune of S steps at batch B costs S * B.
+
+        proximity_b: 0 (no network pass)    grad_*: (n_old + n_new) * T    probe_s: s * B + 2 * n_old * T / 3
+    """
+    evals = 2 * n_old * n_timesteps / 3  # every old sample's loss before and after the probe
+    cost = {"proximity_b": 0.0, "grad_dot": float((n_old + n_new) * n_timesteps),
+            "grad_cos": float((n_old + n_new) * n_timesteps)}
+    cost.update({f"probe_{s}": float(s * batch_size + evals) for s in probe_steps})
+    return cost
+
+
 def forecast(model: DenoisingModel, x_old: torch.Tensor, x_new: torch.Tensor, *, timesteps: list[int],
              probe: TrainConfig, probe_steps: list[int], knn_k: int = 5, seed: int = 0, ids_old=None, ids_new=None,
              labels_old=None, labels_new=None, progress: bool = False) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -186,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
                                labels_new=y_new if conditional else None, progress=True)
         table.insert(0, "label", y_old.numpy().astype(np.int64))
         table.insert(0, "sample_id", np.arange(len(table), dtype=np.int64))  # the index in the old data
-        write_table(table, args.out, table="forecast", meta={"table": "forecast", "seconds": cost,
+        passes = forecast_cost(len(x_old), len(x_new), len(args.timesteps), args.probe_steps, args.batch_size)
+        write_table(table, args.out, table="forecast", meta={"table": "forecast", "cost_passes": passes,
                                                             "model": str(args.model), "old": args.old,
                                                             "new": args.new})
     except UserError as exc:

@@ -6,7 +6,8 @@ as the predictors of claim 1 (``evidence.evaluate_predictors``: Spearman with it
 samples, partial Spearman given the nuisances, precision at the top 10%), against the same per-sample targets, plus
 
     share of the ceiling = Spearman / seed ceiling         (the ceiling: how well one seed's forgetting ranks another's)
-    cost                 = seconds on the run's machine, and seconds / one train_b run's seconds
+    cost                 = image passes (``forecast.forecast_cost``), and as a multiple of one train_b run's
+                           (train_b.steps x batch size); seconds depend on the machine, so tables hold passes
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .verdicts import format_interval
 
 def evaluate_forecasts(forecasts: pd.DataFrame, scores: pd.DataFrame, forgetting: pd.DataFrame, *,
                        used_t: dict[str, list[int]], seeds: list[int], ceilings: dict[str, float],
-                       seconds: dict[str, float], train_b_seconds: float, nuisance: list[str], reference: str,
+                       cost: dict[str, float], train_b_cost: float, nuisance: list[str], reference: str,
                        n_boot: int = 1000, seed: int = 0, level: float = 0.95, top_frac: float = 0.1) -> pd.DataFrame:
     """One row per (measure, predictor): every forecast column of ``forecasts`` (index sample_id) and the
     ``reference`` column of ``scores`` (claim 1's predictor, for scale), with the share of the ceiling and the cost."""
@@ -35,12 +36,12 @@ def evaluate_forecasts(forecasts: pd.DataFrame, scores: pd.DataFrame, forgetting
                                     level=level, top_frac=top_frac)
         for name in [*columns, reference]:
             r = table.loc[name]
-            cost = seconds.get(name, np.nan)
+            passes = cost.get(name, np.nan)
             rows.append({"measure": m, "predictor": name, "forecast": name != reference, "spearman": r.spearman,
                          "spearman_lo": r.spearman_lo, "spearman_hi": r.spearman_hi, "partial": r.partial,
                          "precision_at_10": r.precision_at_10, "ceiling": ceilings[m],
                          "share_of_ceiling": r.spearman / ceilings[m] if ceilings[m] > 0 else np.nan,
-                         "seconds": cost, "train_b_ratio": cost / train_b_seconds if train_b_seconds > 0 else np.nan})
+                         "cost": passes, "train_b_ratio": passes / train_b_cost if train_b_cost > 0 else np.nan})
     return pd.DataFrame(rows)
 
 
@@ -49,19 +50,19 @@ def best_forecast(table: pd.DataFrame, measure: str) -> pd.Series:
     return part.loc[part.spearman.idxmax()]
 
 
-def forecast_lines(table: pd.DataFrame, reference: str, train_b_seconds: float, figure: str | None) -> list[str]:
+def forecast_lines(table: pd.DataFrame, reference: str, figure: str | None) -> list[str]:
     """The report's section: the table, then per measure the best forecast, its share of the ceiling and its cost."""
     lines = ["## Forecasting forgetting before fine-tuning (a second question, beside claim 1)", "",
              "Each forecast is made before the task-B fine-tune, from model A, both tasks' data and short probe "
              "fine-tunes (`hopfield_replay.forecast`; higher = more forgetting predicted), and measured against the "
              "forgetting the fine-tunes then showed, as the predictors of claim 1 are. The seed ceiling is how well "
-             f"one seed's forgetting ranks another's. Cost: seconds on this run's machine; one train_b run took "
-             f"about {train_b_seconds:.0f} s (projected from the probes' seconds per step). `{reference}` (claim 1's "
-             "predictor, from task A alone) is shown for scale.", "",
-             "| measure | predictor | Spearman | share of the ceiling | partial | precision@10% | seconds | x one "
+             "one seed's forgetting ranks another's. Cost: compute in image passes (one forward and backward of one "
+             "noisy image; a forward alone counts 1/3) and as a multiple of one train_b run's; the stage prints the "
+             f"seconds on its machine. `{reference}` (claim 1's predictor, from task A alone) is shown for scale.", "",
+             "| measure | predictor | Spearman | share of the ceiling | partial | precision@10% | image passes | x one "
              "train_b run |", "|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
-        cost = "-" if pd.isna(r.seconds) else f"{r.seconds:.1f}"
+        cost = "-" if pd.isna(r.cost) else f"{r.cost:.0f}"
         ratio = "-" if pd.isna(r.train_b_ratio) else f"{r.train_b_ratio:.2f}"
         lines.append(f"| {r.measure} | {r.predictor} | {format_interval(r.spearman, r.spearman_lo, r.spearman_hi)} | "
                      f"{r.share_of_ceiling:.2f} | {r.partial:+.3f} | {r.precision_at_10:.2f} | {cost} | {ratio} |")
@@ -70,15 +71,16 @@ def forecast_lines(table: pd.DataFrame, reference: str, train_b_seconds: float, 
         best, ref = best_forecast(table, m), table[(table.measure == m) & ~table.forecast].iloc[0]
         lines.append(f"- {m}: the best forecast before fine-tuning is `{best.predictor}`, Spearman "
                      f"{format_interval(best.spearman, best.spearman_lo, best.spearman_hi)}, "
-                     f"{best.share_of_ceiling:.2f} of the seed ceiling ({best.ceiling:.2f}), at {best.seconds:.0f} s "
-                     f"({best.train_b_ratio:.2f} x one train_b run); `{reference}`: {ref.spearman:+.3f}.")
+                     f"{best.share_of_ceiling:.2f} of the seed ceiling ({best.ceiling:.2f}), at "
+                     f"{best.train_b_ratio:.2f} x the compute of one train_b run; `{reference}`: {ref.spearman:+.3f}.")
     if figure:
         lines += ["", f"![forecasts: accuracy against cost]({figure})"]
     return lines + [""]
 
 
 def plot_forecasts(table: pd.DataFrame, path, reference: str):
-    """Per measure: Spearman (with its interval) against seconds, the seed ceiling as a line, the reference dashed."""
+    """Per measure: Spearman (with its interval) against compute in train_b runs, the seed ceiling as a line, the
+    reference dashed (a forecast of no network pass sits at the left edge)."""
     import matplotlib.pyplot as plt
 
     from .report import _save
@@ -88,14 +90,15 @@ def plot_forecasts(table: pd.DataFrame, path, reference: str):
         part = table[(table.measure == m) & table.forecast]
         ref = table[(table.measure == m) & ~table.forecast].iloc[0]
         err = np.vstack([part.spearman - part.spearman_lo, part.spearman_hi - part.spearman])
-        ax.errorbar(part.seconds, part.spearman, yerr=err, fmt="o", capsize=3)
-        for r in part.itertuples():
-            ax.annotate(r.predictor, (r.seconds, r.spearman), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        x = part.train_b_ratio.clip(lower=1e-3)
+        ax.errorbar(x, part.spearman, yerr=err, fmt="o", capsize=3)
+        for xi, r in zip(x, part.itertuples()):
+            ax.annotate(r.predictor, (xi, r.spearman), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.axhline(ref.ceiling, color="k", lw=1, label=f"seed ceiling {ref.ceiling:.2f}")
         ax.axhline(ref.spearman, color="grey", lw=1, ls="--", label=f"{reference} {ref.spearman:+.2f}")
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_xscale("log")
-        ax.set_xlabel("seconds on this machine")
+        ax.set_xlabel("compute, in train_b runs (no network pass: 0.001)")
         ax.set_ylabel(f"Spearman with {m} forgetting")
         ax.set_title(f"{m} forgetting")
         ax.legend(fontsize=7, loc="lower right")
