@@ -3,6 +3,8 @@
     python benchmarks/bench_recipe.py                    # the recipes of docs/recipe.md, at 600, 1200 and 2000 steps
     python benchmarks/bench_recipe.py --quick            # tiny sizes: checks that the benchmark runs (~1 min)
     python benchmarks/bench_recipe.py --task-b 300 600   # then fine-tune the best model A on task B for these steps
+    python benchmarks/bench_recipe.py --model-a data/models/task_a --classifier data/models/classifier \
+        --task-b 800 1200 --b-recipes cosine-1e-3-ema cosine-2e-3-ema --b-seeds 1 3   # task-B recipes from a saved A
 
 Each recipe trains model A (the default UNet, task A of the embedded MNIST 5k at 16x16) for every step count (a
 separate run: warmup and decay follow the run's length), samples it with DDIM from the same initial noise, and
@@ -35,6 +37,7 @@ RECIPES = {  # name: the TrainConfig fields that differ from the plain loop
     "constant-2e-4": dict(lr=2e-4, lr_schedule="constant", lr_warmup_steps=0, ema_decay=None),
     "cosine-1e-3-ema": dict(lr=1e-3, lr_schedule="cosine", lr_warmup_steps=100, ema_decay=0.999),
     "cosine-2e-3-ema": dict(lr=2e-3, lr_schedule="cosine", lr_warmup_steps=100, ema_decay=0.999),
+    "warmup-1e-3-ema": dict(lr=1e-3, lr_schedule="constant_with_warmup", lr_warmup_steps=100, ema_decay=0.999),
 }
 
 
@@ -78,6 +81,11 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     ap.add_argument("--steps", nargs="+", type=int, default=[600, 1200, 2000])
     ap.add_argument("--task-b", nargs="*", type=int, default=[], help="task-B step counts from the best model A")
+    ap.add_argument("--model-a", help="a saved model A folder (the train_a stage's): no model A is trained here")
+    ap.add_argument("--b-recipes", nargs="+", choices=list(RECIPES),
+                    help="task-B recipes (default: the best model A's own)")
+    ap.add_argument("--b-seeds", nargs="+", type=int, default=[1], help="train_b seeds of each task-B run")
+    ap.add_argument("--no-levers", action="store_true", help="skip the table of CPU levers")
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--ddim", type=int, default=50)
     ap.add_argument("--classifier", help="a folder written by the classifier stage (default: train one here)")
@@ -112,6 +120,14 @@ def main() -> None:
     print(f"\n{'recipe':<18}{'steps':>6}{'cpu s':>8}{'loss':>8}{'share':>7}{'floor':>7}{'FD':>8}{'FD floor':>9}"
           f"{'other':>7}  learned  task-A class shares")
     best = None
+    if args.model_a:  # a saved model A: judged here, then fine-tuned on task B
+        from hopfield_replay.models import load_model
+
+        model = load_model(args.model_a)
+        q = quality(model, clf.model, held_a, ref_a, held_b_all, cfg.prepare.task_a, g, args.samples, args.ddim)
+        print(f"{'(saved) ' + args.model_a:<32}{q['share']:>7.2f}{q['floor']:>7.2f}{q['fd']:>8.2f}{q['fd_floor']:>9.2f}"
+              f"{q['other_fd']:>7.1f}  {'yes' if q['learned'] else 'no':<8} {q['classes']}", flush=True)
+        best, args.recipes = (q["share"], "saved", 0, model), []
     for name in args.recipes:
         for steps in args.steps:
             model = build_model(cfg.model, x0_a.shape[1:], seed=cfg.train_a.seed)
@@ -129,20 +145,26 @@ def main() -> None:
         _, name, steps, model_a = best
         ref_b, held_b, _ = task(cfg.prepare.task_b)
         x0_b = x[torch.from_numpy(np.isin(labels, cfg.prepare.task_b))]
-        print(f"\ntask B from {name} at {steps} steps (train_b's recipe: {RECIPES[name]})")
-        for steps_b in args.task_b:
-            model = build_model(cfg.model, x0_a.shape[1:], seed=cfg.train_a.seed)
-            model.unet.load_state_dict(model_a.unet.state_dict())
-            tc = TrainConfig(steps=steps_b, batch_size=cfg.train_b.batch_size, seed=1, **RECIPES[name])
-            t = time.process_time()
-            train_denoiser(model, x0_b, tc, progress=False)
-            cpu = time.process_time() - t
-            q = quality(model, clf.model, held_b, ref_b, held_a, cfg.prepare.task_b, g, args.samples, args.ddim)
-            qa = quality(model, clf.model, held_a, ref_a, held_b, cfg.prepare.task_a, g, args.samples, args.ddim)
-            print(f"task B {steps_b:>5} steps, {cpu:.0f} cpu s: task-B share {q['share']:.2f} (floor {q['floor']:.2f}),"
-                  f" FD {q['fd']:.2f} (floor {q['fd_floor']:.2f}), learned {q['learned']}; task-A share left "
-                  f"{qa['share']:.2f}", flush=True)
-    step_times(cfg.model, x0_a, 3 if args.quick else 20)
+        print(f"\ntask B from model A ({name}, {steps} steps)")
+        for b_name in args.b_recipes or [name]:
+            for steps_b in args.task_b:
+                for seed in args.b_seeds:
+                    model = build_model(cfg.model, x0_a.shape[1:], seed=cfg.train_a.seed)
+                    model.unet.load_state_dict(model_a.unet.state_dict())
+                    tc = TrainConfig(steps=steps_b, batch_size=cfg.train_b.batch_size, seed=seed, **RECIPES[b_name])
+                    t = time.process_time()
+                    train_denoiser(model, x0_b, tc, progress=False)
+                    cpu = time.process_time() - t
+                    q = quality(model, clf.model, held_b, ref_b, held_a, cfg.prepare.task_b, g, args.samples,
+                                args.ddim)
+                    qa = quality(model, clf.model, held_a, ref_a, held_b, cfg.prepare.task_a, g, args.samples,
+                                 args.ddim)
+                    print(f"task B {b_name:<16}{steps_b:>5} steps seed {seed}, {cpu:.0f} cpu s: task-B share "
+                          f"{q['share']:.2f} (floor {q['floor']:.2f}, ratio {q['share'] / q['floor']:.2f}), FD "
+                          f"{q['fd']:.2f} (floor {q['fd_floor']:.2f}), learned {q['learned']}; task-A share left "
+                          f"{qa['share']:.2f}", flush=True)
+    if not args.no_levers:
+        step_times(cfg.model, x0_a, 3 if args.quick else 20)
 
 
 if __name__ == "__main__":

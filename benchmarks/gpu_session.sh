@@ -71,7 +71,7 @@ yaml.safe_dump(merged, open(f"{work}/params.yaml", "w"))' params.yaml "$profile"
   "$PY" -m stages.encode --params "$work/params.yaml" --images "$work/images.safetensors" \
     --out "$work/model_space.safetensors" &&
   { time "$PY" -m stages.train_a --params "$work/params.yaml" --x0 "$work/model_space.safetensors" \
-    --samples "$work/samples.parquet" --out "$work/task_a"; }
+    --samples "$work/samples.parquet" --out "$work/task_a" --out-curves "$work/curves"; }
   local rc=$?
   rm -rf "$work"
   return $rc

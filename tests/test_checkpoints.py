@@ -170,7 +170,8 @@ def test_kill_9_during_train_a_then_rerun_gives_the_same_model(tmp_path):
     images = tmp_path / "images.safetensors"
     prepare.main(["--params", str(path), "--out-images", str(images), "--out-samples", str(samples)])
     encode.main(["--params", str(path), "--images", str(images), "--out", str(x0)])
-    train = lambda out: _stage("train_a", path, "--x0", x0, "--samples", samples, "--out", out)  # noqa: E731
+    train = lambda out: _stage("train_a", path, "--x0", x0, "--samples", samples, "--out", out,  # noqa: E731
+                               "--out-curves", f"{out}-curves")
 
     subprocess.run(train(tmp_path / "reference"), cwd=tmp_path, env=env, check=True, capture_output=True, timeout=600)
     assert not list((tmp_path / "ckpt").glob("*.pt"))  # removed after success
@@ -192,4 +193,6 @@ def test_kill_9_during_train_a_then_rerun_gives_the_same_model(tmp_path):
     assert 0 < step < 100
     for name in ("unet/diffusion_pytorch_model.safetensors", "train_log.json"):
         assert (tmp_path / "model" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
+    for name in ("metrics.json", "plots/metrics/eval_task_a.tsv"):  # the curve points before the kill are kept
+        assert (tmp_path / "model-curves" / name).read_bytes() == (tmp_path / "reference-curves" / name).read_bytes()
     assert not list((tmp_path / "ckpt").iterdir())

@@ -87,7 +87,8 @@ def _prepared(tmp_path, processes: int):
     if not x0.exists():
         prepare.main(["--params", str(path), "--out-images", str(images), "--out-samples", str(samples)])
         encode.main(["--params", str(path), "--images", str(images), "--out", str(x0)])
-    return path, ["-m", "stages.train_a", "--params", str(path), "--x0", str(x0), "--samples", str(samples), "--out"]
+    return path, ["-m", "stages.train_a", "--params", str(path), "--x0", str(x0), "--samples", str(samples),
+                  "--out-curves", str(tmp_path / f"curves{processes}"), "--out"]
 
 
 @pytest.mark.slow
@@ -127,6 +128,11 @@ def test_two_processes_give_the_one_process_update_however_launched(tmp_path):
     assert log_two["losses"] == pytest.approx(log_one["losses"], rel=1e-5)
     for proc in (two, itself):
         assert proc.stdout.count("train_a: 2 steps") == 1  # one writer
+    # the training curves: measured in every process on the same weights, written once; close to one process's
+    curves_one = json.loads((tmp_path / "curves1" / "metrics.json").read_text())
+    curves_two = json.loads((tmp_path / "curves2" / "metrics.json").read_text())
+    assert curves_two["step"] == curves_one["step"] == 2
+    assert curves_two["eval_task_a"] == pytest.approx(curves_one["eval_task_a"], rel=1e-4)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".", "two", "itself"))) == ["itself",
                                                                                                       "two"]
     # the control: the DP run trained (most weights moved by far more than the two runs differ)

@@ -86,7 +86,8 @@ def test_the_whole_params_file_is_validated_up_front(tmp_path, stage, text, frag
         params = deep_merge(_tiny(), yaml.safe_load(text))
     except yaml.YAMLError:
         params = text
-    proc = stage("train_a", params, "--x0", tmp_path / "x0", "--samples", tmp_path / "s", "--out", out)
+    proc = stage("train_a", params, "--x0", tmp_path / "x0", "--samples", tmp_path / "s", "--out", out,
+                 "--out-curves", tmp_path / "curves")
     _assert_one_line_error(proc, *fragments)
     assert not out.exists()
 
@@ -120,13 +121,14 @@ def test_select_replay_bad_input(tmp_path, stage, select, fragments):
 def test_damaged_input_file_is_named(tmp_path, stage):
     x0 = tmp_path / "x0.safetensors"
     x0.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}")  # a truncated header
-    proc = stage("train_a", _tiny(), "--x0", x0, "--samples", tmp_path / "s", "--out", tmp_path / "out")
+    proc = stage("train_a", _tiny(), "--x0", x0, "--samples", tmp_path / "s", "--out", tmp_path / "out",
+                 "--out-curves", tmp_path / "curves")
     _assert_one_line_error(proc, "x0.safetensors", "not a readable safetensors file")
 
 
 def test_a_missing_path_argument_is_a_usage_error(tmp_path):
     proc = _subprocess(tmp_path, "train_a", _tiny(), "--x0", tmp_path / "x0")
-    assert proc.returncode == 2 and "the following arguments are required: --samples, --out" in proc.stderr
+    assert proc.returncode == 2 and "the following arguments are required: --samples, --out, --out-curves" in proc.stderr
     assert "usage: python -m stages.train_a " in proc.stderr and "__main__" not in proc.stderr
 
 

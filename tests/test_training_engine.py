@@ -218,7 +218,7 @@ def test_channels_last_param_reaches_the_training_run(tmp_path):
     encode.main(["--params", str(plain), "--images", str(images), "--out", str(x0)])
     for path in (plain, fast):
         train_a.main(["--params", str(path), "--x0", str(x0), "--samples", str(samples),
-                      "--out", str(tmp_path / path.stem)])
+                      "--out", str(tmp_path / path.stem), "--out-curves", str(tmp_path / f"{path.stem}-curves")])
     logs = [json.loads((tmp_path / name / "train_log.json").read_text()) for name in ("plain", "fast")]
     assert logs[1]["channels_last"] is True and "channels_last" not in logs[0]
     assert logs[0]["config"] == logs[1]["config"]  # TrainConfig holds the method's settings only

@@ -232,6 +232,21 @@ class ForgettingParams(Section):
         return _unique(v, "a timestep")
 
 
+class CurvesParams(Section):
+    """``curves``: the training curves of every training run (measures.curves): the denoising loss of a fixed,
+    seeded subset of each task's images at fixed noise on a timestep grid, every ``every`` steps."""
+
+    every: PosInt
+    samples: PosInt
+    timesteps: Annotated[list[Timestep], Field(min_length=1)]
+    seed: Annotated[int, Field(ge=0, lt=2**63)]
+
+    @field_validator("timesteps")
+    @classmethod
+    def _distinct(cls, v):
+        return _unique(v, "a timestep")
+
+
 class SelectParams(Section):
     """``select_replay``: the replay arms. An arm is a registered strategy (energy_high, energy_low, random,
     class_balanced, kcenter, soft, oracle, energy_high_per_class, ...) or ``<predictor>_high`` / ``_low`` /
@@ -445,6 +460,7 @@ class Config(Section):
     train_a: TrainAParams
     scores: ScoresParams
     train_b: TrainParams
+    curves: CurvesParams
     forgetting: ForgettingParams
     select_replay: SelectParams
     retrain: RetrainParams

@@ -90,9 +90,11 @@ def trainable_weights(model: DenoisingModel) -> dict[str, torch.Tensor]:
     return {name: p for name, p in model.unet.named_parameters() if p.requires_grad}
 
 
-def training_state(model, opt, gen, losses, step: int, device: torch.device, *, lr_schedule=None, ema=None) -> dict:
+def training_state(model, opt, gen, losses, step: int, device: torch.device, *, lr_schedule=None, ema=None,
+                   curves: list[dict] | None = None) -> dict:
     """Everything the loop's next step depends on: trainable weights, AdamW (and LR schedule, EMA) state, the
-    sampling generator and its device, the global (and CUDA) RNG, the losses so far and the step."""
+    sampling generator and its device, the global (and CUDA) RNG, the losses so far and the step; and the training
+    curves' points so far, when the run measures them."""
     state = {"step": step, "losses": list(losses), "generator": gen.get_state(), "generator_device": gen.device.type,
              "torch_rng": torch.get_rng_state(),
              "weights": {k: v.detach().cpu().clone() for k, v in trainable_weights(model).items()},
@@ -101,6 +103,8 @@ def training_state(model, opt, gen, losses, step: int, device: torch.device, *, 
         state["lr_schedule"] = lr_schedule.state_dict()
     if ema is not None:
         state["ema"] = ema.state_dict()
+    if curves is not None:
+        state["curves"] = [dict(p) for p in curves]
     if device.type == "cuda":
         state["cuda_rng"] = torch.cuda.get_rng_state(device)
     return state

@@ -178,19 +178,36 @@ class _Batches:
 
 
 def _resume(checkpoint: Checkpoint | None, model, opt, gen, device, lr_schedule, ema, accelerator, desc: str,
-            steps: int) -> tuple[int, list[float]]:
-    """(first step, losses so far): restored from ``checkpoint`` when it exists and drew its batches on the
-    device ``gen`` draws on; else (0, [])."""
+            steps: int) -> tuple[int, list[float], list[dict]]:
+    """(first step, losses so far, curve points so far): restored from ``checkpoint`` when it exists and drew its
+    batches on the device ``gen`` draws on; else (0, [], [])."""
     state = checkpoint.load() if checkpoint is not None else None
     if state is not None and state.get("generator_device", "cpu") != gen.device.type:
         print(f"checkpoint {checkpoint.path} drew its batches on another device; starting from step 0")
         state = None
     if state is None:
-        return 0, []
+        return 0, [], []
     start, done = restore_training_state(state, model, opt, gen, device, lr_schedule=lr_schedule, ema=ema)
     if accelerator.is_main_process:
         print(f"{desc}: resumed from step {start} of {steps} ({checkpoint.path})")
-    return start, done
+    return start, done, [dict(p) for p in state.get("curves", [])]
+
+
+def _curve_point(curves, step: int, model, params, ema, losses) -> None:
+    """One curve point at ``step``, on the weights the run would save now (the EMA's, swapped in and back: the
+    training weights are restored exactly); the training loss is the mean since the previous point."""
+    values = losses.read()
+    previous = curves.points[-1]["step"] if curves.points else 0
+    since = values[previous:step]
+    if ema is not None:
+        ema.store(params)
+        ema.copy_to(params)
+    try:
+        curves.measure(step, model, sum(since) / len(since) if since else None)
+    finally:
+        if ema is not None:
+            ema.restore(params)
+        model.train()
 
 
 def _backward(predict, model, accelerator, x_t, t, noise, y, *, first: int, micro: int, accumulation: int,
@@ -228,6 +245,7 @@ def train_denoiser(
     log_every: int = 50,
     compile_unet: bool = False,
     channels_last: bool = False,
+    curves=None,
 ) -> list[float]:
     """AdamW on the epsilon loss. With a replay buffer, each batch holds round(replay_fraction * batch_size)
     buffer samples and the rest from ``x0``; the sampling stream is seeded so arms differ only in the buffer.
@@ -237,6 +255,8 @@ def train_denoiser(
     run the noise prediction through ``torch.compile``; ``channels_last``: UNet weights and inputs in channels-last
     memory format during training (both off by default; they change the arithmetic, not the method). Under
     ``accelerate launch`` the model trains on the process's device (``accelerator.device``), data parallel.
+    ``curves`` (``measures.curves.TrainingCurves``): its points are measured at the steps it says are due (at step
+    0 too), on the weights the run would save (the EMA's when kept), without touching the training's state.
     Returns the per-step losses (of the whole batch, averaged over processes).
     """
     if x0.shape[0] == 0:
@@ -263,11 +283,16 @@ def train_denoiser(
         model.unet = accelerator.prepare_model(unet)  # DDP: gradients averaged over processes in backward
     predict = torch.compile(model.predict_noise) if compile_unet else model.predict_noise
     batches = _Batches(model, x0, labels, replay_x0, replay_labels, config, gen, device, channels_last)
-    start, done = _resume(checkpoint, model, opt, gen, device, lr_schedule, ema, accelerator, desc, config.steps)
+    start, done, points = _resume(checkpoint, model, opt, gen, device, lr_schedule, ema, accelerator, desc,
+                                  config.steps)
     bar = tqdm(range(start, config.steps), desc=desc, disable=not (progress and accelerator.is_main_process),
                mininterval=2.0, smoothing=1.0, initial=start, total=config.steps)
     losses = _Losses(done, log_every, bar, reduce=(lambda v: accelerator.reduce(v, "mean")) if processes > 1 else None)
     first = rank * micro * config.grad_accumulation  # this process's share of the batch starts here
+    if curves is not None:
+        curves.points = points
+        if start == 0:
+            _curve_point(curves, 0, model, params, ema, losses)
     # Train: for each step, batch -> loss and backward -> clip -> step -> EMA -> log -> checkpoint.
     try:
         for step in bar:
@@ -282,9 +307,11 @@ def train_denoiser(
             if ema is not None:
                 ema.step(params)
             losses.add(step_loss)
+            if curves is not None and curves.due(step + 1, config.steps):
+                _curve_point(curves, step + 1, model, params, ema, losses)
             if checkpoint is not None and step + 1 < config.steps and _save_now(accelerator, checkpoint, step + 1):
                 state = training_state(model, opt, gen, losses.read(), step + 1, device, lr_schedule=lr_schedule,
-                                       ema=ema)
+                                       ema=ema, curves=curves.points if curves is not None else None)
                 if accelerator.is_main_process:
                     checkpoint.save(state)
     finally:
@@ -313,11 +340,12 @@ def train_and_save(model: DenoisingModel, x0: torch.Tensor, labels: torch.Tensor
                    device: torch.device, out: str | Path, *, desc: str, replay_x0: torch.Tensor | None = None,
                    replay_labels: torch.Tensor | None = None, extra: dict | None = None,
                    checkpoints: CheckpointPolicy | None = None, compile_unet: bool = False,
-                   channels_last: bool = False) -> list[float]:
+                   channels_last: bool = False, curves=None, curves_out: str | Path | None = None) -> list[float]:
     """Train (``train_denoiser``), then write the model (``save_pretrained``: the EMA weights when ``ema_decay`` is
     set) and ``train_log.json`` (config, device, losses, ``extra``) to the folder ``out``, atomically; under data
     parallel only the main process writes. With ``checkpoints``, the run saves and resumes its checkpoint, and
-    removes it once the model is written. Returns the per-step losses."""
+    removes it once the model is written. With ``curves`` (``measures.curves.TrainingCurves``) and ``curves_out``,
+    the training curves go to that folder (dvclive), atomically with the model. Returns the per-step losses."""
     from ..io.tables import atomic_path
 
     procs = _accelerator().state
@@ -328,15 +356,20 @@ def train_and_save(model: DenoisingModel, x0: torch.Tensor, labels: torch.Tensor
         weights = sorted(trainable_weights(model).items())
         speed_key = [speed] if any(speed.values()) else []
         parallel_key = [{"processes": processes}] if processes > 1 else []
+        curves_key = [curves.key()] if curves is not None else []
         key = run_key(asdict(config), str(device), model.family, x0, labels, replay_x0, replay_labels,
-                      [name for name, _ in weights], *(w for _, w in weights), *speed_key, *parallel_key)
+                      [name for name, _ in weights], *(w for _, w in weights), *speed_key, *parallel_key,
+                      *curves_key)
         checkpoint = Checkpoint(checkpoints, desc, key)
     losses = train_denoiser(model, x0, config, labels=labels, replay_x0=replay_x0, replay_labels=replay_labels,
                             device=device, desc=desc, checkpoint=checkpoint, compile_unet=compile_unet,
-                            channels_last=channels_last)
+                            channels_last=channels_last, curves=curves)
     final = sum(losses[-50:]) / len(losses[-50:])
     if procs.is_main_process:
-        with atomic_path(out, is_dir=True) as tmp:
+        with atomic_path(out, is_dir=True) as tmp, \
+                (atomic_path(curves_out, is_dir=True) if curves_out else contextlib.nullcontext()) as curves_tmp:
+            if curves_out:
+                curves.write(curves_tmp)
             model.save_pretrained(tmp)
             log = {"config": asdict(config), "device": str(model.device), "n_train": int(x0.shape[0]),
                    "final_loss": final, "losses": losses, **({"processes": processes} if processes > 1 else {}),

@@ -1,0 +1,153 @@
+"""Training curves (measures.curves): measuring them changes no trained weight, a point is the fixed-noise
+denoising loss of the weights the run would save (checked in fp64), a resumed run keeps its points, and the dvclive
+folder they are written to reads back the same values and the same bytes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from hopfield_replay.measures.curves import TrainingCurves, eval_subset, training_curves
+from hopfield_replay.measures.noise import fixed_noise
+from hopfield_replay.models import CheckpointPolicy, PixelDDPM, TrainConfig, train_denoiser
+from hopfield_replay.models.training import Checkpoint
+from tests.test_diffusion import TINY, _weights
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CONFIG = TrainConfig(steps=10, batch_size=8, seed=3, lr=1e-3, ema_decay=0.9, replay_fraction=0.0)
+T = [100, 600]
+
+
+def _data(n=30, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 5, (n,), generator=g)
+
+
+def _model():
+    torch.manual_seed(0)
+    return PixelDDPM.from_config(TINY)
+
+
+def _curves(x, y, every=4):
+    ids = np.arange(100, 100 + len(x))
+    return TrainingCurves([eval_subset("a", x, ids, y, 12, seed=5), eval_subset("b", -x, ids, y, 40, seed=5)],
+                          every=every, timesteps=T, seed=7)
+
+
+def _loss64(model, s, timesteps, seed):
+    """Independent fp64 reference: the UNet in double, the noise drawn per (sample, t), the mean over both."""
+    unet = model.unet.double().eval()
+    alphas = model.scheduler.alphas_cumprod.double()
+    total = []
+    with torch.no_grad():
+        for t in timesteps:
+            eps = fixed_noise(s.sample_ids, t, tuple(s.x0.shape[1:]), seed).double()
+            a = alphas[t]
+            x_t = a.sqrt() * s.x0.double() + (1 - a).sqrt() * eps
+            pred = model.predict_noise(x_t, torch.full((len(x_t),), t), s.labels)
+            total.append(((pred - eps) ** 2).mean(dim=(1, 2, 3)))
+    model.unet.float()
+    return torch.stack(total).mean().item()
+
+
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_measuring_curves_changes_no_weight_and_no_loss(ema):
+    x, y = _data()
+    config = replace(CONFIG, ema_decay=ema)
+    plain = _model()
+    plain_losses = train_denoiser(plain, x, config, labels=y, progress=False)
+    measured = _model()
+    curves = _curves(x, y)
+    losses = train_denoiser(measured, x, config, labels=y, progress=False, curves=curves)
+    assert losses == plain_losses
+    assert torch.equal(_weights(measured), _weights(plain))
+    assert [p["step"] for p in curves.points] == [0, 4, 8, 10]
+    assert curves.points[0]["train_loss"] is None
+    assert curves.points[1]["train_loss"] == pytest.approx(np.mean(losses[0:4]), rel=1e-12)
+    assert curves.points[3]["train_loss"] == pytest.approx(np.mean(losses[8:10]), rel=1e-12)
+
+
+def test_a_point_is_the_fp64_denoising_loss_of_the_saved_weights():
+    x, y = _data()
+    model = _model()
+    curves = _curves(x, y)
+    train_denoiser(model, x, CONFIG, labels=y, progress=False, curves=curves)  # the EMA weights end in the model
+    last = curves.points[-1]
+    assert len(curves.sets[0].x0) == 12 and len(curves.sets[1].x0) == 30  # a subset, and all when fewer
+    for s in curves.sets:
+        assert last[f"eval_{s.name}"] == pytest.approx(_loss64(model, s, T, seed=7), rel=1e-5)
+    assert last["eval_a"] != pytest.approx(curves.points[0]["eval_a"], rel=1e-3)  # the curve moved with training
+    first = _model()
+    for s in curves.sets:  # step 0: the initial weights (the EMA starts from them)
+        assert curves.points[0][f"eval_{s.name}"] == pytest.approx(_loss64(first, s, T, seed=7), rel=1e-5)
+
+
+def test_a_resumed_run_keeps_its_points(tmp_path):
+    x, y = _data()
+    reference = _curves(x, y)
+    train_denoiser(_model(), x, CONFIG, labels=y, progress=False, curves=reference)
+    policy = CheckpointPolicy(tmp_path, every_minutes=60, every_steps=6)
+
+    class Stop(Checkpoint):
+        def save(self, state):
+            super().save(state)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_denoiser(_model(), x, CONFIG, labels=y, progress=False, curves=_curves(x, y),
+                       checkpoint=Stop(policy, "run", "k"))
+    resumed = _curves(x, y)
+    train_denoiser(_model(), x, CONFIG, labels=y, progress=False, curves=resumed, checkpoint=Checkpoint(policy, "run", "k"))
+    assert resumed.points == reference.points
+
+
+def test_the_dvclive_folder_holds_every_point_and_the_same_bytes_twice(tmp_path):
+    x, y = _data()
+    curves = _curves(x, y)
+    train_denoiser(_model(), x, CONFIG, labels=y, progress=False, curves=curves)
+    curves.write(tmp_path / "one")
+    curves.write(tmp_path / "two")
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert [str(f) for f in files] == ["metrics.json", "plots/metrics/eval_a.tsv", "plots/metrics/eval_b.tsv",
+                                       "plots/metrics/train_loss.tsv"]
+    for f in files:
+        assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes()
+    rows = [line.split("\t") for line in (tmp_path / "one/plots/metrics/eval_a.tsv").read_text().split("\n")[1:]
+            if line]
+    assert [int(r[0]) for r in rows] == [p["step"] for p in curves.points]
+    assert [float(r[1]) for r in rows] == [p["eval_a"] for p in curves.points]
+    summary = json.loads((tmp_path / "one/metrics.json").read_text())
+    assert summary["step"] == 10 and summary["eval_b"] == curves.points[-1]["eval_b"]
+
+
+def test_training_curves_from_params_and_bad_settings():
+    x, y = _data()
+    params = type("P", (), {"every": 3, "samples": 5, "timesteps": [10], "seed": 1})
+    curves = training_curves(params, {"task_a": (x, np.arange(30), y)})
+    assert curves.every == 3 and [s.name for s in curves.sets] == ["task_a"] and len(curves.sets[0].x0) == 5
+    again = training_curves(params, {"task_a": (x, np.arange(30), y)})
+    assert np.array_equal(curves.sets[0].sample_ids, again.sets[0].sample_ids)  # seeded
+    with pytest.raises(ValueError, match="every"):
+        TrainingCurves(curves.sets, every=0, timesteps=[10], seed=0)
+    with pytest.raises(ValueError, match="distinct"):
+        TrainingCurves(curves.sets * 2, every=1, timesteps=[10], seed=0)
+
+
+def test_without_dvclive_the_same_bytes_are_written(tmp_path):
+    """The lent GPU machine has no DVC (dvclive needs it): the fallback writes what dvclive writes, byte for byte."""
+    from hopfield_replay.measures.curves import write_dvclive_layout
+
+    x, y = _data()
+    curves = _curves(x, y)
+    train_denoiser(_model(), x, CONFIG, labels=y, progress=False, curves=curves)
+    curves.write(tmp_path / "dvclive")
+    write_dvclive_layout(curves.points, tmp_path / "ours")
+    theirs = sorted(p.relative_to(tmp_path / "dvclive") for p in (tmp_path / "dvclive").rglob("*") if p.is_file())
+    ours = sorted(p.relative_to(tmp_path / "ours") for p in (tmp_path / "ours").rglob("*") if p.is_file())
+    assert ours == theirs
+    for f in theirs:
+        assert (tmp_path / "ours" / f).read_bytes() == (tmp_path / "dvclive" / f).read_bytes(), f
