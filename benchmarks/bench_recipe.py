@@ -38,6 +38,7 @@ RECIPES = {  # name: the TrainConfig fields that differ from the plain loop
     "cosine-1e-3-ema": dict(lr=1e-3, lr_schedule="cosine", lr_warmup_steps=100, ema_decay=0.999),
     "cosine-2e-3-ema": dict(lr=2e-3, lr_schedule="cosine", lr_warmup_steps=100, ema_decay=0.999),
     "warmup-1e-3-ema": dict(lr=1e-3, lr_schedule="constant_with_warmup", lr_warmup_steps=100, ema_decay=0.999),
+    "warmup-2e-3-ema": dict(lr=2e-3, lr_schedule="constant_with_warmup", lr_warmup_steps=100, ema_decay=0.999),
 }
 
 

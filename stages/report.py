@@ -18,7 +18,8 @@ from hopfield_replay.analysis.report import (markdown_report, plot_arms_by_decil
                                     plot_score_vs_forgetting, check_lines, verdict_lines)
 from hopfield_replay.analysis.generation import (arm_effects, claim2_generation, grid_rows, learned_summary,
                                                  plot_sample_grids, report_parts)
-from hopfield_replay.analysis.convergence import control_by_t, control_lines, regime_lines
+from hopfield_replay.analysis.convergence import (control_by_t, control_lines, curve_lines, last_fifth_change,
+                                                  plot_training_curves, read_curves, regime_lines)
 from hopfield_replay.analysis.forecasting import evaluate_forecasts, forecast_lines, plot_forecasts
 from hopfield_replay.measures.regime import regime_by_t
 from hopfield_replay.io.tables import (atomic_path, check_output, load_task, load_tensors, read_meta, read_table,
@@ -27,7 +28,7 @@ from stages.runner import stage
 
 
 @stage("images", "samples", "scores", "forgetting", "replay", "generation", "grids", "control", "regime", "forecast",
-       "metrics-dir", "out-dir", figures=True)
+       "curves", "metrics-dir", "out-dir", figures=True)
 def main(cfg, args):
     p, energy = cfg.report, cfg.select_replay.score
     check_output(args.out_dir, is_dir=True)
@@ -45,6 +46,10 @@ def main(cfg, args):
                                                                            "error"])),
                            forgetting, n_boot=p.bootstrap, seed=p.seed, level=p.level)
     regime = read_table(args.regime, columns=["sample_id", "t", "model_error", "empirical_error", "distance"])
+    training_curves = read_curves(args.curves)
+    curve_summary = [dict(zip(("model", "metric", "first", "last", "last_fifth_change"),
+                              (m, k, *last_fifth_change(training_curves, m, k))))
+                     for (m, k), _ in training_curves.groupby(["model", "metric"]) if k != "train_loss"]
     controls = [*control_lines(control, cfg.train_b.steps, cfg.seeds[0], p.level), "", *regime_lines(regime)]
     effects = arm_effects(generation, p.level)
     ev = run_protocol(scores, forgetting, replay, seeds=cfg.seeds, energy=energy, nuisance=p.nuisance,
@@ -89,9 +94,11 @@ def main(cfg, args):
                                           low_energy=order[low].to_numpy()),
             "samples": plot_sample_grids(grids, grid_rows(generation), plots / "samples.png"),
             "forecasts": plot_forecasts(forecasts, plots / "forecasts.png", energy),
+            "training_curves": plot_training_curves(training_curves, plots / "training_curves.png"),
         }
         forecasts.to_csv(plots / "forecasts.csv", index=False)
         figures = {k: str(v.relative_to(out)) for k, v in figures.items()}
+        controls = [*curve_lines(training_curves, figures["training_curves"]), "", *controls]
         (out / "report.md").write_text(markdown_report(ev, figures, run,
                                                        report_parts(generation, effects, figures["samples"]),
                                                        controls, forecast_lines(forecasts, energy,
@@ -101,7 +108,7 @@ def main(cfg, args):
                     "generation": {"models": generation.to_dict("records"), "effects": effects.to_dict("records"),
                                    "learned": summary, "claim2": claim},
                     "forecasts": forecasts.astype(object).where(forecasts.notna(), None).to_dict("records"),
-                    "controls": {"continued_training": control.to_dict("records"),
+                    "controls": {"training_curves": curve_summary, "continued_training": control.to_dict("records"),
                                  "regime": regime_by_t(regime).to_dict("records")}}, args.metrics_dir / "details.json")
         write_json({**ev.headline(), "generation": {"claim2": claim["verdict"] if claim else None,
                                                     "models_learned": f"{summary['learned']}/{summary['models']}"}},

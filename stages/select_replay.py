@@ -4,7 +4,10 @@ An arm is a registered strategy (energy_high and energy_low rank by select_repla
 proportion to softmax(z-scored score / temperature); random, class_balanced, kcenter, herding; oracle ranks by
 the forgetting measured without replay for that seed: a ceiling that uses task-B information; energy_high_per_class
 and oracle_per_class rank the same way inside each class, with class_balanced's class shares) or
-``<predictor>_high`` / ``_low`` / ``_high_per_class`` / ``_low_per_class`` for any column of the scores table.
+``<predictor>_high`` / ``_low`` / ``_high_per_class`` / ``_low_per_class`` for any column of the scores table or
+of the forecast table (forecasts made before fine-tuning: ``probe_<steps>_high`` is maximally interfered retrieval,
+MIR: replay the samples whose loss a short probe fine-tune on task B raises most; ``grad_dot_high``, the samples
+whose gradient conflicts most with task B's).
 Writes one file per buffer, ``<out-dir>/seed<s>/<arm>-<budget>.parquet``, whose bytes depend only on that buffer,
 so adding an arm, budget or seed retrains only the new arms; and the selection table of all buffers.
 """
@@ -23,17 +26,25 @@ from hopfield_replay.io.tables import atomic_path, check_output, load_task, prov
 from stages.runner import stage
 
 
-@stage("scores", "forgetting", "x0", "samples", "out", "out-dir")
+@stage("scores", "forecast", "forgetting", "x0", "samples", "out", "out-dir")
 def main(cfg, args):
     p = cfg.select_replay
     check_output(args.out)
     check_output(args.out_dir, is_dir=True)
     scores = read_table(args.scores, columns=["sample_id", "label"]).sort_values("sample_id", ignore_index=True)
+    forecast = read_table(args.forecast, columns=["sample_id"]).drop(columns="label", errors="ignore")
+    if sorted(forecast["sample_id"]) != scores["sample_id"].tolist():
+        raise UserError(f"{args.forecast}: does not forecast the task-A samples of {args.scores}; rerun forecast")
+    shared = sorted(set(forecast.columns) & set(scores.columns) - {"sample_id"})
+    if shared:
+        raise UserError(f"{args.forecast}: columns {shared} are also columns of {args.scores}; rerun forecast")
+    scores = scores.merge(forecast, on="sample_id", how="left", validate="one_to_one")
     arms = {arm: parse_arm(arm, p.score) for arm in p.arms}
     for arm, (_, column) in arms.items():
         if column != "oracle" and column not in scores.columns:
+            choices = [c for c in scores.columns if c not in ("sample_id", "task", "label", "beta")]
             raise UserError(f"select_replay.arms: arm {arm!r} ranks by {column!r}, which is not a column of "
-                            f"{args.scores}; use one of {', '.join(c for c in scores.columns[3:] if c != 'beta')}")
+                            f"{args.scores} or {args.forecast}; use one of {', '.join(choices)}")
     if max(p.budgets) > len(scores):
         raise UserError(f"select_replay.budgets: {max(p.budgets)} exceeds the {len(scores)} task-A samples of "
                         f"{args.scores}; use budgets of at most {len(scores)}")

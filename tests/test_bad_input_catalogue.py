@@ -62,7 +62,9 @@ def built(tmp_path_factory) -> Path:
                      "seed": 1}),
         ("forgetting", {"x0": x0, "samples": samples, "scores": root / "scores.parquet", "models-dir": root / "task_b",
                         "out": root / "forgetting.parquet"}),
-        ("select_replay", {"scores": root / "scores.parquet", "forgetting": root / "forgetting.parquet", "x0": x0,
+        ("forecast", {"x0": x0, "samples": samples, "model": root / "task_a", "out": root / "forecast.parquet"}),
+        ("select_replay", {"scores": root / "scores.parquet", "forecast": root / "forecast.parquet",
+                           "forgetting": root / "forgetting.parquet", "x0": x0,
                            "samples": samples, "out": root / "selection.parquet", "out-dir": root / "selection"}),
     ]
     for name, args in steps:
@@ -91,7 +93,8 @@ def default_args(stage: str, built: Path, out: Path) -> dict:
                     "out-curves": out / "curves_b"},
         "forgetting": {**common, "scores": built / "scores.parquet", "models-dir": built / "task_b",
                        "out": out / "forgetting.parquet"},
-        "select_replay": {**common, "scores": built / "scores.parquet", "forgetting": built / "forgetting.parquet",
+        "select_replay": {**common, "scores": built / "scores.parquet", "forecast": built / "forecast.parquet",
+                          "forgetting": built / "forgetting.parquet",
                           "out": out / "selection.parquet", "out-dir": out / "selection"},
         "retrain": {**common, "model": built / "task_a", "selection": built / "selection" / "seed1" /
                     "energy_high-10.parquet", "out": out / "retrain" / "seed1" / "energy_high-10",
@@ -512,6 +515,12 @@ CASES = [
          lambda w: {"params": w.params(select_replay={"arms": ["knn99_dist_high"]})},
          ("select_replay.arms: arm 'knn99_dist_high' ranks by 'knn99_dist', which is not a column of",
           "use one of energy_a")),
+    Case("selection-forecast-of-other-samples", "select_replay",
+         lambda w: {"forecast": w.table("forecast.parquet", pd.read_parquet(w.built / "forecast.parquet").iloc[1:])},
+         ("does not forecast the task-A samples of", "rerun forecast")),
+    Case("selection-forecast-column-clash", "select_replay",
+         lambda w: {"forecast": w.table("forecast.parquet", pd.read_parquet(w.built / "forecast.parquet").assign(energy_a=1.0))},
+         ("columns ['energy_a'] are also columns of", "rerun forecast")),
     Case("selection-budget-above-samples", "select_replay",
          lambda w: {"params": w.params(select_replay={"budgets": [10, 500]})},
          ("select_replay.budgets: 500 exceeds the 200 task-A samples", "use budgets of at most 200")),

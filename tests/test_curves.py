@@ -151,3 +151,47 @@ def test_without_dvclive_the_same_bytes_are_written(tmp_path):
     assert ours == theirs
     for f in theirs:
         assert (tmp_path / "ours" / f).read_bytes() == (tmp_path / "dvclive" / f).read_bytes(), f
+
+
+def _written(tmp_path):
+    from hopfield_replay.measures.curves import write_dvclive_layout
+
+    a = [{"step": s, "train_loss": None if s == 0 else 1.0 / s, "eval_task_a": 1.0 - s / 200} for s in range(0, 101, 10)]
+    write_dvclive_layout(a, tmp_path / "task_a")
+    for seed, k in ((1, 1.0), (2, 2.0)):
+        b = [{"step": s, "train_loss": None, "eval_task_b": 0.5 - s / 1000, "eval_task_a": 0.1 + k * s / 1000}
+             for s in range(0, 51, 5)]
+        write_dvclive_layout(b, tmp_path / "task_b" / f"seed{seed}")
+    return tmp_path
+
+
+def test_the_report_reads_every_runs_curves_and_says_where_they_went(tmp_path):
+    from hopfield_replay.analysis.convergence import curve_lines, last_fifth_change, plot_training_curves, read_curves
+
+    curves = read_curves(_written(tmp_path))
+    assert set(curves.model) == {"task_a", "task_b/seed1", "task_b/seed2"}
+    assert len(curves[(curves.model == "task_a") & (curves.metric == "train_loss")]) == 10  # no value at step 0
+    first, last, change = last_fifth_change(curves, "task_a", "eval_task_a")
+    assert (first, last) == (1.0, 0.5) and change == pytest.approx((0.5 - 0.6) / 0.6)  # from step 80 to 100
+    _, last_b, change_b = last_fifth_change(curves, "task_b/seed2", "eval_task_a")
+    assert last_b == pytest.approx(0.2) and change_b == pytest.approx((0.2 - 0.18) / 0.18)
+    text = "\n".join(curve_lines(curves, "plots/training_curves.png"))
+    assert "1.0000 at step 0, 0.5000 at the end; -16.7% over its last fifth" in text
+    assert "(2 seeds)" in text and "task-A loss 0.1000 at step 0, 0.1500 to 0.2000 at the end" in text
+    png = plot_training_curves(curves, tmp_path / "curves.png")
+    assert png.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("damage", [b"step\tother\n0\t1.0\n", b"step\teval_task_a\n0\tnan\n", b"\xff\xfe",
+                                    b"step\teval_task_a\n0\n", b""])
+def test_a_damaged_curve_file_is_named(tmp_path, damage):
+    from hopfield_replay.analysis.convergence import read_curves
+    from hopfield_replay.errors import UserError
+
+    folder = _written(tmp_path)
+    bad = folder / "task_a" / "plots" / "metrics" / "eval_task_a.tsv"
+    bad.write_bytes(damage)
+    with pytest.raises(UserError, match="eval_task_a.tsv: not a training curve"):
+        read_curves(folder)
+    with pytest.raises(UserError, match="holds no training curves"):
+        read_curves(tmp_path / "nowhere")

@@ -121,6 +121,21 @@ def test_dvc_repro_writes_every_table(tiny_project, tiny_params):
     assert {r["predictor"] for r in details["forecasts"]} == {*forecast.columns[2:], "energy_a"}
     assert {r["measure"] for r in details["controls"]["continued_training"]} == {"absolute", "relative"}
     assert all(r["cost"] is not None for r in details["forecasts"] if r["forecast"])
+    # every training run's curves (dvclive), and the report's curves section and figure
+    curves = tiny_project / "data" / "curves"
+    runs = ["task_a", "control_a", *(f"task_b/seed{s}" for s in seeds),
+            *(f"retrain/seed{s}/{a}-{b}" for s in seeds for a in sel["arms"] for b in sel["budgets"])]
+    every, steps_b = tiny_params["curves"]["every"], tiny_params["train_b"]["steps"]
+    for name in runs:
+        summary = json.loads((curves / name / "metrics.json").read_text())
+        tasks = ["task_a"] if name in ("task_a", "control_a") else ["task_a", "task_b"]
+        assert set(summary) == {"step", "train_loss", *(f"eval_{t}" for t in tasks)}, name
+    b_curve = (curves / f"task_b/seed{seeds[0]}/plots/metrics/eval_task_a.tsv").read_text().split("\n")
+    assert [int(line.split("\t")[0]) for line in b_curve[1:] if line] == sorted({*range(0, steps_b + 1, every), steps_b})
+    assert {(r["model"], r["metric"]) for r in details["controls"]["training_curves"]} >= {
+        ("task_a", "eval_task_a"), (f"task_b/seed{seeds[0]}", "eval_task_a")}
+    assert "## Has model A converged?" in report and "- Model A: task-A loss" in report
+    assert (tiny_project / "data" / "report" / "plots" / "training_curves.png").stat().st_size > 5000
 
 
 def test_repro_is_up_to_date_after_a_run(tiny_project):
@@ -133,6 +148,7 @@ def test_repro_is_up_to_date_after_a_run(tiny_project):
 def test_dvc_commands_work(tiny_project):
     plots = run(["dvc", "plots", "show", "--json"], tiny_project)
     assert "predictors.png" in plots.stdout
+    assert "data/curves/task_a/plots/metrics/eval_task_a.tsv" in plots.stdout  # the training curves, per run
     assert list((tiny_project / "dvc_plots").glob("*predictors.png"))  # the images the JSON points to
     metrics = run(["dvc", "metrics", "show"], tiny_project)
     assert "claim1.verdict" in metrics.stdout and max(map(len, metrics.stdout.splitlines())) < 250  # one short row

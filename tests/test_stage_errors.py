@@ -96,10 +96,13 @@ def _select(tmp_path, stage, select: dict, n: int = 20):
     scores = tmp_path / "scores.parquet"
     pd.DataFrame({"sample_id": range(n), "task": "A", "label": [i % 5 for i in range(n)],
                   "energy_a": [float(i % 7) for i in range(n)], "beta": 1.0}).to_parquet(scores)
+    forecast = tmp_path / "forecast.parquet"
+    pd.DataFrame({"sample_id": range(n), "label": [i % 5 for i in range(n)],
+                  "grad_dot": [float(-i) for i in range(n)]}).to_parquet(forecast)
     params = _tiny()
     params["select_replay"] = {**params["select_replay"], **select}
     out = tmp_path / "sel"
-    proc = stage("select_replay", params, "--scores", scores, "--forgetting", tmp_path / "f.parquet",
+    proc = stage("select_replay", params, "--scores", scores, "--forecast", forecast, "--forgetting", tmp_path / "f.parquet",
                   "--x0", tmp_path / "x0", "--samples", tmp_path / "s", "--out", out / "s.parquet",
                   "--out-dir", out / "arms")
     return proc, out
@@ -277,3 +280,17 @@ def test_paths_the_file_system_refuses_are_one_line_and_leave_nothing(tmp_path, 
     proc = stage("prepare", _tiny(), "--out-images", out / "i.safetensors", *args)
     _assert_one_line_error(proc, "s.parquet: No space left on device", "free disk space")
     assert not out.exists() or not any(out.iterdir())  # the two outputs are written together or not at all
+
+
+def test_a_forecast_column_ranks_a_buffer(tmp_path, stage):
+    """``<forecast column>_high`` (here grad_dot, decreasing with sample_id) replays the top of the forecast table."""
+    n = 20
+    forgetting = tmp_path / "f.parquet"
+    pd.DataFrame({"sample_id": list(range(n)) * 4, "seed": [1] * 2 * n + [2] * 2 * n,
+                  "t": ([100] * n + [500] * n) * 2, "error_a": 1.0, "error": 2.0}).to_parquet(forgetting)
+    proc, out = _select(tmp_path, stage, {"arms": ["grad_dot_high", "grad_dot_low"], "budgets": [5]})
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_parquet(out / "s.parquet")
+    high = table[(table.strategy == "grad_dot_high") & (table.seed == 1)]
+    low = table[(table.strategy == "grad_dot_low") & (table.seed == 1)]
+    assert sorted(high.sample_id) == [0, 1, 2, 3, 4] and sorted(low.sample_id) == [15, 16, 17, 18, 19]

@@ -92,8 +92,9 @@ def plot_forecasts(table: pd.DataFrame, path, reference: str):
         err = np.vstack([part.spearman - part.spearman_lo, part.spearman_hi - part.spearman])
         x = part.train_b_ratio.clip(lower=1e-3)
         ax.errorbar(x, part.spearman, yerr=err, fmt="o", capsize=3)
-        for xi, r in zip(x, part.itertuples()):
-            ax.annotate(r.predictor, (xi, r.spearman), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for i, (xi, r) in enumerate(zip(x, part.itertuples())):  # alternate sides: equal-cost points (grad_dot,
+            ax.annotate(r.predictor, (xi, r.spearman), textcoords="offset points",  # grad_cos) keep readable labels
+                        xytext=(4, 4) if i % 2 == 0 else (4, -10), fontsize=7)
         ax.axhline(ref.ceiling, color="k", lw=1, label=f"seed ceiling {ref.ceiling:.2f}")
         ax.axhline(ref.spearman, color="grey", lw=1, ls="--", label=f"{reference} {ref.spearman:+.2f}")
         ax.axhline(0, color="grey", lw=0.5)
