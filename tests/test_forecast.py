@@ -105,9 +105,21 @@ def test_the_command_line_forecasts_from_a_saved_model_and_two_folders(setup, tm
     table = pd.read_parquet(tmp_path / "f.parquet")
     assert list(table.columns) == ["sample_id", "label", "proximity_b", "grad_dot", "grad_cos", "probe_2"]
     assert len(table) == 12 and table["sample_id"].tolist() == list(range(12)) and sorted(set(table.label)) == [0, 1]
-    bad = subprocess.run(list(map(str, cmd[:-6] + ["--probe-steps", "0"])), cwd=ROOT, capture_output=True, text=True,
-                         timeout=600)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--probe-steps" in bad.stderr
+    written = (tmp_path / "f.parquet").read_bytes()
+    for extra, fragment in (["--probe-steps", "0"], "--probe-steps"), (["--buffer", "13"], "hold 12 samples"), \
+            (["--buffer", "2", "--rank-by", "energy"], "not a forecast of this run"):
+        bad = subprocess.run(list(map(str, cmd[:-6] + extra)), cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and fragment in bad.stderr, bad.stderr
+    assert (tmp_path / "f.parquet").read_bytes() == written  # a refused run replaces nothing
+    # a suggested buffer: the K highest of the longest probe (MIR)
+    buffered = [*cmd, "--buffer", "5"]
+    buffered[buffered.index("--out") + 1] = tmp_path / "f2.parquet"
+    proc = subprocess.run(list(map(str, buffered)), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    with_buffer = pd.read_parquet(tmp_path / "f2.parquet")
+    top = set(with_buffer.sort_values("probe_2", ascending=False, kind="stable").sample_id[:5])
+    assert set(with_buffer.loc[with_buffer.suggested, "sample_id"]) == top and with_buffer.suggested.sum() == 5
+    assert with_buffer.drop(columns="suggested").equals(table)  # the same forecasts, seeded
 
 
 def test_the_cost_of_a_forecast_is_counted_in_image_passes():

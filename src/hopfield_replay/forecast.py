@@ -16,7 +16,8 @@ The per-sample gradients are exact (one backward per old sample, nothing stored 
     python -m hopfield_replay.forecast --model DIR --old DATA --new DATA --out forecast.parquet
 
 writes one row per old sample (sample_id: its index in the old data as ``prepare`` reads it; its label; every
-forecast, higher = more forgetting predicted) for any saved model folder (DDPM or Stable Diffusion) and two data
+forecast, higher = more forgetting predicted; with ``--buffer K``, ``suggested``: the K samples to replay, ranked by
+``--rank-by``, the longest probe by default) for any saved model folder (DDPM or Stable Diffusion) and two data
 folders in the formats ``prepare`` reads.
 """
 
@@ -183,6 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--knn", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--buffer", type=int, default=0, metavar="K",
+                    help="mark the K old samples to replay in a column 'suggested' (0: no buffer)")
+    ap.add_argument("--rank-by", help="the forecast the buffer ranks by, high first (default: the longest probe, MIR)")
     args = ap.parse_args(argv)
     try:
         from .io.tables import check_output, write_table
@@ -190,8 +194,15 @@ def main(argv: list[str] | None = None) -> None:
         check_output(args.out)
         if any(s < 1 for s in args.probe_steps) or args.knn < 1 or args.batch_size < 1 or not args.lr > 0:
             raise UserError("--probe-steps, --knn and --batch-size must be >= 1 and --lr > 0")
+        columns = [*FORECASTS, *(f"probe_{s}" for s in args.probe_steps)]
+        rank_by = args.rank_by or (f"probe_{max(args.probe_steps)}" if args.probe_steps else "grad_dot")
+        if rank_by not in columns:
+            raise UserError(f"--rank-by {rank_by}: not a forecast of this run; use one of {', '.join(columns)}")
         model = load_model(args.model)
         x_old, y_old = _model_space(model, args.old)
+        if not 0 <= args.buffer <= len(x_old):
+            raise UserError(f"--buffer {args.buffer}: the old data {args.old} hold {len(x_old)} samples; use a K "
+                            f"from 0 to {len(x_old)}")
         x_new, y_new = _model_space(model, args.new)
         conditional = model.family != "ddpm"
         table, cost = forecast(model, x_old, x_new, timesteps=args.timesteps, knn_k=args.knn, seed=args.seed,
@@ -200,6 +211,10 @@ def main(argv: list[str] | None = None) -> None:
                                labels_new=y_new if conditional else None, progress=True)
         table.insert(0, "label", y_old.numpy().astype(np.int64))
         table.insert(0, "sample_id", np.arange(len(table), dtype=np.int64))  # the index in the old data
+        if args.buffer:  # the K highest forecasts (ties: the earlier sample), as the _high arms rank
+            suggested = np.zeros(len(table), dtype=bool)
+            suggested[np.argsort(-table[rank_by].to_numpy(), kind="stable")[: args.buffer]] = True
+            table["suggested"] = suggested
         passes = forecast_cost(len(x_old), len(x_new), len(args.timesteps), args.probe_steps, args.batch_size)
         write_table(table, args.out, table="forecast", meta={"table": "forecast", "cost_passes": passes,
                                                             "model": str(args.model), "old": args.old,
@@ -207,8 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"forecast: {len(table)} old samples, columns {', '.join(table.columns[2:])} -> {args.out}; seconds: "
-          + ", ".join(f"{k} {cost[k]:.1f}" for k in table.columns[2:]))
+    print(f"forecast: {len(table)} old samples, columns {', '.join(columns)} -> {args.out}; seconds: "
+          + ", ".join(f"{k} {cost[k]:.1f}" for k in columns)
+          + (f"; suggested buffer: the {args.buffer} highest {rank_by}" if args.buffer else ""))
 
 
 if __name__ == "__main__":
