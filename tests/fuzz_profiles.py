@@ -13,4 +13,6 @@ settings.register_profile("ci", max_examples=60, derandomize=True, deadline=None
 settings.register_profile("long", max_examples=2000, deadline=None,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+if PROFILE not in ("ci", "long"):
+    raise ValueError(f"HYPOTHESIS_PROFILE={PROFILE!r}: use ci or long")
 settings.load_profile(PROFILE)

@@ -36,6 +36,10 @@ def learned_text(details: dict) -> str:
     if not summary:
         return ""
     a = int(summary["model_a_learned"])
+    if "task_b_models" in summary:
+        return (f"; judged by what they generate, model A {'learned' if a else 'did not learn'} task A and "
+                f"{summary['task_b_models_learned']} of {summary['task_b_models']} task-B models without replay "
+                f"learned task B ({summary['learned'] - a} of {summary['models'] - 1} with the replay arms)")
     return (f"; judged by what they generate, model A {'learned' if a else 'did not learn'} task A and "
             f"{summary['learned'] - a} of {summary['models'] - 1} task-B models learned theirs")
 
@@ -54,8 +58,9 @@ def beyond_the_claims(details: dict) -> list[str]:
     if generation:
         s, claim = generation["learned"], generation.get("claim2")
         lines.append(f"- What the models generate: {s['learned']} of {s['models']} models pass the learned rule (model "
-                     f"A: {'yes' if s['model_a_learned'] else 'no'}; every no-replay task-B model: "
-                     f"{'yes' if s['task_b_learned'] else 'no'}).")
+                     f"A: {'yes' if s['model_a_learned'] else 'no'}; no-replay task-B models: "
+                     + (f"{s['task_b_models_learned']} of {s['task_b_models']}" if "task_b_models" in s
+                        else ("all" if s["task_b_learned"] else "not all")) + ").")
         if claim:
             lines.append(f"- Claim 2 in what the models generate (task-A share of their samples, top-energy minus "
                          f"random replay, budget {claim['budget']}): **{claim['verdict']}**, "

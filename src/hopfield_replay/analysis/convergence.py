@@ -178,7 +178,7 @@ def plot_training_curves(curves: pd.DataFrame, path):
         for metric, style in (("eval_task_b", "-"), ("eval_task_a", "--")):
             c = curves[(curves.model == m) & (curves.metric == metric)].sort_values("step")
             axes[1].plot(c.step, c.value, style, color=f"C{i}", label=f"{m.split('/')[-1]}: {metric[5:]}")
-    axes[1].set_title("task-B models, no replay: task B (solid), task A (dashed)")
+    axes[1].set_title("no-replay task-B models: task B solid, task A dashed")
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -76,12 +76,14 @@ def learned_lines(generation: pd.DataFrame) -> list[str]:
 
 
 def learned_summary(generation: pd.DataFrame) -> dict:
-    """Counts for the metrics: models, learned models, and whether model A and every no-replay model learned."""
+    """Counts for the metrics: models, learned models, whether model A and every no-replay model learned, and how
+    many of the no-replay models did."""
     a = generation[generation.phase == "A"]
     b0 = generation[(generation.phase == "B") & (generation.strategy == "none")]
     return {"models": int(len(generation)), "learned": int(generation.learned.sum()),
             "model_a_learned": bool(a.learned.all()) if len(a) else False,
-            "task_b_learned": bool(b0.learned.all()) if len(b0) else False}
+            "task_b_learned": bool(b0.learned.all()) if len(b0) else False,
+            "task_b_models": int(len(b0)), "task_b_models_learned": int(b0.learned.sum())}
 
 
 def generation_markdown(generation: pd.DataFrame, effects: pd.DataFrame, grid_figure: str | None) -> list[str]:
