@@ -155,7 +155,8 @@ def test_arm_effects_are_paired_differences_with_t_intervals():
 
 def test_learned_summary_and_grid_rows():
     g = _generation_table()
-    assert learned_summary(g) == {"models": 10, "learned": 9, "model_a_learned": True, "task_b_learned": True}
+    assert learned_summary(g) == {"models": 10, "learned": 9, "model_a_learned": True, "task_b_learned": True,
+                                  "task_b_models": 3, "task_b_models_learned": 3}
     assert grid_rows(g) == ["task_a", "task_b:seed1", "retrain:seed1:energy_high-10", "retrain:seed1:random-10"]
 
 

@@ -105,7 +105,9 @@ def test_the_kit_carries_what_the_session_imports_and_the_machine_lacks():
             if "extra ==" not in req:
                 needed.add(re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.-]+", req).group()).lower())
     assert {"torch", "diffusers", "pydantic", "pydantic-core", "pyyaml", "safetensors"} <= needed
-    assert needed - gpu_kit.DEVICE_HAS - kit == set()
+    # dvclive (it needs DVC) is optional: where it is missing, measures/curves.py writes its files itself
+    # (test_curves.py: the same bytes)
+    assert needed - gpu_kit.DEVICE_HAS - kit - {"dvclive"} == set()
     assert {"diffusers", "pydantic"} <= needed - gpu_kit.DEVICE_HAS
 
 

@@ -183,7 +183,8 @@ def test_class_stratified_arms_through_the_select_replay_stage(tiny_project, tmp
     write_params(tmp_path / "params.yaml", params)
     data = tiny_project / "data"
     run([sys.executable, "-m", "stages.select_replay", "--params", str(tmp_path / "params.yaml"),
-         "--scores", str(data / "tables/scores.parquet"), "--forgetting", str(data / "tables/forgetting.parquet"),
+         "--scores", str(data / "tables/scores.parquet"), "--forecast", str(data / "tables/forecast.parquet"),
+         "--forgetting", str(data / "tables/forgetting.parquet"),
          "--x0", str(data / "prepared/model_space.safetensors"), "--samples", str(data / "tables/samples.parquet"),
          "--out", str(tmp_path / "selection.parquet"), "--out-dir", str(tmp_path / "selection")], tiny_project)
     selection = pd.read_parquet(tmp_path / "selection.parquet")

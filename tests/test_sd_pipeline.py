@@ -149,7 +149,8 @@ def test_train_a_rejects_a_pipeline_that_is_not_sd(sd_project, tiny_params, tiny
     params["model"]["sd"]["pretrained"] = str(tmp_path)
     out = tmp_path / "task_a"
     code, stderr = stage(sd_project, "train_a", params, "--x0", "data/prepared/model_space.safetensors",
-                         "--samples", "data/tables/samples.parquet", "--out", str(out))
+                         "--samples", "data/tables/samples.parquet", "--out", str(out),
+                         "--out-curves", str(tmp_path / "curves"))
     assert_one_line_error(code, stderr, "model.sd.pretrained: ")
     assert "not a Stable Diffusion pipeline" in stderr and not out.exists()
 
