@@ -13,23 +13,18 @@ import torch
 
 from hopfield_replay.measures.curves import TrainingCurves, eval_subset, training_curves
 from hopfield_replay.measures.noise import fixed_noise
-from hopfield_replay.models import CheckpointPolicy, PixelDDPM, TrainConfig, train_denoiser
+from hopfield_replay.models import CheckpointPolicy, TrainConfig, train_denoiser
 from hopfield_replay.models.training import Checkpoint
-from tests.test_diffusion import TINY, _weights
+from tests.test_checkpoints import _data as checkpoint_data, _model
+from tests.test_diffusion import _weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIG = TrainConfig(steps=10, batch_size=8, seed=3, lr=1e-3, ema_decay=0.9, replay_fraction=0.0)
 T = [100, 600]
 
 
-def _data(n=30, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 5, (n,), generator=g)
-
-
-def _model():
-    torch.manual_seed(0)
-    return PixelDDPM.from_config(TINY)
+def _data():
+    return checkpoint_data(30)  # the checkpoint tests' tiny data, 30 samples
 
 
 def _curves(x, y, every=4):
