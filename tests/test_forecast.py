@@ -100,14 +100,24 @@ def test_the_command_line_forecasts_from_a_saved_model_and_two_folders(setup, tm
     old, new = _folder(tmp_path / "old", [0, 1]), _folder(tmp_path / "new", [2, 3], seed=1)
     cmd = [sys.executable, "-m", "hopfield_replay.forecast", "--model", tmp_path / "model", "--old", old, "--new", new,
            "--out", tmp_path / "f.parquet", "--probe-steps", "2", "--batch-size", "4", "--timesteps", "100", "500"]
-    proc = subprocess.run(list(map(str, cmd)), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(list(map(str, [*cmd, "--fine-tune-steps", "20"])), cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr
+    # before it starts: the sizes, the compute (gradients 24 x 2, probe 2 x 4, losses before and after 2 x 12 x 2 / 3)
+    first = proc.stdout.splitlines()[0]  # and an estimate
+    assert first.startswith("forecast: 12 old and 12 new samples on cpu; 72 image passes in all, 0.90 x the image "
+                            "passes of the 20-step fine-tune; estimated "), first
     table = pd.read_parquet(tmp_path / "f.parquet")
     assert list(table.columns) == ["sample_id", "label", "proximity_b", "grad_dot", "grad_cos", "probe_2"]
     assert len(table) == 12 and table["sample_id"].tolist() == list(range(12)) and sorted(set(table.label)) == [0, 1]
     written = (tmp_path / "f.parquet").read_bytes()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    np.savez(empty / "data.npz", x_train=np.zeros((0, 12, 12), np.uint8), y_train=np.zeros(0, np.uint8))
     for extra, fragment in (["--probe-steps", "0"], "--probe-steps"), (["--buffer", "13"], "hold 12 samples"), \
-            (["--buffer", "2", "--rank-by", "energy"], "not a forecast of this run"):
+            (["--buffer", "2", "--rank-by", "energy"], "not a forecast of this run"), \
+            (["--probe-steps", "30", "--fine-tune-steps", "20"], "longer than the fine-tune it forecasts"), \
+            (["--new", empty], "hold no pixels"):
         bad = subprocess.run(list(map(str, cmd[:-6] + extra)), cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and fragment in bad.stderr, bad.stderr
     assert (tmp_path / "f.parquet").read_bytes() == written  # a refused run replaces nothing
@@ -120,6 +130,51 @@ def test_the_command_line_forecasts_from_a_saved_model_and_two_folders(setup, tm
     top = set(with_buffer.sort_values("probe_2", ascending=False, kind="stable").sample_id[:5])
     assert set(with_buffer.loc[with_buffer.suggested, "sample_id"]) == top and with_buffer.suggested.sum() == 5
     assert with_buffer.drop(columns="suggested").equals(table)  # the same forecasts, seeded
+
+
+@pytest.mark.slow
+def test_the_command_line_forecasts_for_stable_diffusion_and_refuses_data_a_model_cannot_take(tmp_path):
+    """The tiny SD pipeline (grey digits encoded by its VAE, class prompts): every column, deterministic for a seed;
+    a DDPM of 2 channels cannot take grey or colour images: one line, exit 2, nothing written."""
+    from hopfield_replay.models import LatentDiffusion
+    from hopfield_replay.models.tiny_sd import build_tiny_sd_pipeline
+
+    build_tiny_sd_pipeline(tmp_path / "pipeline", resolution=16, seed=0)
+    LatentDiffusion.from_pipeline(str(tmp_path / "pipeline"), class_names=[str(c) for c in range(10)]).save_pretrained(
+        tmp_path / "sd")
+    old, new = _folder(tmp_path / "old", [0, 1], n=4), _folder(tmp_path / "new", [2, 3], n=4, seed=1)
+    cmd = [sys.executable, "-m", "hopfield_replay.forecast", "--model", tmp_path / "sd", "--old", old, "--new", new,
+           "--probe-steps", "1", "2", "--batch-size", "4", "--timesteps", "100", "500", "--buffer", "3", "--out"]
+    runs = [subprocess.run(list(map(str, [*cmd, tmp_path / f"{i}.parquet"])), cwd=ROOT, capture_output=True,
+                           text=True, timeout=600) for i in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    table = pd.read_parquet(tmp_path / "0.parquet")
+    assert list(table.columns) == ["sample_id", "label", "proximity_b", "grad_dot", "grad_cos", "probe_1", "probe_2",
+                                   "suggested"]
+    assert len(table) == 8 and np.isfinite(table.iloc[:, 2:-1].to_numpy()).all() and table.suggested.sum() == 3
+    assert table.equals(pd.read_parquet(tmp_path / "1.parquet"))  # the same seed, the same forecasts
+    assert table.grad_dot.std() > 0 and table.probe_2.std() > 0
+
+    two = PixelDDPM.from_config(DDPMConfig(resolution=8, channels=2, block_out_channels=[8, 16], norm_num_groups=4))
+    two.save_pretrained(tmp_path / "two")
+    bad = [*cmd[:4], tmp_path / "two", *cmd[5:], tmp_path / "bad.parquet"]
+    proc = subprocess.run(list(map(str, bad)), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "images of 1 channel(s), but the model takes 2" in proc.stderr and str(old) in proc.stderr
+    assert not (tmp_path / "bad.parquet").exists()
+
+
+def test_the_time_estimate_counts_every_pass_of_the_forecast(setup, monkeypatch):
+    """estimate_seconds = n_old s_g + n_new T / B s_B + sum_s s s_B + (1 + P) n_old T / B s_B / 3, with s_g and s_B
+    the timed seconds of one old sample's gradient over the t grid and of one batch's at one t (here both 1 s)."""
+    import hopfield_replay.forecast as F
+
+    model, old, new = setup
+    clock = iter(range(100))
+    monkeypatch.setattr(F.time, "perf_counter", lambda: float(next(clock)))  # every timed call takes 1 s
+    seconds = F.estimate_seconds(model, old, new[:10], timesteps=T, probe_steps=[2, 5], batch_size=4)
+    n_old, n_new, n_t, b = 20, 10, 3, 4
+    assert seconds == pytest.approx(n_old + n_new * n_t / b + 7 + 3 * n_old * n_t / b / 3)
 
 
 def test_the_cost_of_a_forecast_is_counted_in_image_passes():

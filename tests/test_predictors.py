@@ -231,6 +231,22 @@ def test_predictor_kinds():
     assert {c for c, kind in kinds.items() if kind == "baseline"} == {c for c in EXPECTED_COLUMNS if "energy_" not in c}
 
 
+def test_forecasts_pass_through_the_registry_as_their_own_kind():
+    """The forecast stage's columns are kind "forecast": never a baseline of claim 1, and absent unless given."""
+    assert "forecast" in P.KINDS
+    forecast_columns = ["proximity_b", "proximity_b_classifier", "grad_dot", "grad_cos", "probe_16", "probe_400"]
+    assert P.predictor_kinds(forecast_columns) == dict.fromkeys(forecast_columns, "forecast")
+    assert list(P.compute_predictors(make_ctx(), ["forecast"]).columns) == []
+    ctx = make_ctx()
+    ctx.forecasts = {"probe_16": np.arange(N, dtype=float)}
+    table = P.compute_predictors(ctx, ["forecast", "pixel_stats"])
+    assert list(table.columns) == ["probe_16", "pixel_mass", "pixel_norm"]
+    np.testing.assert_array_equal(table["probe_16"], np.arange(N))
+    ctx.forecasts = {"energy_like": np.zeros(N)}  # a column the entry does not declare
+    with pytest.raises(ValueError, match="not matching its declared columns"):
+        P.compute_predictors(ctx, ["forecast"])
+
+
 @pytest.fixture
 def restore_registry():
     saved, saved_columns = dict(P.PREDICTORS), dict(P._COLUMNS)

@@ -113,6 +113,10 @@ def test_the_pages_say_whether_the_models_learned_and_what_the_controls_and_fore
     assert learned_text(details) == ("; judged by what they generate, model A learned task A and 2 of 3 task-B models "
                                      "without replay learned task B (10 of 12 with the replay arms)")
     assert "no-replay task-B models: 2 of 3)" in beyond_the_claims(details)[0]
+    details["forecasts"][1].update(baseline="-recon_error_a_t250", minus_baseline=0.1, minus_baseline_lo=-0.05,
+                                   minus_baseline_hi=0.2)  # a details.json with claim 1's comparison
+    assert beyond_the_claims(details)[3].endswith("x the compute of one train_b run; minus the best task-A baseline "
+                                                  "(`-recon_error_a_t250`): +0.100 [-0.050, +0.200].")
 
 
 def test_an_interval_reads_the_same_everywhere():

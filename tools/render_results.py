@@ -78,7 +78,10 @@ def beyond_the_claims(details: dict) -> list[str]:
         lines.append(f"- Best forecast of relative forgetting made before fine-tuning: `{best['predictor']}`, Spearman "
                      f"{format_interval(best['spearman'], best['spearman_lo'], best['spearman_hi'])}, "
                      f"{best['share_of_ceiling']:.2f} of the seed ceiling, at {best['train_b_ratio']:.2f} x the "
-                     "compute of one train_b run.")
+                     "compute of one train_b run"
+                     + (f"; minus the best task-A baseline (`{best['baseline']}`): "
+                        f"{format_interval(best['minus_baseline'], best['minus_baseline_lo'], best['minus_baseline_hi'])}"
+                        if "minus_baseline" in best else "") + ".")
     return lines + [""] if lines else []
 
 

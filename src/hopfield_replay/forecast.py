@@ -155,7 +155,7 @@ def forecast(model: DenoisingModel, x_old: torch.Tensor, x_new: torch.Tensor, *,
 
 def _model_space(model: DenoisingModel, folder: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A data folder at the model's resolution in its space: grey and colour converted to the DDPM's channels,
-    encoded by the VAE for Stable Diffusion."""
+    encoded by the VAE for Stable Diffusion. Data the model cannot take is a UserError naming both."""
     from .io.data import resize, to_model_range
     from .io.formats import load_folder
 
@@ -168,8 +168,47 @@ def _model_space(model: DenoisingModel, folder: str) -> tuple[torch.Tensor, torc
             pixels = pixels.mean(1, keepdim=True)
         elif pixels.shape[1] == 1 and channels == 3:
             pixels = pixels.repeat(1, 3, 1, 1)
+        elif pixels.shape[1] != channels:
+            raise UserError(f"{folder}: images of {pixels.shape[1]} channel(s), but the model takes {channels}; give "
+                            "grey or colour images for a model of 1 or 3 channels")
     with torch.no_grad():
-        return model.encode(pixels), torch.from_numpy(labels)
+        x = model.encode(pixels)
+    side = int(model.unet.config.sample_size)
+    expected = (int(model.unet.config.in_channels), side, side)
+    if tuple(x.shape[1:]) != expected:
+        raise UserError(f"{folder}: its samples are {tuple(x.shape[1:])} in the model's space, but the model's UNet "
+                        f"takes {expected}; the model folder's VAE and UNet do not fit each other: save the model "
+                        "again (save_pretrained) from one pipeline")
+    return x, torch.from_numpy(labels)
+
+
+def estimate_seconds(model: DenoisingModel, x_old: torch.Tensor, x_new: torch.Tensor, *, timesteps: list[int],
+                     probe_steps: list[int], batch_size: int, labels_old=None, seed: int = 0) -> float:
+    """The seconds ``forecast`` will take here, from two timed primitives (each run twice, the second timed): one
+    old sample's gradient over the t grid (s_g, one step of the per-sample loop) and one forward and backward of a
+    batch of B noisy images (s_B, one training step):
+
+        n_old * s_g + (n_new * T / B) * s_B                gradient interference (per-sample loop; g_B in batches)
+        + sum_s s * s_B + (1 + P) (n_old T / B) s_B / 3     the P probes (their steps; the losses before, once, and
+                                                            after each; a forward costs about 1/3)
+    """
+    n_old, n_new, n_t = x_old.shape[0], x_new.shape[0], len(timesteps)
+    params = [p for p in model.trainable_parameters() if p.requires_grad]
+    ids = np.arange(min(batch_size, n_old))
+    model.eval()
+
+    def timed(n: int, t: list[int]) -> float:
+        labels = labels_old[:n] if labels_old is not None else None
+        for _ in range(2):
+            start = time.perf_counter()
+            torch.autograd.grad(_losses(model, x_old[:n], ids[:n], t, seed, labels).sum(), params)
+            seconds = time.perf_counter() - start
+        return seconds
+
+    per_sample = timed(1, timesteps)
+    batch = timed(len(ids), timesteps[:1]) * batch_size / len(ids)
+    return (n_old * per_sample + n_new * n_t / batch_size * batch + sum(probe_steps) * batch
+            + (1 + len(probe_steps)) * n_old * n_t / batch_size * batch / 3)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -181,6 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timesteps", type=int, nargs="+", default=[100, 250, 500, 750])
     ap.add_argument("--probe-steps", type=int, nargs="*", default=[20], help="probe lengths (steps on the new data)")
     ap.add_argument("--lr", type=float, default=1e-3, help="the probe's learning rate (the fine-tune's)")
+    ap.add_argument("--fine-tune-steps", type=int, metavar="N",
+                    help="the length of the fine-tune being forecast: no probe may be longer, and the cost is also "
+                         "printed as a share of it")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--knn", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
@@ -194,6 +236,11 @@ def main(argv: list[str] | None = None) -> None:
         check_output(args.out)
         if any(s < 1 for s in args.probe_steps) or args.knn < 1 or args.batch_size < 1 or not args.lr > 0:
             raise UserError("--probe-steps, --knn and --batch-size must be >= 1 and --lr > 0")
+        if args.fine_tune_steps is not None and (args.fine_tune_steps < 1
+                                                 or max(args.probe_steps, default=0) > args.fine_tune_steps):
+            raise UserError(f"--probe-steps {max(args.probe_steps, default=0)} is longer than the fine-tune it "
+                            f"forecasts (--fine-tune-steps {args.fine_tune_steps}); give probes of at most that many "
+                            "steps, and --fine-tune-steps >= 1")
         columns = [*FORECASTS, *(f"probe_{s}" for s in args.probe_steps)]
         rank_by = args.rank_by or (f"probe_{max(args.probe_steps)}" if args.probe_steps else "grad_dot")
         if rank_by not in columns:
@@ -205,6 +252,16 @@ def main(argv: list[str] | None = None) -> None:
                             f"from 0 to {len(x_old)}")
         x_new, y_new = _model_space(model, args.new)
         conditional = model.family != "ddpm"
+        passes = forecast_cost(len(x_old), len(x_new), len(args.timesteps), args.probe_steps, args.batch_size)
+        estimate = estimate_seconds(model, x_old, x_new, timesteps=args.timesteps, probe_steps=args.probe_steps,
+                                    batch_size=args.batch_size, labels_old=y_old if conditional else None,
+                                    seed=args.seed)
+        total = (passes["grad_dot"] + args.batch_size * sum(args.probe_steps)  # every column's passes, each once
+                 + (1 + len(args.probe_steps)) * len(x_old) * len(args.timesteps) / 3)
+        share = (f", {total / (args.fine_tune_steps * args.batch_size):.2f} x the image passes of the "
+                 f"{args.fine_tune_steps}-step fine-tune" if args.fine_tune_steps else "")
+        print(f"forecast: {len(x_old)} old and {len(x_new)} new samples on {model.device}; {total:.0f} image passes "
+              f"in all{share}; estimated {estimate / 60:.1f} min here", flush=True)
         table, cost = forecast(model, x_old, x_new, timesteps=args.timesteps, knn_k=args.knn, seed=args.seed,
                                probe=TrainConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed),
                                probe_steps=args.probe_steps, labels_old=y_old if conditional else None,
@@ -215,7 +272,6 @@ def main(argv: list[str] | None = None) -> None:
             suggested = np.zeros(len(table), dtype=bool)
             suggested[np.argsort(-table[rank_by].to_numpy(), kind="stable")[: args.buffer]] = True
             table["suggested"] = suggested
-        passes = forecast_cost(len(x_old), len(x_new), len(args.timesteps), args.probe_steps, args.batch_size)
         write_table(table, args.out, table="forecast", meta={"table": "forecast", "cost_passes": passes,
                                                             "model": str(args.model), "old": args.old,
                                                             "new": args.new})

@@ -25,6 +25,11 @@ kind "baseline" (what the energy must beat):
     latent_mass          = (1/d) sum_i x_i           (only when the model's space is not pixels)
     latent_norm          = sqrt( (1/d) sum_i x_i^2 )
 
+kind "forecast" (a second question beside claim 1, never one of its baselines): made before the task-B fine-tune
+from model A, both tasks' data and at most short probe fine-tunes (``hopfield_replay.forecast``, the forecast stage,
+which has the model and the optimiser), passed through ctx.forecasts; higher = more forgetting predicted:
+    proximity_b*, grad_dot, grad_cos, probe_{steps}       (formulas: hopfield_replay.forecast)
+
 Why Scott's bandwidth: at h^2 = 1/beta the KDE is beta * energy_a (distance form) plus a constant, a monotone
 transform with identical ranks, so it would not be a baseline. Everything is streamed over chunks (no N x N matrix);
 all columns are float64.
@@ -43,7 +48,7 @@ import torch
 
 from hopfield_replay.energy import FORMS, hopfield_energy, knn_distances
 
-KINDS = ("energy", "baseline")
+KINDS = ("energy", "baseline", "forecast")
 USES_TASK_B = ("energy_b", "energy_rise")  # columns of the "energy" entry with kind "energy_task_b"
 _ROW_CHUNK = 1024  # rows per chunk for the fp64 statistics (temporaries of chunk x d)
 
@@ -64,6 +69,7 @@ class PredictorContext:
     knn_k: list[int]
     device: torch.device
     model_scores: dict[str, np.ndarray] = field(default_factory=dict)  # computed by the stage, passed through
+    forecasts: dict[str, np.ndarray] = field(default_factory=dict)  # the forecast stage's columns, passed through
 
     def __post_init__(self):
         n = self.x_a.shape[0]
@@ -124,7 +130,7 @@ def compute_predictors(ctx: PredictorContext, names: list[str] | None = None) ->
 
 
 def predictor_kinds(columns) -> dict[str, str]:
-    """column -> kind ("energy" | "baseline") for the columns a registered predictor produces (others left out);
+    """column -> kind ("energy" | "baseline" | "forecast") for the columns a registered predictor produces (others left out);
     the columns in USES_TASK_B are "energy_task_b"."""
     kinds = {}
     for column in columns:
@@ -218,6 +224,11 @@ def energy_snr(ctx: PredictorContext) -> dict[str, np.ndarray]:
 @register_predictor("model_scores", "baseline", columns=("model_energy*", "recon_error*"))
 def model_scores(ctx: PredictorContext) -> dict[str, np.ndarray]:
     return dict(ctx.model_scores)
+
+
+@register_predictor("forecast", "forecast", columns=("proximity_b*", "grad_dot", "grad_cos", "probe_*"))
+def forecasts(ctx: PredictorContext) -> dict[str, np.ndarray]:
+    return dict(ctx.forecasts)
 
 
 @register_predictor("knn", "baseline", columns=("knn*_dist",))

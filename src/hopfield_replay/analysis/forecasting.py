@@ -1,9 +1,13 @@
 """How good is a forecast made before fine-tuning, and what does it cost? A second question beside claim 1, never
 mixed into its baselines.
 
-Each forecast column (``hopfield_replay.forecast``, oriented so that higher = more forgetting) is evaluated exactly
-as the predictors of claim 1 (``evidence.evaluate_predictors``: Spearman with its bootstrap interval over seeds and
-samples, partial Spearman given the nuisances, precision at the top 10%), against the same per-sample targets, plus
+Each forecast column (``hopfield_replay.forecast``, kind "forecast" in the predictor registry, oriented so that
+higher = more forgetting) is evaluated exactly as the predictors of claim 1, against the same per-sample targets,
+in one bootstrap with the scores table's columns: Spearman with its interval over seeds and samples, the
+within-class Spearman, partial Spearman given the nuisances, precision and AUROC for the top 10%
+(``evidence.evaluate_predictors``), and its Spearman minus the best task-A baseline's, paired
+(``evidence.compare_to_best_baseline``; the baselines are the scores table's, the forecasts are never among them).
+Plus
 
     share of the ceiling = Spearman / seed ceiling         (the ceiling: how well one seed's forgetting ranks another's)
     cost                 = image passes (``forecast.forecast_cost``), and as a multiple of one train_b run's
@@ -16,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from ..measures.forgetting import MEASURES, per_sample
-from .evidence import evaluate_predictors
+from ..predictors import predictor_kinds
+from .evidence import compare_to_best_baseline, evaluate_predictors
 from .verdicts import format_interval
 
 
@@ -25,21 +30,34 @@ def evaluate_forecasts(forecasts: pd.DataFrame, scores: pd.DataFrame, forgetting
                        cost: dict[str, float], train_b_cost: float, nuisance: list[str], reference: str,
                        n_boot: int = 1000, seed: int = 0, level: float = 0.95, top_frac: float = 0.1) -> pd.DataFrame:
     """One row per (measure, predictor): every forecast column of ``forecasts`` (index sample_id) and the
-    ``reference`` column of ``scores`` (claim 1's predictor, for scale), with the share of the ceiling and the cost."""
+    ``reference`` column of ``scores`` (claim 1's predictor, for scale), with the share of the ceiling, the cost and
+    the difference to the best baseline among the predictor columns of ``scores`` (index sample_id, plus label)."""
     columns = [c for c in forecasts.columns if c not in ("label",)]
-    frame = scores[[reference, *nuisance]].join(forecasts[columns], how="inner")
+    predictors = scores.drop(columns=[c for c in ("label", "task", "beta") if c in scores.columns])
+    clash = sorted(set(columns) & set(predictors.columns))
+    if clash:
+        raise ValueError(f"forecast columns {clash} are also columns of the scores table")
+    kinds = predictor_kinds([*predictors.columns, *columns])
+    if any(kinds.get(c) != "forecast" for c in columns):
+        raise ValueError(f"forecast columns {[c for c in columns if kinds.get(c) != 'forecast']} are not of kind "
+                         "'forecast' in the predictor registry (hopfield_replay.predictors)")
+    frame = predictors.join(forecasts[columns], how="inner")
+    boot = dict(n_boot=n_boot, seed=seed, level=level)
     rows = []
     for m in MEASURES:
         kept = forgetting[forgetting.t.isin(used_t[m])]
         targets = {s: per_sample(kept, m, seed=s)["agg"] for s in seeds}
-        table = evaluate_predictors(frame, scores["label"], targets, nuisance, n_boot=n_boot, seed=seed,
-                                    level=level, top_frac=top_frac)
+        table = evaluate_predictors(frame, scores["label"], targets, nuisance, kinds=kinds, top_frac=top_frac, **boot)
+        versus = compare_to_best_baseline(frame, targets, kinds, nuisance, **boot)
         for name in [*columns, reference]:
-            r = table.loc[name]
+            r, v = table.loc[name], versus.loc[name]
             passes = cost.get(name, np.nan)
-            rows.append({"measure": m, "predictor": name, "forecast": name != reference, "spearman": r.spearman,
-                         "spearman_lo": r.spearman_lo, "spearman_hi": r.spearman_hi, "partial": r.partial,
-                         "precision_at_10": r.precision_at_10, "ceiling": ceilings[m],
+            rows.append({"measure": m, "predictor": name, "kind": kinds.get(name), "forecast": name != reference,
+                         "spearman": r.spearman, "spearman_lo": r.spearman_lo, "spearman_hi": r.spearman_hi,
+                         "within_class": r.within_class, "partial": r.partial,
+                         "precision_at_10": r.precision_at_10, "auroc_top_decile": r.auroc_top_decile,
+                         "baseline": v.baseline, "minus_baseline": v["diff"], "minus_baseline_lo": v.lo,
+                         "minus_baseline_hi": v.hi, "ceiling": ceilings[m],
                          "share_of_ceiling": r.spearman / ceilings[m] if ceilings[m] > 0 else np.nan,
                          "cost": passes, "train_b_ratio": passes / train_b_cost if train_b_cost > 0 else np.nan})
     return pd.DataFrame(rows)
@@ -59,20 +77,26 @@ def forecast_lines(table: pd.DataFrame, reference: str, figure: str | None) -> l
              "one seed's forgetting ranks another's. Cost: compute in image passes (one forward and backward of one "
              "noisy image; a forward alone counts 1/3) and as a multiple of one train_b run's; the stage prints the "
              f"seconds on its machine. `{reference}` (claim 1's predictor, from task A alone) is shown for scale.", "",
-             "| measure | predictor | Spearman | share of the ceiling | partial | precision@10% | image passes | x one "
-             "train_b run |", "|---|---|---|---|---|---|---|---|"]
+             "| measure | predictor | Spearman | share of the ceiling | within class | partial | precision@10% | "
+             "AUROC top 10% | minus the best baseline | image passes | x one train_b run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         cost = "-" if pd.isna(r.cost) else f"{r.cost:.0f}"
         ratio = "-" if pd.isna(r.train_b_ratio) else f"{r.train_b_ratio:.2f}"
         lines.append(f"| {r.measure} | {r.predictor} | {format_interval(r.spearman, r.spearman_lo, r.spearman_hi)} | "
-                     f"{r.share_of_ceiling:.2f} | {r.partial:+.3f} | {r.precision_at_10:.2f} | {cost} | {ratio} |")
+                     f"{r.share_of_ceiling:.2f} | {r.within_class:+.3f} | {r.partial:+.3f} | "
+                     f"{r.precision_at_10:.2f} | {r.auroc_top_decile:.2f} | "
+                     f"{format_interval(r.minus_baseline, r.minus_baseline_lo, r.minus_baseline_hi)} | {cost} | "
+                     f"{ratio} |")
     lines.append("")
     for m in MEASURES:
         best, ref = best_forecast(table, m), table[(table.measure == m) & ~table.forecast].iloc[0]
         lines.append(f"- {m}: the best forecast before fine-tuning is `{best.predictor}`, Spearman "
                      f"{format_interval(best.spearman, best.spearman_lo, best.spearman_hi)}, "
                      f"{best.share_of_ceiling:.2f} of the seed ceiling ({best.ceiling:.2f}), at "
-                     f"{best.train_b_ratio:.2f} x the compute of one train_b run; `{reference}`: {ref.spearman:+.3f}.")
+                     f"{best.train_b_ratio:.2f} x the compute of one train_b run; minus the best task-A baseline "
+                     f"(`{best.baseline}`): {format_interval(best.minus_baseline, best.minus_baseline_lo, best.minus_baseline_hi)}; "
+                     f"`{reference}`: {ref.spearman:+.3f}.")
     if figure:
         lines += ["", f"![forecasts: accuracy against cost]({figure})"]
     return lines + [""]
