@@ -50,13 +50,14 @@ serve: install          ## serve the pipeline as a deployment with a cron schedu
 gpu-kit: install        ## the wheels the lent GPU machine lacks, into .gpu-kit/ (needs PyPI; docs/gpu.md "On a GPU")
 	$(BIN)/python -m tools.gpu_kit .gpu-kit
 
-bench: install          ## energy, model-energy, training, reconstruction, SD and side-by-side benchmarks, quick sizes (figures and ratios)
+bench: install          ## energy, model-energy, training, reconstruction, SD, side-by-side and forecast benchmarks, quick sizes (figures and ratios)
 	$(BIN)/python benchmarks/bench_energy.py --quick
 	$(BIN)/python benchmarks/bench_model_energy.py --quick
 	$(BIN)/python benchmarks/bench_train.py --quick
 	$(BIN)/python benchmarks/bench_reconstruction.py --quick
 	$(BIN)/python benchmarks/bench_sd.py --quick
 	$(BIN)/python benchmarks/bench_side_by_side.py --quick --runs 2
+	$(BIN)/python benchmarks/bench_forecast.py --quick
 
 clean-env:
 	rm -rf $(VENV)

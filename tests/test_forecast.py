@@ -182,3 +182,21 @@ def test_the_cost_of_a_forecast_is_counted_in_image_passes():
 
     cost = forecast_cost(n_old=100, n_new=50, n_timesteps=4, probe_steps=[10], batch_size=8)
     assert cost == {"proximity_b": 0.0, "grad_dot": 600.0, "grad_cos": 600.0, "probe_10": 80 + 2 * 100 * 4 / 3}
+
+
+@pytest.mark.slow
+def test_the_forecast_benchmark_prints_each_forecast_as_a_share_of_one_fine_tune(tmp_path):
+    """benchmarks/bench_forecast.py --smoke: every line it promises, and the ratios are its own seconds divided."""
+    import re
+
+    out = tmp_path / "bench.txt"
+    proc = subprocess.run([sys.executable, "benchmarks/bench_forecast.py", "--smoke", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    run = float(re.search(r"one train_b run \(4 steps, projected from 2 timed\): ([\d.]+) s", text).group(1))
+    peaks = re.findall(r"gradient interference, (\d+) old samples: [\d.]+ s; peak memory rise ([\d.]+) MiB", text)
+    assert [int(n) for n, _ in peaks] == [2, 16]
+    total, ratio = map(float, re.search(r"all forecasts together: ([\d.]+) s = ([\d.]+)x one train_b run", text).groups())
+    assert abs(ratio - total / run) <= 0.05 / run * (1 + total / run) + 1e-3  # seconds are printed to 0.1 s
+    assert re.search(r"probe_1 \(1 steps and the losses after\)", text) and "(goal <= 1.0x: " in text
