@@ -23,11 +23,14 @@ CELL_COLUMNS = ["cell", "status", "attempts", "error", "exp", "experiment", "wor
 def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root: Path, head: str) -> dict:
     """The study's results folder: the stacked per-sample tables, one row per cell (cells.parquet), the verdicts per
     cell and per seed-block pool (verdicts.parquet), their seed agreement (agreement.parquet), every replay arm
-    against random replay (arms.parquet), and report/ (report.md, plots/effects.png, plots/arms.png)."""
+    against random replay (arms.parquet), what the models generate (generation.parquet: every arm's effect on the
+    task-A share of its samples; learned.parquet: how many models learned; when the cells ran generate), and
+    report/ (report.md, plots/effects.png, plots/arms.png)."""
     import pandas as pd
     from prefect import get_run_logger
 
     from hopfield_replay.analysis import study as S
+    from hopfield_replay.analysis import study_generation as G
     from hopfield_replay.analysis import study_report as R
     from hopfield_replay.io.tables import package_versions, params_hash, read_table, write_table
 
@@ -43,8 +46,14 @@ def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root
         write_table(S.stack_tables(frames, grid), out / f"{table}.parquet", table=f"study_{table}",
                     meta={**meta, "table": f"study_{table}"})
     verdicts, agreement, arms, inputs = [], [], [], {}
+    generation, learned, generated = [], [], {}  # generated: cell -> its generation table
     configs = {c.id: validate_config(c.params) for c in done}
     for c in done:
+        table = G.read_generation(tables_dir[c.id])
+        if table is not None:
+            generated[c.id] = table
+            generation += G.effect_rows(table, c.id, configs[c.id].seeds, configs[c.id].report.level)
+            learned.append(G.learned_row(table, c.id, configs[c.id].seeds))
         if not all(p.is_file() for p in S.table_paths(tables_dir[c.id]).values()):
             records[c.id]["protocol"] = "not applied: the cell's stages do not write " + ", ".join(S.TABLES)
             continue
@@ -67,10 +76,16 @@ def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root
         verdicts += S.verdict_rows(ev, "pooled:" + "+".join(group), seeds)
         agreement += S.agreement_rows(ev, "pooled:" + "+".join(group), seeds)
         arms += S.arm_rows(ev, "pooled:" + "+".join(group), seeds)
+        if all(c in generated for c in group):
+            pooled = G.pool_generation({c: generated[c] for c in group})
+            generation += G.effect_rows(pooled, "pooled:" + "+".join(group), seeds, configs[group[0]].report.level)
+            learned.append(G.learned_row(pooled, "pooled:" + "+".join(group), seeds))
     columns = ["unit", "seeds", "claim", "verdict", "measure", "measure_verdict", "effect", "lo", "hi", "statement"]
     verdicts = pd.DataFrame(verdicts, columns=columns)
     agreement = pd.DataFrame(agreement, columns=S.AGREEMENT_COLUMNS)
     arms = pd.DataFrame(arms, columns=S.ARM_COLUMNS)
+    generation = pd.DataFrame(generation, columns=G.EFFECT_COLUMNS)
+    learned = pd.DataFrame(learned, columns=G.LEARNED_COLUMNS)
     table = pd.DataFrame([records[c.id] for c in cells], columns=CELL_COLUMNS).set_index("cell").join(grid)
     table = table.reset_index()
     table["ran"] = [json.dumps(v) if isinstance(v, list) else None for v in table["ran"]]
@@ -78,12 +93,16 @@ def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root
     write_table(verdicts, out / "verdicts.parquet", table="study_verdicts", meta={**meta, "table": "study_verdicts"})
     write_table(agreement, out / "agreement.parquet", table="study_agreement", meta={**meta, "table": "study_agreement"})
     write_table(arms, out / "arms.parquet", table="study_arms", meta={**meta, "table": "study_arms"})
+    write_table(generation, out / "generation.parquet", table="study_generation",
+                meta={**meta, "table": "study_generation"})
+    write_table(learned, out / "learned.parquet", table="study_learned", meta={**meta, "table": "study_learned"})
     with atomic_path(root / "report", is_dir=True) as tmp:
         (tmp / "plots").mkdir(parents=True)
         if len(verdicts):
             R.plot_effects(verdicts, tmp / "plots" / "effects.png")
         if len(arms):
             R.plot_arms(arms, tmp / "plots" / "arms.png")
-        report = R.study_markdown(name, spec.description, head, grid, table, verdicts, agreement, arms)
+        report = R.study_markdown(name, spec.description, head, grid, table, verdicts, agreement, arms,
+                                  generation, learned)
         (tmp / "report.md").write_text(report)
     return {"results": str(out), "report": str(root / "report" / "report.md")}

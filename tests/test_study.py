@@ -21,6 +21,7 @@ from hopfield_replay.errors import UserError
 from hopfield_replay.analysis.study import (AGREEMENT_COLUMNS, ARM_COLUMNS, agreement_rows, arm_rows, cell_id, evidence, expand, grid_columns,
                                    load_study, pool_seed_blocks, seed_blocks, stack_tables, verdict_rows)
 from hopfield_replay.analysis.study_report import arm_plot_rows, plot_arms, study_markdown
+from hopfield_replay.analysis.verdicts import format_interval
 from tests.conftest import ROOT, TINY_PARAMS, make_project, run, write_params
 from tests.test_protocol import finish_replay, replay_rows
 
@@ -251,6 +252,61 @@ def test_seed_blocks_pool_into_one_run_with_an_interval_over_all_seeds(tiny_para
         pool_seed_blocks({"a": runs["a"], "x": (other[0] * 2, *other[1:])})
 
 
+def _generation(seeds, shift=0.0, learned_b=True):
+    """A generate-stage table: model A, then per seed no replay, random and top-energy replay (budget 10) with
+    task-A shares 0.2, 0.5 and 0.5 + 0.1 * seed + shift."""
+    rows = [{"model": "task_a", "phase": "A", "seed": 0, "strategy": "none", "budget": 0, "learned": True,
+             "task_a_share": 0.9}]
+    for s in seeds:
+        rows += [{"model": f"task_b/seed{s}", "phase": "B", "seed": s, "strategy": "none", "budget": 0,
+                  "learned": learned_b, "task_a_share": 0.2},
+                 {"model": f"retrain/seed{s}/random-10", "phase": "B", "seed": s, "strategy": "random", "budget": 10,
+                  "learned": True, "task_a_share": 0.5},
+                 {"model": f"retrain/seed{s}/energy_high-10", "phase": "B", "seed": s, "strategy": "energy_high",
+                  "budget": 10, "learned": True, "task_a_share": 0.5 + 0.1 * s + shift}]
+    return pd.DataFrame(rows)
+
+
+def test_a_study_says_what_its_models_generate_per_cell_and_pooled(tmp_path):
+    """Seed blocks pool their generate tables (model A once, each seed once); the effects are the report stage's
+    (analysis.generation.arm_effects) and the report and the results page say how many models learned."""
+    from hopfield_replay.analysis import study_generation as G
+    from hopfield_replay.analysis.generation import arm_effects
+    from tools.render_results import study_generation_text
+
+    cells = {"a": _generation([1]), "b": _generation([2], learned_b=False), "c": _generation([3, 1], shift=5.0)}
+    pooled = G.pool_generation(cells)
+    assert pooled.model.tolist().count("task_a") == 1 and sorted(pooled[pooled.phase == "B"].seed.unique()) == [1, 2, 3]
+    assert pooled.loc[(pooled.seed == 1) & (pooled.strategy == "energy_high"), "task_a_share"].item() == pytest.approx(0.6)
+    effects = pd.DataFrame(G.effect_rows(pooled, "pooled:a+b+c", [1, 2, 3], 0.95), columns=G.EFFECT_COLUMNS)
+    want = arm_effects(pooled, 0.95)
+    assert effects[["arm", "reference", "effect", "lo", "hi", "verdict"]].values.tolist() == \
+        want[["arm", "reference", "effect", "lo", "hi", "verdict"]].values.tolist()
+    claim = effects[(effects.arm == "energy_high") & (effects.reference == "random")].iloc[0]
+    assert claim.effect == pytest.approx((0.1 + 0.2 + 5.3) / 3) and claim.n_seeds == 3 and claim.positive_seeds == 3
+    assert claim.all_learned  # only the replay models behind it; seed 2's no-replay model did not learn:
+    assert not effects[(effects.arm == "energy_high") & (effects.reference == "none")].all_learned.item()
+    learned = pd.DataFrame([G.learned_row(cells["a"], "a", [1]), G.learned_row(pooled, "pooled:a+b+c", [1, 2, 3])],
+                           columns=G.LEARNED_COLUMNS)
+    assert learned.set_index("unit").loc["pooled:a+b+c", ["models", "learned", "task_b_models",
+                                                          "task_b_models_learned"]].tolist() == [10, 9, 3, 2]
+    one = pd.DataFrame(G.effect_rows(cells["a"], "a", [1], 0.95), columns=G.EFFECT_COLUMNS)
+    report = study_markdown("s", None, "0" * 10, pd.DataFrame(index=["a"]),
+                            pd.DataFrame({"cell": ["a"], "status": ["completed"]}), pd.DataFrame(columns=["unit"]),
+                            None, None, pd.concat([one, effects]), learned)
+    section = report.split("## What the models generate")[1].split("## ")[0]
+    assert "| a, b, c | [1, 2, 3] | 9 of 10 | learned | 2 of 3 |" in section
+    assert (f"| a, b, c | energy_high | 10 | random | {format_interval(claim.effect, claim.lo, claim.hi)} | 3/3 | "
+            f"{claim.verdict} | yes |") in section
+    rows = [line for line in section.splitlines() if line.startswith("| a, b, c | ")][1:]
+    assert rows[0].startswith("| a, b, c | energy_high | 10 | random |")  # claim 2's arm first
+    text = study_generation_text(learned, pd.concat([one, effects]), lambda u: "pooled" if "+" in u else u)
+    assert text.startswith("What the models generate: a: 4 of 4 models learned (model A learned; 1 of 1 no-replay")
+    assert (f"pooled: 9 of 10 models learned (model A learned; 2 of 3 no-replay task-B models); claim 2 in the task-A "
+            f"share of their samples (top-energy minus random replay): budget 10: **{claim.verdict}**, "
+            f"{format_interval(claim.effect, claim.lo, claim.hi)}.") in text
+
+
 # --------------------------------------------------------------------------------------------------- end to end
 def run_study(study, project, *extra):
     cmd = [sys.executable, "-m", "flows.study", str(study), "--repo-root", str(project), *extra]
@@ -278,7 +334,8 @@ def snapshot(root, project, proc):
     return {"proc": proc, "cells": cells, "logs": logs, "exps": exp_show(project),
             "report": (root / "report" / "report.md").read_text(),
             "tables": {t: pd.read_parquet(root / "results" / f"{t}.parquet")
-                       for t in ("scores", "forgetting", "replay_forgetting", "verdicts", "agreement", "arms")}}
+                       for t in ("scores", "forgetting", "replay_forgetting", "verdicts", "agreement", "arms",
+                                 "generation", "learned")}}
 
 
 @pytest.fixture(scope="module")
@@ -378,6 +435,18 @@ def test_the_study_table_and_report(study_runs):
     assert (f"| {good} | {json.dumps(GOOD)} | energy_high | 10 | random | {row.at['absolute', 'effect']:+.3f} [no "
             f"interval] | {row.at['relative', 'effect']:+.3f} [no interval] | 1/1 / 1/1 |") in report
     assert (study_runs["root"] / "report" / "plots" / "arms.png").stat().st_size > 5000
+    # what the models generate: each cell's own generation effects and learned counts (its report stage's)
+    for cell in (good, short):
+        own = json.loads((study_runs["root"] / cell / "data" / "metrics" / "details.json").read_text())["generation"]
+        got = tables["generation"][tables["generation"].unit == cell]
+        assert len(got) == len(own["effects"]) > 0
+        for r in own["effects"]:
+            row = got[(got.arm == r["arm"]) & (got.reference == r["reference"]) & (got.budget == r["budget"])]
+            assert row.effect.item() == pytest.approx(r["effect"]) and row.verdict.item() == r["verdict"]
+        learned = tables["learned"].set_index("unit").loc[cell]
+        assert [learned.models, learned.learned] == [own["learned"]["models"], own["learned"]["learned"]]
+    assert report.index("## Replay arms against random replay") < report.index("## What the models generate") < \
+        report.index("## Verdicts per grid value")
 
 
 @pytest.mark.slow
@@ -430,12 +499,13 @@ def test_a_published_study_is_its_tables_without_machine_paths_and_a_report_made
     write_table(done, results / "cells.parquet", table="study_cells", meta=read_meta(root / "results" / "cells.parquet"))
     proc = publish(study_runs["project"].parent / "studies" / "e2e.yaml", "--results", results, "--out", out)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["agreement.parquet", "arms.parquet", "cells.parquet", "plots",
-                                                    "report.md", "verdicts.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["agreement.parquet", "arms.parquet", "cells.parquet",
+                                                    "generation.parquet", "learned.parquet", "plots", "report.md",
+                                                    "verdicts.parquet"]
     published = pd.read_parquet(out / "cells.parquet")
     assert not set(PRIVATE) & set(published.columns) and published["cell"].tolist() == done["cell"].tolist()
     assert published["prepare.task_b"].tolist() == done["prepare.task_b"].tolist()
-    for table in ("verdicts", "arms", "agreement"):
+    for table in ("verdicts", "arms", "agreement", "generation", "learned"):
         pd.testing.assert_frame_equal(pd.read_parquet(out / f"{table}.parquet"), study_runs["first"]["tables"][table])
     report = (out / "report.md").read_text()
     assert report == published_report(out)
@@ -451,6 +521,7 @@ def test_a_published_study_is_its_tables_without_machine_paths_and_a_report_made
         claim2 = verdicts[(verdicts.unit == cell) & (verdicts.claim == "claim2")]["verdict"].iloc[0]
         value = done.set_index("cell").at[cell, "prepare.task_b"]
         assert f"| {value} | **{claim2}** |" in readme
+    assert "What the models generate: " in readme and "claim 2 in the task-A share of their samples" in readme
 
 
 def test_publishing_without_results_or_with_a_damaged_table_is_one_line_and_writes_nothing(tmp_path):

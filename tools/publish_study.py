@@ -3,7 +3,8 @@
     python -m flows.study studies/ddpm-mnist-cpu-budgets.yaml            # run it (results in .studies/, ignored)
     python -m tools.publish_study studies/ddpm-mnist-cpu-budgets.yaml    # -> studies/results/ddpm-mnist-cpu-budgets/
 
-The study's small tables (verdicts, arms, agreement) are copied as they are; its cells table loses the columns
+The study's small tables (verdicts, arms, agreement, and generation and learned where its cells ran generate) are
+copied as they are; its cells table loses the columns
 that name this machine (workspace, log, host, error, protocol). The report and its two figures are then
 regenerated from those published tables alone, so what is committed is what the tables say (a test regenerates
 the report of every published study). The per-sample tables stay in .studies/. The studies section of
@@ -27,6 +28,7 @@ from stages.runner import draw_to_files
 
 PUBLISHED = Path("studies/results")
 TABLES = ("verdicts", "arms", "agreement")
+OPTIONAL = ("generation", "learned")  # what the models generate: studies whose cells ran the generate stage
 PRIVATE = ("workspace", "log", "host", "error", "protocol")  # cells' columns that name the machine or its paths
 
 
@@ -41,6 +43,8 @@ def publish(study: Path, results: Path, out: Path) -> Path:
                         f"({bad['status'].iloc[0]}); run the study again (python -m flows.study {study}) until every "
                         "cell completes")
     tables = {name: read_table(results / f"{name}.parquet") for name in TABLES}
+    tables.update({name: read_table(results / f"{name}.parquet") for name in OPTIONAL
+                   if (results / f"{name}.parquet").is_file()})
     grid_keys = [k for k in spec.grid if k in cells.columns]
     meta = {**meta, "description": spec.description, "grid_keys": grid_keys}
     with atomic_path(out, is_dir=True) as tmp:
@@ -69,9 +73,11 @@ def published_report(folder: Path) -> str:
     meta = read_meta(folder / "cells.parquet")
     grid = cells.set_index("cell")[meta["grid_keys"]]
     name = meta["study"]
+    optional = {name: read_table(folder / f"{name}.parquet") if (folder / f"{name}.parquet").is_file() else None
+                for name in OPTIONAL}
     return R.study_markdown(name, meta.get("description"), meta["commit"], grid, cells,
                             read_table(folder / "verdicts.parquet"), read_table(folder / "agreement.parquet"),
-                            read_table(folder / "arms.parquet"))
+                            read_table(folder / "arms.parquet"), optional["generation"], optional["learned"])
 
 
 def main(argv=None) -> int:

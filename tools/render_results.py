@@ -199,7 +199,26 @@ def render_study(folder: Path) -> str:
     lines += ["", f"Verdicts over the {'one cell' if runs == 1 else f'{runs} cells'}: " + "; ".join(counts) + ". "
               f"(Class control: {CLASS_CONTROL[0]} against {CLASS_CONTROL[1]}.)"
               + study_power_text(study_power(verdicts), name) + study_class_power_text(study_class_power(arms), name)]
+    if (folder / "learned.parquet").is_file():
+        lines += ["", study_generation_text(read_table(folder / "learned.parquet"),
+                                            read_table(folder / "generation.parquet"), name)]
     return "\n".join(lines)
+
+
+def study_generation_text(learned, generation, name) -> str:
+    """A published study's generation level, per cell and pooled run: how many models learned, and claim 2 in what
+    the models generate (top-energy minus random replay in the task-A share of their samples, per budget)."""
+    parts = []
+    for r in learned.itertuples(index=False):
+        claim = generation[(generation.unit == r.unit) & (generation.arm == CLAIM2_ARM)
+                           & (generation.reference == "random")]
+        verdicts = "; ".join(f"budget {g.budget}: **{g.verdict}**, {format_interval(g.effect, g.lo, g.hi)}"
+                             for g in claim.itertuples(index=False)) or "not run"
+        parts.append(f"{name(r.unit)}: {r.learned} of {r.models} models learned (model A "
+                     f"{'learned' if r.model_a_learned else 'did not learn'}; {r.task_b_models_learned} of "
+                     f"{r.task_b_models} no-replay task-B models); claim 2 in the task-A share of their samples "
+                     f"(top-energy minus random replay): {verdicts}")
+    return "What the models generate: " + ". ".join(parts) + "."
 
 
 def render_studies(root: Path) -> str:
