@@ -24,12 +24,14 @@ def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root
     """The study's results folder: the stacked per-sample tables, one row per cell (cells.parquet), the verdicts per
     cell and per seed-block pool (verdicts.parquet), their seed agreement (agreement.parquet), every replay arm
     against random replay (arms.parquet), what the models generate (generation.parquet: every arm's effect on the
-    task-A share of its samples; learned.parquet: how many models learned; when the cells ran generate), and
-    report/ (report.md, plots/effects.png, plots/arms.png)."""
+    task-A share of its samples; learned.parquet: how many models learned; when the cells ran generate), each
+    cell's forecast table (forecasts.parquet, from its report), and report/ (report.md, plots/effects.png,
+    plots/arms.png)."""
     import pandas as pd
     from prefect import get_run_logger
 
     from hopfield_replay.analysis import study as S
+    from hopfield_replay.analysis import study_forecasts as F
     from hopfield_replay.analysis import study_generation as G
     from hopfield_replay.analysis import study_report as R
     from hopfield_replay.io.tables import package_versions, params_hash, read_table, write_table
@@ -46,9 +48,10 @@ def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root
         write_table(S.stack_tables(frames, grid), out / f"{table}.parquet", table=f"study_{table}",
                     meta={**meta, "table": f"study_{table}"})
     verdicts, agreement, arms, inputs = [], [], [], {}
-    generation, learned, generated = [], [], {}  # generated: cell -> its generation table
+    generation, learned, generated, forecasts = [], [], {}, []  # generated: cell -> its generation table
     configs = {c.id: validate_config(c.params) for c in done}
     for c in done:
+        forecasts += F.read_forecasts(c.workspace / "data" / "metrics", c.id, configs[c.id].seeds)
         table = G.read_generation(tables_dir[c.id])
         if table is not None:
             generated[c.id] = table
@@ -86,6 +89,7 @@ def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root
     arms = pd.DataFrame(arms, columns=S.ARM_COLUMNS)
     generation = pd.DataFrame(generation, columns=G.EFFECT_COLUMNS)
     learned = pd.DataFrame(learned, columns=G.LEARNED_COLUMNS)
+    forecasts = pd.DataFrame(forecasts, columns=["unit", "seeds", *F.COLUMNS])
     table = pd.DataFrame([records[c.id] for c in cells], columns=CELL_COLUMNS).set_index("cell").join(grid)
     table = table.reset_index()
     table["ran"] = [json.dumps(v) if isinstance(v, list) else None for v in table["ran"]]
@@ -96,6 +100,8 @@ def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root
     write_table(generation, out / "generation.parquet", table="study_generation",
                 meta={**meta, "table": "study_generation"})
     write_table(learned, out / "learned.parquet", table="study_learned", meta={**meta, "table": "study_learned"})
+    write_table(forecasts, out / "forecasts.parquet", table="study_forecasts",
+                meta={**meta, "table": "study_forecasts"})
     with atomic_path(root / "report", is_dir=True) as tmp:
         (tmp / "plots").mkdir(parents=True)
         if len(verdicts):
@@ -103,6 +109,6 @@ def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root
         if len(arms):
             R.plot_arms(arms, tmp / "plots" / "arms.png")
         report = R.study_markdown(name, spec.description, head, grid, table, verdicts, agreement, arms,
-                                  generation, learned)
+                                  generation, learned, forecasts)
         (tmp / "report.md").write_text(report)
     return {"results": str(out), "report": str(root / "report" / "report.md")}

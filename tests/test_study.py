@@ -307,6 +307,26 @@ def test_a_study_says_what_its_models_generate_per_cell_and_pooled(tmp_path):
             f"{format_interval(claim.effect, claim.lo, claim.hi)}.") in text
 
 
+def test_a_study_reads_each_cells_forecast_table_only_when_it_is_complete(tmp_path):
+    from hopfield_replay.analysis.study_forecasts import COLUMNS, forecasts_markdown, read_forecasts
+
+    row = {k: 0.5 for k in COLUMNS} | {"measure": "relative", "predictor": "probe_8", "kind": "forecast",
+                                       "forecast": True, "baseline": "pixel_mass", "cost": 64.0}
+    ref = row | {"predictor": "energy_a", "kind": "energy", "forecast": False, "cost": None, "train_b_ratio": None,
+                 "within_class": None}  # JSON null: NaN (one seed, a class too small)
+    both = [r | {"measure": m} for m in ("absolute", "relative") for r in (row, ref)]
+    (tmp_path / "details.json").write_text(json.dumps({"forecasts": both}))
+    rows = read_forecasts(tmp_path, "a", [1, 2])
+    assert [r["predictor"] for r in rows] == ["probe_8", "energy_a"] * 2 and rows[0]["seeds"] == "[1, 2]"
+    lines = forecasts_markdown(pd.DataFrame(rows))
+    assert lines[1] == "## Forecasting forgetting before fine-tuning: a, seeds [1, 2]"
+    assert any(line.startswith("| relative | probe_8 | +0.500 [+0.500, +0.500] | 0.50 |") for line in lines)
+    assert any("the best forecast before fine-tuning is `probe_8`" in line for line in lines)
+    old = {k: v for k, v in row.items() if k not in ("within_class", "minus_baseline")}  # an older report
+    (tmp_path / "details.json").write_text(json.dumps({"forecasts": [old, ref]}))
+    assert read_forecasts(tmp_path, "a", [1]) == [] and read_forecasts(tmp_path / "none", "a", [1]) == []
+
+
 # --------------------------------------------------------------------------------------------------- end to end
 def run_study(study, project, *extra):
     cmd = [sys.executable, "-m", "flows.study", str(study), "--repo-root", str(project), *extra]
@@ -335,7 +355,7 @@ def snapshot(root, project, proc):
             "report": (root / "report" / "report.md").read_text(),
             "tables": {t: pd.read_parquet(root / "results" / f"{t}.parquet")
                        for t in ("scores", "forgetting", "replay_forgetting", "verdicts", "agreement", "arms",
-                                 "generation", "learned")}}
+                                 "generation", "learned", "forecasts")}}
 
 
 @pytest.fixture(scope="module")
@@ -447,6 +467,13 @@ def test_the_study_table_and_report(study_runs):
         assert [learned.models, learned.learned] == [own["learned"]["models"], own["learned"]["learned"]]
     assert report.index("## Replay arms against random replay") < report.index("## What the models generate") < \
         report.index("## Verdicts per grid value")
+    # each cell's forecast table, as its report stage wrote it
+    for cell in (good, short):
+        own = json.loads((study_runs["root"] / cell / "data" / "metrics" / "details.json").read_text())["forecasts"]
+        got = tables["forecasts"][tables["forecasts"].unit == cell]
+        assert got.predictor.tolist() == [r["predictor"] for r in own] and len(own) > 2
+        assert np.allclose(got.spearman, [r["spearman"] for r in own]) and (got.seeds == "[1]").all()
+        assert f"## Forecasting forgetting before fine-tuning: {cell}, seeds [1]" in report
 
 
 @pytest.mark.slow
@@ -500,12 +527,12 @@ def test_a_published_study_is_its_tables_without_machine_paths_and_a_report_made
     proc = publish(study_runs["project"].parent / "studies" / "e2e.yaml", "--results", results, "--out", out)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["agreement.parquet", "arms.parquet", "cells.parquet",
-                                                    "generation.parquet", "learned.parquet", "plots", "report.md",
-                                                    "verdicts.parquet"]
+                                                    "forecasts.parquet", "generation.parquet", "learned.parquet",
+                                                    "plots", "report.md", "verdicts.parquet"]
     published = pd.read_parquet(out / "cells.parquet")
     assert not set(PRIVATE) & set(published.columns) and published["cell"].tolist() == done["cell"].tolist()
     assert published["prepare.task_b"].tolist() == done["prepare.task_b"].tolist()
-    for table in ("verdicts", "arms", "agreement", "generation", "learned"):
+    for table in ("verdicts", "arms", "agreement", "generation", "learned", "forecasts"):
         pd.testing.assert_frame_equal(pd.read_parquet(out / f"{table}.parquet"), study_runs["first"]["tables"][table])
     report = (out / "report.md").read_text()
     assert report == published_report(out)
@@ -522,6 +549,7 @@ def test_a_published_study_is_its_tables_without_machine_paths_and_a_report_made
         value = done.set_index("cell").at[cell, "prepare.task_b"]
         assert f"| {value} | **{claim2}** |" in readme
     assert "What the models generate: " in readme and "claim 2 in the task-A share of their samples" in readme
+    assert "Best forecast made before fine-tuning: " in readme and "of the seed ceiling" in readme
 
 
 def test_publishing_without_results_or_with_a_damaged_table_is_one_line_and_writes_nothing(tmp_path):

@@ -3,8 +3,8 @@
     python -m flows.study studies/ddpm-mnist-cpu-budgets.yaml            # run it (results in .studies/, ignored)
     python -m tools.publish_study studies/ddpm-mnist-cpu-budgets.yaml    # -> studies/results/ddpm-mnist-cpu-budgets/
 
-The study's small tables (verdicts, arms, agreement, and generation and learned where its cells ran generate) are
-copied as they are; its cells table loses the columns
+The study's small tables (verdicts, arms, agreement; generation, learned and forecasts where its cells ran
+generate and forecast) are copied as they are; its cells table loses the columns
 that name this machine (workspace, log, host, error, protocol). The report and its two figures are then
 regenerated from those published tables alone, so what is committed is what the tables say (a test regenerates
 the report of every published study). The per-sample tables stay in .studies/. The studies section of
@@ -28,7 +28,7 @@ from stages.runner import draw_to_files
 
 PUBLISHED = Path("studies/results")
 TABLES = ("verdicts", "arms", "agreement")
-OPTIONAL = ("generation", "learned")  # what the models generate: studies whose cells ran the generate stage
+OPTIONAL = ("generation", "learned", "forecasts")  # studies whose cells ran generate, and the forecast stage
 PRIVATE = ("workspace", "log", "host", "error", "protocol")  # cells' columns that name the machine or its paths
 
 
@@ -77,7 +77,8 @@ def published_report(folder: Path) -> str:
                 for name in OPTIONAL}
     return R.study_markdown(name, meta.get("description"), meta["commit"], grid, cells,
                             read_table(folder / "verdicts.parquet"), read_table(folder / "agreement.parquet"),
-                            read_table(folder / "arms.parquet"), optional["generation"], optional["learned"])
+                            read_table(folder / "arms.parquet"), optional["generation"], optional["learned"],
+                            optional["forecasts"])
 
 
 def main(argv=None) -> int:

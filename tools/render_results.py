@@ -202,7 +202,23 @@ def render_study(folder: Path) -> str:
     if (folder / "learned.parquet").is_file():
         lines += ["", study_generation_text(read_table(folder / "learned.parquet"),
                                             read_table(folder / "generation.parquet"), name)]
+    if (folder / "forecasts.parquet").is_file():
+        lines += study_forecast_text(read_table(folder / "forecasts.parquet"), name)
     return "\n".join(lines)
+
+
+def study_forecast_text(forecasts, name) -> list[str]:
+    """A published study's best forecast made before fine-tuning per cell and measure, with its share of the seed
+    ceiling, its difference to the best task-A baseline and its compute."""
+    parts = []
+    for (unit, measure), table in forecasts[forecasts.forecast.astype(bool)].groupby(["unit", "measure"], sort=False):
+        b = table.loc[table.spearman.idxmax()]
+        parts.append(f"{name(unit)}, {measure}: `{b.predictor}`, Spearman "
+                     f"{format_interval(b.spearman, b.spearman_lo, b.spearman_hi)} ({b.share_of_ceiling:.2f} of the "
+                     f"seed ceiling {b.ceiling:.2f}; minus the best task-A baseline `{b.baseline}`: "
+                     f"{format_interval(b.minus_baseline, b.minus_baseline_lo, b.minus_baseline_hi)}; "
+                     f"{b.train_b_ratio:.2f} x one train_b run)")
+    return ["", "Best forecast made before fine-tuning: " + "; ".join(parts) + "."] if parts else []
 
 
 def study_generation_text(learned, generation, name) -> str:

@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..measures.forgetting import MEASURES
 from .study import CLAIMS
+from .study_forecasts import forecasts_markdown
 from .study_generation import generation_markdown
 from .verdicts import CHECKS, STUDY_CHECKS_RULE, format_interval
 
@@ -78,11 +79,11 @@ def _arms_table(arms: pd.DataFrame, grid: pd.DataFrame) -> list[str]:
 def study_markdown(name: str, description: str | None, head: str, grid: pd.DataFrame, cells: pd.DataFrame,
                    verdicts: pd.DataFrame, agreement: pd.DataFrame | None = None,
                    arms: pd.DataFrame | None = None, generation: pd.DataFrame | None = None,
-                   learned: pd.DataFrame | None = None) -> str:
+                   learned: pd.DataFrame | None = None, forecasts: pd.DataFrame | None = None) -> str:
     """The study report: verdicts and effects (with their intervals) per cell, pooled over seed blocks and per grid
     value, the design checks, the seed agreement (agreement_rows), every replay arm against random replay
     (arm_rows), what the models generate (study_generation: learned counts and arm effects on the task-A share),
-    then the missing cells with their logs. cells: one row per cell (status, attempts, log, exp)."""
+    each cell's forecast table (study_forecasts), then the missing cells with their logs. cells: one row per cell (status, attempts, log, exp)."""
     done = cells[cells["status"] == "completed"]
     missing = cells[cells["status"] != "completed"]
     per_cell = verdicts[~verdicts["unit"].str.startswith("pooled:")] if len(verdicts) else verdicts
@@ -117,6 +118,8 @@ def study_markdown(name: str, description: str | None, head: str, grid: pd.DataF
         lines += _arms_table(arms, grid)
     if learned is not None and len(learned) and generation is not None:
         lines += generation_markdown(generation, learned)
+    if forecasts is not None and len(forecasts):
+        lines += forecasts_markdown(forecasts)
     lines += ["", "## Verdicts per grid value", ""]
     if len(per_cell) and len(grid.columns):
         lines += ["| grid key | value | cells | claim 1 holds / fails / inconclusive | claim 2 holds / fails / "
