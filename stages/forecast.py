@@ -34,11 +34,11 @@ def main(cfg, args):
     steps = sorted({max(1, round(f * tb.steps)) for f in cfg.forecast.probe_fractions})
     recipe = TrainConfig(**{**tb.loop_settings(), "lr_schedule": "constant", "lr_warmup_steps": 0,
                             "ema_decay": None}, seed=cfg.seeds[0], replay_fraction=0.0)
-    conditional = model.family != "ddpm"
+    conditional, timing = model.family != "ddpm", {}
     table, seconds = forecast(model, x_a, x_b, timesteps=fp.timesteps, probe=recipe, probe_steps=steps,
                               knn_k=cfg.forecast.knn_k, seed=fp.noise_seed, ids_old=ids_a, ids_new=ids_b,
                               labels_old=labels_a if conditional else None,
-                              labels_new=labels_b if conditional else None, progress=True)
+                              labels_new=labels_b if conditional else None, progress=True, timing=timing)
     classifier, _ = load_classifier(args.classifier)
     pixels_a, _, pix_ids_a = load_task(args.images, args.samples, "A")
     pixels_b, _, _ = load_task(args.images, args.samples, "B")
@@ -47,7 +47,7 @@ def main(cfg, args):
     table["proximity_b_classifier"] = (-knn_distances(features_a, extract_features(classifier, pixels_b).double(), k)
                                        .mean(1).numpy()[pd.Index(pix_ids_a).get_indexer(ids_a)])
     # the table holds the deterministic compute (image passes); the seconds are this machine's, printed only
-    per_step = seconds.pop("train_seconds_per_step", float("nan"))
+    per_step = timing.get("train_seconds_per_step", float("nan"))
     table.insert(0, "label", np.asarray(labels_a, dtype=np.int64))
     table.insert(0, "sample_id", np.asarray(ids_a, dtype=np.int64))
     meta = provenance(cfg, "forecast", "forgetting", "train_b", "seeds", seed=fp.noise_seed, device=device,

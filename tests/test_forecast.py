@@ -74,11 +74,12 @@ def test_the_probe_is_a_fine_tune_of_a_copy(setup):
 
 def test_forecast_returns_every_column_and_its_cost(setup):
     model, old, new = setup
+    timing = {}
     table, cost = forecast(model, old, new, timesteps=T, probe=TrainConfig(batch_size=10, lr=1e-3, seed=0),
-                           probe_steps=[2, 4], knn_k=3, seed=0)
+                           probe_steps=[2, 4], knn_k=3, seed=0, timing=timing)
     assert list(table.columns) == ["proximity_b", "grad_dot", "grad_cos", "probe_2", "probe_4"] and len(table) == 20
-    assert np.isfinite(table.to_numpy()).all() and set(cost) == {*table.columns, "train_seconds_per_step"}
-    assert min(cost.values()) > 0 and cost["probe_4"] > cost["train_seconds_per_step"] * 4
+    assert np.isfinite(table.to_numpy()).all() and set(cost) == set(table.columns)
+    assert min(cost.values()) > 0 and cost["probe_4"] > timing["train_seconds_per_step"] * 4 > 0
     a, b = old.reshape(20, -1).double().numpy(), new.reshape(20, -1).double().numpy()
     dist = np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))
     np.testing.assert_allclose(table.proximity_b, -np.sort(dist, 1)[:, :3].mean(1), rtol=1e-9)

@@ -117,10 +117,11 @@ def forecast_cost(n_old: int, n_new: int, n_timesteps: int, probe_steps: list[in
 
 def forecast(model: DenoisingModel, x_old: torch.Tensor, x_new: torch.Tensor, *, timesteps: list[int],
              probe: TrainConfig, probe_steps: list[int], knn_k: int = 5, seed: int = 0, ids_old=None, ids_new=None,
-             labels_old=None, labels_new=None, progress: bool = False) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Every forecast of the module docstring, one row per old sample (in order), and the seconds each took on
-    this machine, plus ``train_seconds_per_step`` of the probes' fine-tuning (``probe`` gives the probe's recipe;
-    its steps are replaced by each of ``probe_steps``)."""
+             labels_old=None, labels_new=None, progress: bool = False,
+             timing: dict | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Every forecast of the module docstring, one row per old sample (in order), and the seconds each column took
+    on this machine (``probe`` gives the probe's recipe; its steps are replaced by each of ``probe_steps``). When a
+    ``timing`` dict is given, it gets ``train_seconds_per_step``: the probes' fine-tuning seconds per step."""
     if x_old.shape[1:] != x_new.shape[1:]:
         raise UserError(f"old samples of shape {tuple(x_old.shape[1:])} and new of {tuple(x_new.shape[1:])}: give "
                         "data of one size (the model's)")
@@ -142,12 +143,13 @@ def forecast(model: DenoisingModel, x_old: torch.Tensor, x_new: torch.Tensor, *,
     for steps in probe_steps:
         start = time.perf_counter()
         config = TrainConfig(**{**probe.__dict__, "steps": int(steps), "replay_fraction": 0.0})
-        timing = {}
+        probe_timing = {}
         out[f"probe_{steps}"] = probe_rise(model, x_old, ids_old, x_new, timesteps, config, seed=seed,
                                            labels_old=labels_old, labels_new=labels_new, base_losses=base,
-                                           timing=timing)
+                                           timing=probe_timing)
         cost[f"probe_{steps}"] = time.perf_counter() - start + shared
-        cost["train_seconds_per_step"] = timing["train_seconds"] / steps
+        if timing is not None:
+            timing["train_seconds_per_step"] = probe_timing["train_seconds"] / steps
     return pd.DataFrame({k: np.asarray(v, dtype=np.float64) for k, v in out.items()}), cost
 
 
