@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -98,7 +99,20 @@ def test_dvc_repro_runs_the_whole_sd_pipeline_on_latents(sd_project, tiny_params
         assert (folder / "unet" / "config.json").is_file() and not (folder / "vae").exists()
     replay = pd.read_parquet(tables / "replay_forgetting.parquet")
     assert set(replay.strategy) == {"none", "energy_high", "random"} and replay["relative"].notna().all()
-    assert (sd_project / "data" / "report" / "report.md").read_text().startswith("# hopfield-replay")
+    # forecasts in latent space: proximity to task B among the latents (brute force here), the gradient and probe
+    # forecasts of the SD UNet, evaluated in the report as claim 1's predictors are
+    forecast = pd.read_parquet(tables / "forecast.parquet").set_index("sample_id").loc[ids_a]
+    z_b = x0["x0"][[pos[int(s)] for s in samples.loc[samples.task == "B", "sample_id"]]].flatten(1).double()
+    k = tiny_params["forecast"]["knn_k"]
+    nearest = torch.cdist(z_a.double(), z_b).sort(1).values[:, :k].mean(1)
+    assert np.allclose(forecast["proximity_b"], -nearest.numpy(), rtol=1e-6)
+    probes = [c for c in forecast.columns if c.startswith("probe_")]
+    assert probes and forecast[["grad_dot", *probes]].std().gt(0).all() and np.isfinite(forecast.to_numpy()).all()
+    report = (sd_project / "data" / "report" / "report.md").read_text()
+    details = json.loads((sd_project / "data" / "metrics" / "details.json").read_text())
+    assert {r["kind"] for r in details["forecasts"] if r["forecast"]} == {"forecast"}
+    assert "## Forecasting forgetting before fine-tuning" in report
+    assert report.startswith("# hopfield-replay")
     status = json.loads(run(["dvc", "status", "--json", "report"], sd_project).stdout)
     assert status == {}
 
