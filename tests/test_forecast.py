@@ -131,6 +131,21 @@ def test_the_command_line_forecasts_from_a_saved_model_and_two_folders(setup, tm
     top = set(with_buffer.sort_values("probe_2", ascending=False, kind="stable").sample_id[:5])
     assert set(with_buffer.loc[with_buffer.suggested, "sample_id"]) == top and with_buffer.suggested.sum() == 5
     assert with_buffer.drop(columns="suggested").equals(table)  # the same forecasts, seeded
+    # the library call the command line makes: the same table, bit for bit
+    from hopfield_replay.forecast import forecast_folders
+
+    threads = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                                 capture_output=True, text=True, timeout=120).stdout)  # the command line's
+    ours = torch.get_num_threads()
+    torch.set_num_threads(threads)  # sums over threads round differently; same threads, same bits
+    try:
+        library = forecast_folders(tmp_path / "model", old, new, probe_steps=[2], batch_size=4,
+                                   timesteps=[100, 500], buffer=5)
+    finally:
+        torch.set_num_threads(ours)
+    assert library.attrs["rank_by"] == "probe_2" and set(library.attrs["seconds"]) == set(table.columns[2:])
+    library.attrs = {}
+    pd.testing.assert_frame_equal(library, with_buffer, check_exact=True)
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ optimiser (MIR, Aljundi et al. 2019: replay the samples whose loss a virtual upd
 The per-sample gradients are exact (one backward per old sample, nothing stored but two numbers).
 
     python -m hopfield_replay.forecast --model DIR --old DATA --new DATA --out forecast.parquet
+    forecast_folders("DIR", "OLD_DATA", "NEW_DATA", probe_steps=[80, 400], buffer=250)   # the same, in Python
 
 writes one row per old sample (sample_id: its index in the old data as ``prepare`` reads it; its label; every
 forecast, higher = more forgetting predicted; with ``--buffer K``, ``suggested``: the K samples to replay, ranked by
@@ -213,6 +214,56 @@ def estimate_seconds(model: DenoisingModel, x_old: torch.Tensor, x_new: torch.Te
             + (1 + len(probe_steps)) * n_old * n_t / batch_size * batch / 3)
 
 
+def forecast_folders(model: str | Path, old: str | Path, new: str | Path, *, timesteps=(100, 250, 500, 750),
+                     probe_steps=(20,), lr: float = 1e-3, batch_size: int = 64, knn: int = 5, seed: int = 0,
+                     buffer: int = 0, rank_by: str | None = None, fine_tune_steps: int | None = None,
+                     progress: bool = False) -> pd.DataFrame:
+    """The command line's forecast as a table: a saved model folder (DDPM or Stable Diffusion) and two data folders
+    in the formats ``prepare`` reads -> one row per old sample (sample_id: its index in the old data, label, every
+    forecast; with ``buffer`` K, ``suggested``: the K highest of ``rank_by``, the longest probe by default). Prints
+    the sizes, the compute and a time estimate before it starts. ``table.attrs``: cost_passes, seconds (per column,
+    this machine) and rank_by. Bad input is a UserError naming the option (as the command line spells it)."""
+    timesteps, probe_steps = [int(t) for t in timesteps], [int(s) for s in probe_steps]
+    if any(s < 1 for s in probe_steps) or knn < 1 or batch_size < 1 or not lr > 0:
+        raise UserError("--probe-steps, --knn and --batch-size must be >= 1 and --lr > 0")
+    if fine_tune_steps is not None and (fine_tune_steps < 1 or max(probe_steps, default=0) > fine_tune_steps):
+        raise UserError(f"--probe-steps {max(probe_steps, default=0)} is longer than the fine-tune it forecasts "
+                        f"(--fine-tune-steps {fine_tune_steps}); give probes of at most that many steps, and "
+                        "--fine-tune-steps >= 1")
+    columns = [*FORECASTS, *(f"probe_{s}" for s in probe_steps)]
+    rank_by = rank_by or (f"probe_{max(probe_steps)}" if probe_steps else "grad_dot")
+    if rank_by not in columns:
+        raise UserError(f"--rank-by {rank_by}: not a forecast of this run; use one of {', '.join(columns)}")
+    model = load_model(model)
+    x_old, y_old = _model_space(model, old)
+    if not 0 <= buffer <= len(x_old):
+        raise UserError(f"--buffer {buffer}: the old data {old} hold {len(x_old)} samples; use a K from 0 to "
+                        f"{len(x_old)}")
+    x_new, y_new = _model_space(model, new)
+    conditional = model.family != "ddpm"
+    passes = forecast_cost(len(x_old), len(x_new), len(timesteps), probe_steps, batch_size)
+    estimate = estimate_seconds(model, x_old, x_new, timesteps=timesteps, probe_steps=probe_steps,
+                                batch_size=batch_size, labels_old=y_old if conditional else None, seed=seed)
+    total = (passes["grad_dot"] + batch_size * sum(probe_steps)  # every column's passes, each counted once
+             + (1 + len(probe_steps)) * len(x_old) * len(timesteps) / 3)
+    share = (f", {total / (fine_tune_steps * batch_size):.2f} x the image passes of the {fine_tune_steps}-step "
+             "fine-tune" if fine_tune_steps else "")
+    print(f"forecast: {len(x_old)} old and {len(x_new)} new samples on {model.device}; {total:.0f} image passes "
+          f"in all{share}; estimated {estimate / 60:.1f} min here", flush=True)
+    table, seconds = forecast(model, x_old, x_new, timesteps=timesteps, knn_k=knn, seed=seed,
+                              probe=TrainConfig(batch_size=batch_size, lr=lr, seed=seed), probe_steps=probe_steps,
+                              labels_old=y_old if conditional else None, labels_new=y_new if conditional else None,
+                              progress=progress)
+    table.insert(0, "label", y_old.numpy().astype(np.int64))
+    table.insert(0, "sample_id", np.arange(len(table), dtype=np.int64))  # the index in the old data
+    if buffer:  # the K highest forecasts (ties: the earlier sample), as the _high arms rank
+        suggested = np.zeros(len(table), dtype=bool)
+        suggested[np.argsort(-table[rank_by].to_numpy(), kind="stable")[:buffer]] = True
+        table["suggested"] = suggested
+    table.attrs.update(cost_passes=passes, seconds=seconds, rank_by=rank_by)
+    return table
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m hopfield_replay.forecast", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="a saved model folder (DDPM or Stable Diffusion)")
@@ -236,53 +287,21 @@ def main(argv: list[str] | None = None) -> None:
         from .io.tables import check_output, write_table
 
         check_output(args.out)
-        if any(s < 1 for s in args.probe_steps) or args.knn < 1 or args.batch_size < 1 or not args.lr > 0:
-            raise UserError("--probe-steps, --knn and --batch-size must be >= 1 and --lr > 0")
-        if args.fine_tune_steps is not None and (args.fine_tune_steps < 1
-                                                 or max(args.probe_steps, default=0) > args.fine_tune_steps):
-            raise UserError(f"--probe-steps {max(args.probe_steps, default=0)} is longer than the fine-tune it "
-                            f"forecasts (--fine-tune-steps {args.fine_tune_steps}); give probes of at most that many "
-                            "steps, and --fine-tune-steps >= 1")
-        columns = [*FORECASTS, *(f"probe_{s}" for s in args.probe_steps)]
-        rank_by = args.rank_by or (f"probe_{max(args.probe_steps)}" if args.probe_steps else "grad_dot")
-        if rank_by not in columns:
-            raise UserError(f"--rank-by {rank_by}: not a forecast of this run; use one of {', '.join(columns)}")
-        model = load_model(args.model)
-        x_old, y_old = _model_space(model, args.old)
-        if not 0 <= args.buffer <= len(x_old):
-            raise UserError(f"--buffer {args.buffer}: the old data {args.old} hold {len(x_old)} samples; use a K "
-                            f"from 0 to {len(x_old)}")
-        x_new, y_new = _model_space(model, args.new)
-        conditional = model.family != "ddpm"
-        passes = forecast_cost(len(x_old), len(x_new), len(args.timesteps), args.probe_steps, args.batch_size)
-        estimate = estimate_seconds(model, x_old, x_new, timesteps=args.timesteps, probe_steps=args.probe_steps,
-                                    batch_size=args.batch_size, labels_old=y_old if conditional else None,
-                                    seed=args.seed)
-        total = (passes["grad_dot"] + args.batch_size * sum(args.probe_steps)  # every column's passes, each once
-                 + (1 + len(args.probe_steps)) * len(x_old) * len(args.timesteps) / 3)
-        share = (f", {total / (args.fine_tune_steps * args.batch_size):.2f} x the image passes of the "
-                 f"{args.fine_tune_steps}-step fine-tune" if args.fine_tune_steps else "")
-        print(f"forecast: {len(x_old)} old and {len(x_new)} new samples on {model.device}; {total:.0f} image passes "
-              f"in all{share}; estimated {estimate / 60:.1f} min here", flush=True)
-        table, cost = forecast(model, x_old, x_new, timesteps=args.timesteps, knn_k=args.knn, seed=args.seed,
-                               probe=TrainConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed),
-                               probe_steps=args.probe_steps, labels_old=y_old if conditional else None,
-                               labels_new=y_new if conditional else None, progress=True)
-        table.insert(0, "label", y_old.numpy().astype(np.int64))
-        table.insert(0, "sample_id", np.arange(len(table), dtype=np.int64))  # the index in the old data
-        if args.buffer:  # the K highest forecasts (ties: the earlier sample), as the _high arms rank
-            suggested = np.zeros(len(table), dtype=bool)
-            suggested[np.argsort(-table[rank_by].to_numpy(), kind="stable")[: args.buffer]] = True
-            table["suggested"] = suggested
-        write_table(table, args.out, table="forecast", meta={"table": "forecast", "cost_passes": passes,
-                                                            "model": str(args.model), "old": args.old,
-                                                            "new": args.new})
+        table = forecast_folders(args.model, args.old, args.new, timesteps=args.timesteps,
+                                 probe_steps=args.probe_steps, lr=args.lr, batch_size=args.batch_size, knn=args.knn,
+                                 seed=args.seed, buffer=args.buffer, rank_by=args.rank_by,
+                                 fine_tune_steps=args.fine_tune_steps, progress=True)
+        attrs, table.attrs = table.attrs, {}  # the seconds are this machine's: printed, never in the table
+        write_table(table, args.out, table="forecast",
+                    meta={"table": "forecast", "cost_passes": attrs["cost_passes"], "model": str(args.model),
+                          "old": str(args.old), "new": str(args.new)})
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    seconds, columns = attrs["seconds"], list(attrs["seconds"])
     print(f"forecast: {len(table)} old samples, columns {', '.join(columns)} -> {args.out}; seconds: "
-          + ", ".join(f"{k} {cost[k]:.1f}" for k in columns)
-          + (f"; suggested buffer: the {args.buffer} highest {rank_by}" if args.buffer else ""))
+          + ", ".join(f"{k} {seconds[k]:.1f}" for k in columns)
+          + (f"; suggested buffer: the {args.buffer} highest {attrs['rank_by']}" if args.buffer else ""))
 
 
 if __name__ == "__main__":
