@@ -155,7 +155,7 @@ def main(argv=None) -> None:
         report(f"gradient interference, {n} old samples: {seconds:.1f} s; peak memory rise {memory.peak:.1f} MiB "
                f"(2 x parameters: {2 * n_params * 4 / 2**20:.1f} MiB)")
         grad_seconds = seconds
-    report(f"gradient interference: {grad_seconds / run:.3f}x one train_b run")
+    report(f"gradient interference: ratio to one train_b run = {grad_seconds / run:.3f}x")
     start = time.perf_counter()  # the losses before the probes: once, shared by all (as forecast() does)
     before = denoising_energy(model, x_old, ids_old, timesteps, seed=0, progress=False)
     sync(device)
@@ -169,10 +169,11 @@ def main(argv=None) -> None:
         sync(device)
         seconds = time.perf_counter() - start
         total += seconds
-        report(f"probe_{steps} ({steps} steps and the losses after): {seconds:.1f} s, {seconds / run:.3f}x one "
-               "train_b run")
+        report(f"probe_{steps} ({steps} steps and the losses after): {seconds:.1f} s; ratio to one train_b run = "
+               f"{seconds / run:.3f}x")
     verdict = "met" if total <= run else "NOT met"
-    report(f"all forecasts together: {total:.1f} s = {total / run:.3f}x one train_b run (goal <= 1.0x: {verdict})")
+    report(f"all forecasts together: {total:.1f} s; ratio to one train_b run = {total / run:.3f}x (goal <= 1.0x: "
+           f"{verdict})")
 
 
 if __name__ == "__main__":

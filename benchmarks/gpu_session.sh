@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu_session.sh stage          # there, a second call if 2 min are left: the real prepare, encode
 #                                                 # and train_a stages, 300 steps of the DDPM study profile's model
 #   bash benchmarks/gpu_session.sh train-big      # there, if 3 min are left: training the 35.7M UNet too
+#   bash benchmarks/gpu_session.sh forecast       # there, if 1 min is left: the forecasts against one train_b run
 #   GPU_SESSION_DEVICE=cpu bash benchmarks/gpu_session.sh --smoke   # here: each benchmark's tiny size (the tests)
 #
 # Files under $OUT (default gpu-out): session.txt (everything printed, with each step's exit status and seconds),
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 PY=${PYTHON:-python3}
 DEVICE=${GPU_SESSION_DEVICE:-cuda}
-STEPS="env tests recon sd side train stage train-big"
+STEPS="env tests recon sd side train stage train-big forecast"
 smoke=0
 steps=()
 for arg in "$@"; do
@@ -102,6 +103,8 @@ for s in "${steps[@]}"; do
     train) step train 205 "" "$PY" benchmarks/bench_train.py --device "$DEVICE" "${compile[@]}" "${size[@]}" \
       --out "$OUT/bench_train.txt" ;;
     stage) export -f stages; export PY DEVICE profile stage_steps; step stage 90 stage.txt bash -c stages ;;
+    forecast) step forecast 60 "" "$PY" benchmarks/bench_forecast.py --device "$DEVICE" "${size[@]}" \
+      --out "$OUT/bench_forecast.txt" ;;
     train-big) step train-big 150 "" "$PY" benchmarks/bench_train.py --device "$DEVICE" --big "${size[@]}" \
       --out "$OUT/bench_train_big.txt" ;;
   esac

@@ -21,7 +21,8 @@ from tools import gpu_kit
 SCRIPT = ROOT / "benchmarks" / "gpu_session.sh"
 # benchmark file -> ratio lines it prints at the smoke size
 OURS = {"hopfield_replay", "stages", "flows", "tools", "tests"}
-RATIOS = {"bench_reconstruction.txt": 1, "bench_sd.txt": 3, "bench_side_by_side.txt": 1, "bench_train.txt": 3}
+RATIOS = {"bench_reconstruction.txt": 1, "bench_sd.txt": 3, "bench_side_by_side.txt": 1, "bench_train.txt": 3,
+          "bench_forecast.txt": 3}  # forecast --smoke: gradient interference, one probe, all together
 
 
 def _session(out: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -34,10 +35,10 @@ def _session(out: Path, *args: str, env: dict | None = None) -> subprocess.Compl
 @pytest.mark.slow
 def test_every_step_runs_and_writes_its_figures(tmp_path):
     out = tmp_path / "out"
-    done = _session(out, "--smoke", "env", "tests", "recon", "sd", "side", "train", "stage")
+    done = _session(out, "--smoke", "env", "tests", "recon", "sd", "side", "train", "stage", "forecast")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     session = (out / "session.txt").read_text()
-    for step in ("env", "tests", "recon", "sd", "side", "train", "stage"):
+    for step in ("env", "tests", "recon", "sd", "side", "train", "stage", "forecast"):
         assert re.search(rf"^== {step}: exit 0 after \d+ s$", session, re.M), session[-3000:]
     assert "train-big" not in session  # only when asked for
     assert f"diffusers {diffusers.__version__}" in (out / "env.txt").read_text()
@@ -126,5 +127,5 @@ def test_the_default_steps_fit_one_ten_minute_call():
     text = SCRIPT.read_text()
     limits = dict(re.findall(r"^\s+[a-z-]+\) step ([a-z-]+) (\d+) ", text, re.M))
     default = re.search(r"steps=\(([a-z -]+)\)", text).group(1).split()
-    assert set(default) < set(limits) and not {"stage", "train-big"} & set(default)
+    assert set(default) < set(limits) and not {"stage", "train-big", "forecast"} & set(default)
     assert sum(int(limits[s]) for s in default) <= 600 - 30  # 30 s left for installing the kit
