@@ -116,6 +116,14 @@ def forecast_cost(n_old: int, n_new: int, n_timesteps: int, probe_steps: list[in
     return cost
 
 
+def total_passes(n_old: int, n_new: int, n_timesteps: int, probe_steps: list[int], batch_size: int) -> float:
+    """The image passes of all forecasts together, each shared piece once (``forecast_cost`` counts per column):
+    (n_old + n_new) T for the gradients, s B per probe, and the old losses before (once) and after each probe,
+    (1 + P) n_old T / 3."""
+    return float((n_old + n_new) * n_timesteps + batch_size * sum(probe_steps)
+                 + (1 + len(probe_steps)) * n_old * n_timesteps / 3)
+
+
 def forecast(model: DenoisingModel, x_old: torch.Tensor, x_new: torch.Tensor, *, timesteps: list[int],
              probe: TrainConfig, probe_steps: list[int], knn_k: int = 5, seed: int = 0, ids_old=None, ids_new=None,
              labels_old=None, labels_new=None, progress: bool = False,
@@ -244,8 +252,7 @@ def forecast_folders(model: str | Path, old: str | Path, new: str | Path, *, tim
     passes = forecast_cost(len(x_old), len(x_new), len(timesteps), probe_steps, batch_size)
     estimate = estimate_seconds(model, x_old, x_new, timesteps=timesteps, probe_steps=probe_steps,
                                 batch_size=batch_size, labels_old=y_old if conditional else None, seed=seed)
-    total = (passes["grad_dot"] + batch_size * sum(probe_steps)  # every column's passes, each counted once
-             + (1 + len(probe_steps)) * len(x_old) * len(timesteps) / 3)
+    total = total_passes(len(x_old), len(x_new), len(timesteps), probe_steps, batch_size)
     share = (f", {total / (fine_tune_steps * batch_size):.2f} x the image passes of the {fine_tune_steps}-step "
              "fine-tune" if fine_tune_steps else "")
     print(f"forecast: {len(x_old)} old and {len(x_new)} new samples on {model.device}; {total:.0f} image passes "
