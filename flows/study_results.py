@@ -5,6 +5,7 @@ verdicts, seed agreement and arm effects per cell and per pooled seed block, and
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,9 @@ def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root
     cell and per seed-block pool (verdicts.parquet), their seed agreement (agreement.parquet), every replay arm
     against random replay (arms.parquet), what the models generate (generation.parquet: every arm's effect on the
     task-A share of its samples; learned.parquet: how many models learned; when the cells ran generate), each
-    cell's forecast table (forecasts.parquet, from its report), and report/ (report.md, plots/effects.png,
-    plots/arms.png)."""
+    cell's forecast table (forecasts.parquet, from its report), each cell's sample grid (samples/<cell>.png, its
+    report's figure, when it ran generate), and report/ (report.md, plots/effects.png, plots/arms.png,
+    plots/samples/)."""
     import pandas as pd
     from prefect import get_run_logger
 
@@ -102,13 +104,25 @@ def aggregate(name: str, spec: StudySpec, cells: list[Cell], records: dict, root
     write_table(learned, out / "learned.parquet", table="study_learned", meta={**meta, "table": "study_learned"})
     write_table(forecasts, out / "forecasts.parquet", table="study_forecasts",
                 meta={**meta, "table": "study_forecasts"})
+    grids = {c.id: c.workspace / "data" / "report" / "plots" / "samples.png" for c in sorted(done, key=lambda c: c.id)}
+    grids = {cell: path for cell, path in grids.items() if path.is_file()}
+    with atomic_path(out / "samples", is_dir=True) as tmp:
+        copy_sample_grids(grids, tmp)
     with atomic_path(root / "report", is_dir=True) as tmp:
         (tmp / "plots").mkdir(parents=True)
+        copy_sample_grids(grids, tmp / "plots" / "samples")
         if len(verdicts):
             R.plot_effects(verdicts, tmp / "plots" / "effects.png")
         if len(arms):
             R.plot_arms(arms, tmp / "plots" / "arms.png")
         report = R.study_markdown(name, spec.description, head, grid, table, verdicts, agreement, arms,
-                                  generation, learned, forecasts)
+                                  generation, learned, forecasts, list(grids))
         (tmp / "report.md").write_text(report)
     return {"results": str(out), "report": str(root / "report" / "report.md")}
+
+
+def copy_sample_grids(grids: dict[str, Path], folder: Path) -> None:
+    """{cell: its report's samples.png} -> folder/<cell>.png (the folder made here)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for cell, path in grids.items():
+        shutil.copyfile(path, folder / f"{cell}.png")

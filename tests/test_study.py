@@ -474,6 +474,15 @@ def test_the_study_table_and_report(study_runs):
         assert got.predictor.tolist() == [r["predictor"] for r in own] and len(own) > 2
         assert np.allclose(got.spearman, [r["spearman"] for r in own]) and (got.seeds == "[1]").all()
         assert f"## Forecasting forgetting before fine-tuning: {cell}, seeds [1]" in report
+    # each cell's sample grid, the figure of its own report, beside the study's numbers
+    for cell in (good, short):
+        own = (study_runs["root"] / cell / "data" / "report" / "plots" / "samples.png").read_bytes()
+        assert (study_runs["root"] / "results" / "samples" / f"{cell}.png").read_bytes() == own
+        assert (study_runs["root"] / "report" / "plots" / "samples" / f"{cell}.png").read_bytes() == own
+        assert f"![samples of {cell}](plots/samples/{cell}.png)" in report
+    assert sorted(p.stem for p in (study_runs["root"] / "results" / "samples").iterdir()) == sorted([good, short])
+    assert report.index("## What the models generate") < report.index("## Sample grids") < report.index(
+        "## Verdicts per grid value")
 
 
 @pytest.mark.slow
@@ -542,6 +551,9 @@ def test_a_published_study_is_its_tables_without_machine_paths_and_a_report_made
             text = path.read_bytes()
             assert str(tmp_path).encode() not in text and str(study_runs["project"]).encode() not in text, path
     assert (out / "plots" / "arms.png").stat().st_size > 5000 and (out / "plots" / "effects.png").is_file()
+    for cell in done["cell"]:  # the sample grids travel with the tables, and the report shows them
+        assert (out / "plots" / "samples" / f"{cell}.png").read_bytes() == (results / "samples" / f"{cell}.png").read_bytes()
+        assert f"![samples of {cell}](plots/samples/{cell}.png)" in report
     readme = render_study(out)
     verdicts = study_runs["first"]["tables"]["verdicts"]
     for cell in done["cell"]:

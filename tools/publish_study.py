@@ -4,7 +4,8 @@
     python -m tools.publish_study studies/ddpm-mnist-cpu-budgets.yaml    # -> studies/results/ddpm-mnist-cpu-budgets/
 
 The study's small tables (verdicts, arms, agreement; generation, learned and forecasts where its cells ran
-generate and forecast) are copied as they are; its cells table loses the columns
+generate and forecast) and its cells' sample grids (plots/samples/) are copied as they are; its cells table loses
+the columns
 that name this machine (workspace, log, host, error, protocol). The report and its two figures are then
 regenerated from those published tables alone, so what is committed is what the tables say (a test regenerates
 the report of every published study). The per-sample tables stay in .studies/. The studies section of
@@ -17,6 +18,7 @@ table.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -52,6 +54,10 @@ def publish(study: Path, results: Path, out: Path) -> Path:
                     table="study_cells", meta=meta)
         for name, df in tables.items():
             write_table(df, tmp / f"{name}.parquet", table=f"study_{name}", meta={**meta, "table": f"study_{name}"})
+        if (results / "samples").is_dir():
+            (tmp / "plots" / "samples").mkdir(parents=True)
+            for grid in sorted((results / "samples").glob("*.png")):
+                shutil.copyfile(grid, tmp / "plots" / "samples" / grid.name)
         write_report(tmp)
     return out
 
@@ -78,7 +84,12 @@ def published_report(folder: Path) -> str:
     return R.study_markdown(name, meta.get("description"), meta["commit"], grid, cells,
                             read_table(folder / "verdicts.parquet"), read_table(folder / "agreement.parquet"),
                             read_table(folder / "arms.parquet"), optional["generation"], optional["learned"],
-                            optional["forecasts"])
+                            optional["forecasts"], sample_grids(folder))
+
+
+def sample_grids(folder: Path) -> list[str]:
+    """The cells whose sample grid a published folder holds (plots/samples/<cell>.png), sorted."""
+    return sorted(p.stem for p in (folder / "plots" / "samples").glob("*.png"))
 
 
 def main(argv=None) -> int:

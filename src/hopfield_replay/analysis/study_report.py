@@ -79,11 +79,13 @@ def _arms_table(arms: pd.DataFrame, grid: pd.DataFrame) -> list[str]:
 def study_markdown(name: str, description: str | None, head: str, grid: pd.DataFrame, cells: pd.DataFrame,
                    verdicts: pd.DataFrame, agreement: pd.DataFrame | None = None,
                    arms: pd.DataFrame | None = None, generation: pd.DataFrame | None = None,
-                   learned: pd.DataFrame | None = None, forecasts: pd.DataFrame | None = None) -> str:
+                   learned: pd.DataFrame | None = None, forecasts: pd.DataFrame | None = None,
+                   sample_grids: list[str] | None = None) -> str:
     """The study report: verdicts and effects (with their intervals) per cell, pooled over seed blocks and per grid
     value, the design checks, the seed agreement (agreement_rows), every replay arm against random replay
     (arm_rows), what the models generate (study_generation: learned counts and arm effects on the task-A share),
-    each cell's forecast table (study_forecasts), then the missing cells with their logs. cells: one row per cell (status, attempts, log, exp)."""
+    each cell's forecast table (study_forecasts), the sample grids of the cells in ``sample_grids`` (plots/samples/
+    <cell>.png), then the missing cells with their logs. cells: one row per cell (status, attempts, log, exp)."""
     done = cells[cells["status"] == "completed"]
     missing = cells[cells["status"] != "completed"]
     per_cell = verdicts[~verdicts["unit"].str.startswith("pooled:")] if len(verdicts) else verdicts
@@ -120,6 +122,8 @@ def study_markdown(name: str, description: str | None, head: str, grid: pd.DataF
         lines += generation_markdown(generation, learned)
     if forecasts is not None and len(forecasts):
         lines += forecasts_markdown(forecasts)
+    if sample_grids:
+        lines += sample_grids_markdown(sample_grids)
     lines += ["", "## Verdicts per grid value", ""]
     if len(per_cell) and len(grid.columns):
         lines += ["| grid key | value | cells | claim 1 holds / fails / inconclusive | claim 2 holds / fails / "
@@ -144,6 +148,16 @@ def study_markdown(name: str, description: str | None, head: str, grid: pd.DataF
         lines.append("None: every cell completed.")
     lines += ["", "## Figure", "", "![effects per cell](plots/effects.png)", ""]
     return "\n".join(lines)
+
+
+def sample_grids_markdown(cells: list[str]) -> list[str]:
+    """The section that shows what each cell's models draw (its report's sample grid), before any number is read."""
+    lines = ["", "## Sample grids", "", "What each cell's models draw: model A, the task-B model of the cell's first "
+             "seed and every arm at that seed, from the same initial noise, each image titled with the classifier's "
+             "class (the figure of the cell's own report). Look at these before believing a number above.", ""]
+    for cell in cells:
+        lines += [f"### {cell}", "", f"![samples of {cell}](plots/samples/{cell}.png)", ""]
+    return lines
 
 
 def plot_effects(verdicts: pd.DataFrame, path: str | Path) -> Path:
