@@ -55,9 +55,7 @@ def publish(study: Path, results: Path, out: Path) -> Path:
         for name, df in tables.items():
             write_table(df, tmp / f"{name}.parquet", table=f"study_{name}", meta={**meta, "table": f"study_{name}"})
         if (results / "samples").is_dir():
-            (tmp / "plots" / "samples").mkdir(parents=True)
-            for grid in sorted((results / "samples").glob("*.png")):
-                shutil.copyfile(grid, tmp / "plots" / "samples" / grid.name)
+            shutil.copytree(results / "samples", tmp / "plots" / "samples")
         write_report(tmp)
     return out
 
