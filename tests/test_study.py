@@ -610,3 +610,19 @@ def test_the_arms_figure_shows_every_arm_against_random_and_the_class_control(tm
     control = rows[rows["strategy"] == "energy_high_per_class vs class_balanced"]
     assert len(control) == 2 and (control["effect"] == -0.25).all()  # both measures, the control's own effect
     assert plot_arms(arms, tmp_path / "arms.png").stat().st_size > 5000
+
+
+def test_study_report_shows_seeds_once_when_seeds_is_a_grid_key():
+    """A study whose grid varies `seeds` (one cell over five seeds) shows the seeds column once, not twice."""
+    rows = [{"unit": "c", "seeds": "[1, 2]", "claim": claim, "verdict": "fails", "measure": m,
+             "measure_verdict": "fails", "effect": -0.1, "lo": -0.2, "hi": -0.05, "statement": ""}
+            for claim in ("claim1", "claim2", "replay_helps", "ceiling_wins", "class_control")
+            for m in ("absolute", "relative")]
+    grid = pd.DataFrame({"seeds": ["[1, 2]"], "select_replay.arms": ['["random"]']}, index=["c"])
+    report = study_markdown("s", None, "0" * 10, grid, pd.DataFrame({"cell": ["c"], "status": ["completed"]}),
+                            pd.DataFrame(rows))
+    for section in ("## Verdicts per cell", "## Design checks"):
+        head = report.split(section)[1].split("\n| ")[1].split(" |")
+        assert [c.strip() for c in head].count("seeds") == 1, head
+        assert "select_replay.arms" in [c.strip() for c in head]
+    assert "| c | [1, 2] | [\"random\"] | **fails** | -0.100 [-0.200, -0.050]" in report

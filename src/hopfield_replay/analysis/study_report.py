@@ -25,7 +25,7 @@ NOT_RUN = "not run"  # an interval in a study table without an estimate
 
 
 def _unit_table(verdicts: pd.DataFrame, grid: pd.DataFrame | None, claims: tuple = CLAIMS) -> list[str]:
-    keys = list(grid.columns) if grid is not None else []
+    keys = [k for k in grid.columns if k != "seeds"] if grid is not None else []  # seeds has its own column
     head = ["cell" if grid is not None else "cells", "seeds", *keys]
     for claim in claims:
         head += [LABELS[claim], f"{LABELS[claim]} absolute", f"{LABELS[claim]} relative"]
