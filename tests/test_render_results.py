@@ -212,6 +212,13 @@ def test_a_published_study_gives_a_row_per_cell_and_budget_with_the_claim_arm_fi
     write_table(verdicts.assign(verdict="inconclusive"), tmp_path / "verdicts.parquet", table="study_verdicts",
                 meta=meta)
     assert "did not beat random replay in any of the 2 cells, so the study has not shown" in render_study(tmp_path)
+    # one cell: a grid value that every cell shares labels nothing, so the table has no grid column
+    write_table(pd.DataFrame({"cell": ["x"], "prepare.task_b": ["[1]"]}), tmp_path / "cells.parquet",
+                table="study_cells", meta=meta)
+    write_table(verdicts[verdicts.unit == "x"], tmp_path / "verdicts.parquet", table="study_verdicts", meta=meta)
+    one = [line for line in render_study(tmp_path).splitlines() if line.startswith("|")]
+    assert one[0].startswith("| budget | claim 2 | energy_high vs random |") and "prepare.task_b" not in one[0]
+    assert one[2].startswith("| 10 | **holds** |") and len(one) == 4
 
 
 def test_a_published_study_says_whether_the_ceiling_inside_each_class_beat_class_balanced(tmp_path):

@@ -165,7 +165,8 @@ def render_study(folder: Path) -> str:
     every arm's effect on relative forgetting against its reference, then how often each claim and check held."""
     meta, cells = read_meta(folder / "cells.parquet"), read_table(folder / "cells.parquet").set_index("cell")
     verdicts, arms = read_table(folder / "verdicts.parquet"), read_table(folder / "arms.parquet")
-    keys, seeds = meta["grid_keys"], sorted(set(verdicts["seeds"]))
+    seeds = sorted(set(verdicts["seeds"]))
+    keys = [k for k in meta["grid_keys"] if cells[k].nunique() > 1]  # a value every cell shares labels nothing
     rel = arms[(arms["measure"] == "relative") & ((arms["reference"] != "none") | (arms["strategy"] == "random"))]
     rel = rel.assign(column=[f"{s} vs {r}" if r != "none" else "random vs no replay"
                              for s, r in zip(rel["strategy"], rel["reference"])],
@@ -194,7 +195,9 @@ def render_study(folder: Path) -> str:
     runs = combined["unit"].nunique()
 
     def name(unit: str) -> str:
-        return "; ".join(f"{k} = {cells.at[unit, k]}" for k in keys) if unit in cells.index else "pooled"
+        if unit not in cells.index:
+            return "pooled"
+        return "; ".join(f"{k} = {cells.at[unit, k]}" for k in keys) or "the study"
 
     lines += ["", f"Verdicts over the {'one cell' if runs == 1 else f'{runs} cells'}: " + "; ".join(counts) + ". "
               f"(Class control: {CLASS_CONTROL[0]} against {CLASS_CONTROL[1]}.)"
