@@ -7,68 +7,25 @@ reads the file, validates every section up front and turns the first problem int
 No parameter has a default here: the params file sets every one (params.yaml, the one source of the values a run
 uses; a profile is merged into it), so a partial file is an error naming the missing field, never another run than
 ``make run``. The one exception is the ``execution`` section (how runs execute, never a result): a params file may
-leave it out, or any of its keys, and gets the defaults written below.
+leave it out, or any of its keys, and gets the defaults written below. The building blocks (``Section``,
+``RuleError``, the field types) are in ``sections``, the Hopfield-network experiments' sections in ``mhn_params``.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ..arms import STRATEGY_NAMES, is_arm_name
+from .mhn_params import MHNClosedFormParams, MHNReportParams, MHNTrainedParams
+from .sections import MISSING_HINT, NonNegInt, PosInt, RuleError, Section, Timestep, distinct
 
+__all__ = ["Config", "RuleError", "Section", "SECTIONS", "OPTIONAL_SECTIONS", "MISSING_HINT", "SD_DEFAULT_TEMPLATE",
+           "MHNClosedFormParams", "MHNTrainedParams", "MHNReportParams"]
 
-class RuleError(ValueError):
-    """A broken rule (a cross-field rule, a missing or unknown key): names the field (relative to its section) for
-    the one-line message."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-
-
-MISSING_HINT = "copy it from the shipped params.yaml (git show HEAD:params.yaml)"
-
-
-class Section(BaseModel):
-    """A params section: unknown keys, missing keys (a field without a default), wrong types (no silent coercion)
-    and NaN/inf are errors."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, validate_default=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _keys(cls, data):
-        """An unknown key first (a misspelt key is often the missing one), then the first missing field, in one line
-        each (pydantic's own 'Field required' would show the whole section)."""
-        if not isinstance(data, dict):
-            return data
-        for key in data:
-            if key not in cls.model_fields:
-                what = "unknown section" if cls is Config else "unknown key"
-                raise RuleError(str(key), f"{what}; known: {', '.join(cls.model_fields)}")
-        for name, field in cls.model_fields.items():
-            if field.is_required() and name not in data:
-                if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-                    raise RuleError(name, f"section missing; {MISSING_HINT}, or select a profile: python -m "
-                                          "tools.profile")
-                raise RuleError(name, f"missing; every parameter is set in the params file (none has a default): "
-                                      f"{MISSING_HINT}")
-        return data
-
-
-PosInt = Annotated[int, Field(ge=1)]
-NonNegInt = Annotated[int, Field(ge=0)]
-Timestep = Annotated[int, Field(ge=0, le=999)]
 SD_DEFAULT_TEMPLATE = "a photo of a {class}"
-
-
-def _unique(values: list, what: str) -> list:
-    if len(set(values)) != len(values):
-        raise ValueError(f"{values} lists {what} twice")
-    return values
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -87,7 +44,7 @@ class PrepareParams(Section):
     @field_validator("task_a", "task_b")
     @classmethod
     def _distinct_classes(cls, v):
-        return _unique(v, "a class")
+        return distinct(v, "a class")
 
     @model_validator(mode="after")
     def _rules(self):
@@ -122,7 +79,7 @@ class SDParams(Section):
     @field_validator("class_names")
     @classmethod
     def _names(cls, v):
-        return v if v is None else _unique(v, "a name")
+        return v if v is None else distinct(v, "a name")
 
     @model_validator(mode="after")
     def _rules(self):
@@ -211,7 +168,7 @@ class ScoresParams(Section):
     @field_validator("beta_multiples", "knn_k")
     @classmethod
     def _distinct(cls, v):
-        return _unique(v, "a value")
+        return distinct(v, "a value")
 
     @model_validator(mode="after")
     def _rules(self):
@@ -229,7 +186,7 @@ class ForgettingParams(Section):
     @field_validator("timesteps")
     @classmethod
     def _distinct(cls, v):
-        return _unique(v, "a timestep")
+        return distinct(v, "a timestep")
 
 
 class CurvesParams(Section):
@@ -244,7 +201,7 @@ class CurvesParams(Section):
     @field_validator("timesteps")
     @classmethod
     def _distinct(cls, v):
-        return _unique(v, "a timestep")
+        return distinct(v, "a timestep")
 
 
 class SelectParams(Section):
@@ -261,7 +218,7 @@ class SelectParams(Section):
     @field_validator("budgets")
     @classmethod
     def _budgets(cls, v):
-        return _unique(v, "a budget")
+        return distinct(v, "a budget")
 
     @field_validator("arms")
     @classmethod
@@ -270,7 +227,7 @@ class SelectParams(Section):
             if not is_arm_name(arm):
                 raise ValueError(f"unknown arm {arm!r}; use one of {', '.join(STRATEGY_NAMES)} or <predictor>_high / "
                                  "_low / _high_per_class / _low_per_class (a column of the scores table)")
-        return _unique(v, "an arm")
+        return distinct(v, "an arm")
 
 
 class RetrainParams(Section):
@@ -310,7 +267,7 @@ class ForecastParams(Section):
     @field_validator("probe_fractions")
     @classmethod
     def _distinct(cls, v):
-        return _unique(v, "a probe fraction")
+        return distinct(v, "a probe fraction")
 
 
 class GenerationParams(Section):
@@ -331,102 +288,6 @@ class GenerationParams(Section):
             raise RuleError("grid", f"{self.grid} samples per model in the grid, but only {self.samples} are drawn "
                                     "(generation.samples); lower generation.grid or raise generation.samples")
         return self
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The paper's Hopfield-network experiments
-
-
-class MHNClosedFormParams(Section):
-    """``mhn_closed_form``: the paper geometry (n patterns with overlap c + one orthogonal outlier in d dims) or
-    Gaussian clusters, rotated by expm(eps Omega)."""
-
-    geometry: Literal["paper", "clusters"]
-    n: PosInt
-    c: Annotated[float, Field(ge=0, le=1)]
-    d: Annotated[int, Field(ge=2)]
-    beta: Annotated[float, Field(gt=0)]
-    cluster_sizes: Annotated[list[PosInt], Field(min_length=1)]
-    cluster_spread: Annotated[float, Field(ge=0)]
-    n_outliers: NonNegInt
-    normalize: bool
-    memory_seed: NonNegInt
-    rotations: PosInt
-    eps: Annotated[list[Annotated[float, Field(gt=0, le=10)]], Field(min_length=1)]
-    seed: NonNegInt
-    rotation_chunk: PosInt
-    fp_tol: Annotated[float, Field(ge=0)]
-    fp_max_iter: PosInt
-    bootstrap: Annotated[int, Field(ge=10)]
-    ci_level: Annotated[float, Field(ge=0.5, le=0.999)]
-    write_gains: bool
-    threads: NonNegInt  # torch CPU threads (0: torch's default); 1 is fastest on a busy 2-core machine
-
-    @field_validator("eps")
-    @classmethod
-    def _eps(cls, v):
-        return _unique(v, "a value")
-
-    @model_validator(mode="after")
-    def _rules(self):
-        if self.geometry == "paper":
-            if self.c >= 1.0:
-                raise RuleError("c", f"must be < 1 (c = 1 makes all cluster patterns identical), got {self.c}")
-            if self.d < self.n + 2:
-                raise RuleError("d", f"the paper geometry needs d >= n + 2 = {self.n + 2}, got {self.d}")
-        elif sum(self.cluster_sizes) + self.n_outliers < 2:
-            raise RuleError("cluster_sizes", "need at least 2 memories in all")
-        return self
-
-
-class MHNTrainedParams(Section):
-    """``mhn_trained``: MHN-BM, memories trained by maximum likelihood on task A, then task B with replay."""
-
-    d: Annotated[int, Field(ge=2)]
-    beta: Annotated[float, Field(gt=0)]
-    memories: PosInt
-    task_a_clusters: Annotated[list[PosInt], Field(min_length=1)]
-    task_a_outliers: NonNegInt
-    task_b: Literal["rotated", "new_clusters"]
-    task_b_eps: Annotated[float, Field(ge=0, le=10)]
-    task_b_clusters: Annotated[list[PosInt], Field(min_length=1)]
-    cluster_spread: Annotated[float, Field(ge=0)]
-    steps_a: PosInt
-    steps_b: PosInt
-    lr: Annotated[float, Field(gt=0)]
-    replay_budget: PosInt
-    replay_fraction: Annotated[float, Field(ge=0, le=1)]
-    arms: Annotated[list[Literal["energy_high", "random", "energy_low", "none"]], Field(min_length=1)]
-    seeds: Annotated[list[NonNegInt], Field(min_length=1)]
-    deciles: Annotated[int, Field(ge=2)]
-    bootstrap: Annotated[int, Field(ge=10)]
-    ci_level: Annotated[float, Field(ge=0.5, le=0.999)]
-    threads: NonNegInt
-
-    @field_validator("arms", "seeds")
-    @classmethod
-    def _distinct(cls, v):
-        return _unique(v, "a value")
-
-    @model_validator(mode="after")
-    def _rules(self):
-        n_a = sum(self.task_a_clusters) + self.task_a_outliers
-        if self.replay_budget >= n_a:
-            raise RuleError("replay_budget", f"must be < the {n_a} task-A samples, got {self.replay_budget}")
-        if self.memories > n_a:
-            raise RuleError("memories", f"at most the {n_a} task-A samples (they initialise the memories), "
-                               f"got {self.memories}")
-        if self.deciles > n_a:
-            raise RuleError("deciles", f"at most the {n_a} task-A samples, got {self.deciles}")
-        return self
-
-
-class MHNReportParams(Section):
-    """``mhn_report``: figure resolution and the bootstrap of the trained network's decile means."""
-
-    dpi: Annotated[int, Field(ge=30, le=600)]
-    bootstrap: Annotated[int, Field(ge=10)]
-    seed: NonNegInt
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -452,6 +313,8 @@ class ExecutionParams(Section):
 class Config(Section):
     """All of params.yaml, every section and key required but ``execution``. ``seeds`` are the task-B phase's
     seeds: one train_b run, one set of seeded replay buffers and one run per replay arm for each."""
+
+    unknown_key: ClassVar[str] = "unknown section"
 
     device: str
     seeds: Annotated[list[NonNegInt], Field(min_length=1)]
@@ -483,7 +346,7 @@ class Config(Section):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v):
-        return _unique(v, "a seed")
+        return distinct(v, "a seed")
 
     def section(self, name: str) -> dict:
         """One section (or top-level value) as plain data: what a table's provenance hash covers."""

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..io.config import MHNClosedFormParams
+from ..io.mhn_params import MHNClosedFormParams
 from ..energy import hopfield_energy
 from ..analysis.stats import bootstrap_ci, fp_ties, spearman_ci
 from .dynamics import (

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..io.config import MHNTrainedParams
+from ..io.mhn_params import MHNTrainedParams
 from ..energy import hopfield_energy
 from ..measures.forgetting import energy_deciles
 from ..replay import rank_samples
