@@ -183,6 +183,35 @@ def test_channels_last_trains_and_hands_the_model_back_contiguous():
     assert torch.allclose(_weights(fast), _weights(plain), atol=1e-5)
 
 
+def test_cpu_bf16_autocast_runs_the_prediction_in_bf16_and_trains_the_same_method(monkeypatch):
+    """cpu_bf16: the noise prediction runs under CPU bf16 autocast (its output is bf16), the loss stays fp32 and the
+    weights fp32; the run is reproducible for a seed, differs from the fp32 run only by rounding, and without the
+    flag the CPU trains in fp32 bit for bit as before."""
+    x, _ = _data()
+    config = TrainConfig(steps=5, batch_size=8, seed=4)
+    dtypes = []
+    real = PixelDDPM.predict_noise
+
+    def spy(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        dtypes.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(PixelDDPM, "predict_noise", spy)
+    fast, again, plain, plain_again = _model(), _model(), _model(), _model()
+    a = train_denoiser(fast, x, config, progress=False, cpu_bf16=True)
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    dtypes.clear()
+    b = train_denoiser(plain, x, config, progress=False)
+    assert set(dtypes) == {torch.float32}
+    assert a == train_denoiser(again, x, config, progress=False, cpu_bf16=True)  # same seed, same bytes
+    assert torch.equal(_weights(fast), _weights(again))
+    assert b == train_denoiser(plain_again, x, config, progress=False)
+    assert all(p.dtype == torch.float32 for p in fast.unet.parameters())
+    assert a != b and torch.allclose(torch.tensor(a), torch.tensor(b), rtol=0.05)  # rounding, not another method
+    assert not torch.equal(_weights(fast), _weights(plain))
+
+
 @pytest.mark.slow
 def test_a_compiled_run_trains_the_same_model_object(monkeypatch):
     """torch.compile of the noise prediction: the first loss is the eager one, later ones drift only by rounding,

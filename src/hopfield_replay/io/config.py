@@ -125,6 +125,7 @@ class TrainParams(Section):
     processes: PosInt  # data parallel: the stage trains as this many processes (hopfield_replay.runtime.data_parallel)
     compile_unet: bool  # torch.compile of the noise prediction (same method, other rounding)
     channels_last: bool  # channels-last UNet weights and inputs while training (same method, other rounding)
+    cpu_bf16: bool  # bf16 autocast of the noise prediction when training on the CPU (same method, other rounding)
 
     @model_validator(mode="after")
     def _rules(self):
@@ -144,7 +145,7 @@ class TrainParams(Section):
 
     def loop_settings(self) -> dict:
         """The settings of ``models.TrainConfig``: all but how the loop runs (processes, compilation, layout)."""
-        return self.model_dump(exclude={"processes", "compile_unet", "channels_last"})
+        return self.model_dump(exclude={"processes", "compile_unet", "channels_last", "cpu_bf16"})
 
 
 class TrainAParams(TrainParams):

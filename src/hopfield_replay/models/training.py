@@ -211,7 +211,7 @@ def _curve_point(curves, step: int, model, params, ema, losses) -> None:
 
 
 def _backward(predict, model, accelerator, x_t, t, noise, y, *, first: int, micro: int, accumulation: int,
-              device: torch.device) -> torch.Tensor:
+              device: torch.device, cpu_bf16: bool = False) -> torch.Tensor:
     """Loss and backward of this process's share of the batch (rows ``first`` on), in ``accumulation``
     micro-batches of ``micro`` rows, each loss / accumulation; under data parallel the gradients are synchronised
     at the last micro-batch only. Returns the step's loss (detached, the sum of the micro-batches' losses)."""
@@ -220,7 +220,7 @@ def _backward(predict, model, accelerator, x_t, t, noise, y, *, first: int, micr
         part = slice(first + k * micro, first + (k + 1) * micro)
         last = k == accumulation - 1
         with contextlib.nullcontext() if last or accelerator.num_processes == 1 else accelerator.no_sync(model.unet):
-            with autocast(device):
+            with autocast(device, cpu_bf16=cpu_bf16):
                 pred = predict(x_t[part], t[part], y[part] if y is not None else None)
             loss = torch.nn.functional.mse_loss(pred.float(), noise[part])
             if accumulation > 1:
@@ -245,6 +245,7 @@ def train_denoiser(
     log_every: int = 50,
     compile_unet: bool = False,
     channels_last: bool = False,
+    cpu_bf16: bool = False,
     curves=None,
 ) -> list[float]:
     """AdamW on the epsilon loss. With a replay buffer, each batch holds round(replay_fraction * batch_size)
@@ -253,7 +254,8 @@ def train_denoiser(
     x0 and replay_x0 are in model space. With ``checkpoint``, resume from it when it exists and save it when due.
     ``log_every``: steps between reads of the losses to the host (and progress-bar updates). ``compile_unet``:
     run the noise prediction through ``torch.compile``; ``channels_last``: UNet weights and inputs in channels-last
-    memory format during training (both off by default; they change the arithmetic, not the method). Under
+    memory format during training; ``cpu_bf16``: bf16 autocast of the noise prediction on the CPU (all three off by
+    default; they change the arithmetic, not the method). Under
     ``accelerate launch`` the model trains on the process's device (``accelerator.device``), data parallel.
     ``curves`` (``measures.curves.TrainingCurves``): its points are measured at the steps it says are due (at step
     0 too), on the weights the run would save (the EMA's when kept), without touching the training's state.
@@ -299,7 +301,7 @@ def train_denoiser(
             x_t, t, noise, y = batches.draw()
             opt.zero_grad(set_to_none=True)
             step_loss = _backward(predict, model, accelerator, x_t, t, noise, y, first=first, micro=micro,
-                                  accumulation=config.grad_accumulation, device=device)
+                                  accumulation=config.grad_accumulation, device=device, cpu_bf16=cpu_bf16)
             if config.grad_clip:
                 accelerator.clip_grad_norm_(params, config.grad_clip)
             opt.step()
@@ -340,7 +342,8 @@ def train_and_save(model: DenoisingModel, x0: torch.Tensor, labels: torch.Tensor
                    device: torch.device, out: str | Path, *, desc: str, replay_x0: torch.Tensor | None = None,
                    replay_labels: torch.Tensor | None = None, extra: dict | None = None,
                    checkpoints: CheckpointPolicy | None = None, compile_unet: bool = False,
-                   channels_last: bool = False, curves=None, curves_out: str | Path | None = None) -> list[float]:
+                   channels_last: bool = False, cpu_bf16: bool = False, curves=None,
+                   curves_out: str | Path | None = None) -> list[float]:
     """Train (``train_denoiser``), then write the model (``save_pretrained``: the EMA weights when ``ema_decay`` is
     set) and ``train_log.json`` (config, device, losses, ``extra``) to the folder ``out``, atomically; under data
     parallel only the main process writes. With ``checkpoints``, the run saves and resumes its checkpoint, and
@@ -350,7 +353,7 @@ def train_and_save(model: DenoisingModel, x0: torch.Tensor, labels: torch.Tensor
 
     procs = _accelerator().state
     processes = procs.num_processes
-    speed = {"compile_unet": compile_unet, "channels_last": channels_last}
+    speed = {"compile_unet": compile_unet, "channels_last": channels_last, "cpu_bf16": cpu_bf16}
     checkpoint = None
     if checkpoints is not None:
         weights = sorted(trainable_weights(model).items())
@@ -363,7 +366,7 @@ def train_and_save(model: DenoisingModel, x0: torch.Tensor, labels: torch.Tensor
         checkpoint = Checkpoint(checkpoints, desc, key)
     losses = train_denoiser(model, x0, config, labels=labels, replay_x0=replay_x0, replay_labels=replay_labels,
                             device=device, desc=desc, checkpoint=checkpoint, compile_unet=compile_unet,
-                            channels_last=channels_last, curves=curves)
+                            channels_last=channels_last, cpu_bf16=cpu_bf16, curves=curves)
     final = sum(losses[-50:]) / len(losses[-50:])
     if procs.is_main_process:
         with atomic_path(out, is_dir=True) as tmp, \
