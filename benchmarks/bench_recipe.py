@@ -57,7 +57,7 @@ def quality(model, clf, real_held, real_ref, other_held, classes, g, n: int, ddi
 def step_times(model_params: ModelParams, x0: torch.Tensor, steps: int) -> None:
     """Seconds per training step, plain eager and with each CPU lever, as ratios to eager (one run)."""
     levers = {"eager": {}, "channels_last": {"channels_last": True}, "bf16 autocast": {"cpu_bf16": True},
-              "compile": {"compile_unet": True}}
+              "bf16 + ch-last": {"cpu_bf16": True, "channels_last": True}, "compile": {"compile_unet": True}}
     base = None
     print(f"\n{'lever':<16}{'s/step':>8}{'vs eager':>10}")
     for name, kw in levers.items():

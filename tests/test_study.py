@@ -225,6 +225,7 @@ def test_seed_blocks_pool_into_one_run_with_an_interval_over_all_seeds(tiny_para
     report = study_markdown("s", None, "0" * 10, pd.DataFrame(index=["a"]),
                             pd.DataFrame({"cell": ["a"], "status": ["completed"]}),
                             pd.DataFrame(one + pooled), agreement)
+    assert "1 cell (no grid): 1 completed, 0 missing." in report  # the count's noun agrees with it
     section = report.split("## Seed agreement")[1].split("## ")[0]
     want = []
     for a in (ev.agreement["absolute"], ev.agreement["relative"]):  # no ceiling where the seeds do not agree

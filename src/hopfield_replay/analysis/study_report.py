@@ -24,6 +24,11 @@ EFFECT_LABEL = {"claim1": "energy's Spearman minus the best baseline's", "claim2
 NOT_RUN = "not run"  # an interval in a study table without an estimate
 
 
+def _count(n: int, noun: str) -> str:
+    """'1 cell', '3 cells'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _unit_table(verdicts: pd.DataFrame, grid: pd.DataFrame | None, claims: tuple = CLAIMS) -> list[str]:
     keys = [k for k in grid.columns if k != "seeds"] if grid is not None else []  # seeds has its own column
     head = ["cell" if grid is not None else "cells", "seeds", *keys]
@@ -91,7 +96,8 @@ def study_markdown(name: str, description: str | None, head: str, grid: pd.DataF
     per_cell = verdicts[~verdicts["unit"].str.startswith("pooled:")] if len(verdicts) else verdicts
     pooled = verdicts[verdicts["unit"].str.startswith("pooled:")] if len(verdicts) else verdicts
     lines = [f"# Study {name}", ""] + ([description, ""] if description else []) + [
-        f"{len(cells)} cells ({' x '.join(f'{grid[k].nunique()} values of {k}' for k in grid.columns) or 'no grid'}): "
+        f"{_count(len(cells), 'cell')} "
+        f"({' x '.join(_count(grid[k].nunique(), 'value') + f' of {k}' for k in grid.columns) or 'no grid'}): "
         f"{len(done)} completed, {len(missing)} missing. Every cell started from commit {head[:10]}; each completed "
         "cell is a DVC experiment (`dvc exp show` in the repository lists it). Effects are claim 1's Spearman minus "
         "the best baseline's and claim 2's forgetting under random minus top-energy replay, with their intervals "
