@@ -2,6 +2,7 @@
 
     python benchmarks/bench_recipe.py                    # the recipes of docs/recipe.md, at 600, 1200 and 2000 steps
     python benchmarks/bench_recipe.py --quick            # tiny sizes: checks that the benchmark runs (~1 min)
+    python benchmarks/bench_recipe.py --channels 16 32 32 --recipes cosine-1e-3-ema --steps 4000 --task-b 1600
     python benchmarks/bench_recipe.py --task-b 300 600   # then fine-tune the best model A on task B for these steps
     python benchmarks/bench_recipe.py --model-a data/models/task_a --classifier data/models/classifier \
         --task-b 800 1200 --b-recipes cosine-1e-3-ema cosine-2e-3-ema --b-seeds 1 3   # task-B recipes from a saved A
@@ -12,7 +13,8 @@ prints per run the CPU seconds, the mean loss of its last 50 steps, the classifi
 samples (against real held-out task-A images, the floor), the Frechet distance in the classifier's feature space
 (against the real floor) and whether the run passes the learned rule of params.yaml (``generation``). A second
 table times one training step with channels-last, bf16 autocast and torch.compile against the plain eager step
-(ratios measured in one run). Figures vary by about 20% from run to run on these machines.
+(ratios measured in one run). Figures vary by about 20% from run to run on these machines. Training follows
+params.yaml's `cpu_bf16` (model A: train_a's, task B: train_b's); `--channels` swaps in another UNet width.
 """
 
 from __future__ import annotations
@@ -88,8 +90,13 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--ddim", type=int, default=50)
     ap.add_argument("--classifier", help="a folder written by the classifier stage (default: train one here)")
+    ap.add_argument("--channels", nargs="+", type=int,
+                    help="the UNet's block_out_channels instead of params.yaml's (e.g. 16 32 32: a narrower model)")
     args = ap.parse_args()
     cfg = load_config("params.yaml")
+    if args.channels:  # validated as params.yaml's model section is
+        cfg = cfg.model_copy(update={"model": type(cfg.model).model_validate(
+            {**cfg.model.model_dump(), "block_out_channels": args.channels})})
     g, c = cfg.generation, cfg.classifier
     if args.quick:
         args.steps, args.samples, args.ddim, args.recipes = [20], 32, 5, args.recipes[:2]
@@ -132,7 +139,7 @@ def main() -> None:
             model = build_model(cfg.model, x0_a.shape[1:], seed=cfg.train_a.seed)
             tc = TrainConfig(steps=steps, batch_size=cfg.train_a.batch_size, seed=cfg.train_a.seed, **RECIPES[name])
             t = time.process_time()
-            losses = train_denoiser(model, x0_a, tc, progress=False)
+            losses = train_denoiser(model, x0_a, tc, progress=False, cpu_bf16=cfg.train_a.cpu_bf16)
             cpu = time.process_time() - t
             q = quality(model, clf.model, held_a, ref_a, held_b_all, cfg.prepare.task_a, g, args.samples, args.ddim)
             print(f"{name:<18}{steps:>6}{cpu:>8.0f}{np.mean(losses[-50:]):>8.4f}{q['share']:>7.2f}{q['floor']:>7.2f}"
@@ -152,7 +159,7 @@ def main() -> None:
                     model.unet.load_state_dict(model_a.unet.state_dict())
                     tc = TrainConfig(steps=steps_b, batch_size=cfg.train_b.batch_size, seed=seed, **RECIPES[b_name])
                     t = time.process_time()
-                    train_denoiser(model, x0_b, tc, progress=False)
+                    train_denoiser(model, x0_b, tc, progress=False, cpu_bf16=cfg.train_b.cpu_bf16)
                     cpu = time.process_time() - t
                     q = quality(model, clf.model, held_b, ref_b, held_a, cfg.prepare.task_b, g, args.samples,
                                 args.ddim)
