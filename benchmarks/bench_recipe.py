@@ -95,8 +95,13 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_config("params.yaml")
     if args.channels:  # validated as params.yaml's model section is
-        cfg = cfg.model_copy(update={"model": type(cfg.model).model_validate(
-            {**cfg.model.model_dump(), "block_out_channels": args.channels})})
+        from pydantic import ValidationError
+
+        try:
+            model_params = type(cfg.model).model_validate({**cfg.model.model_dump(), "block_out_channels": args.channels})
+        except ValidationError as exc:
+            ap.error(f"--channels {' '.join(map(str, args.channels))}: {exc.errors()[0]['msg']}")
+        cfg = cfg.model_copy(update={"model": model_params})
     g, c = cfg.generation, cfg.classifier
     if args.quick:
         args.steps, args.samples, args.ddim, args.recipes = [20], 32, 5, args.recipes[:2]
