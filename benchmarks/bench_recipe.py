@@ -98,7 +98,8 @@ def main() -> None:
         from pydantic import ValidationError
 
         try:
-            model_params = type(cfg.model).model_validate({**cfg.model.model_dump(), "block_out_channels": args.channels})
+            widened = {**cfg.model.model_dump(), "block_out_channels": args.channels}
+            model_params = type(cfg.model).model_validate(widened)
         except ValidationError as exc:
             ap.error(f"--channels {' '.join(map(str, args.channels))}: {exc.errors()[0]['msg']}")
         cfg = cfg.model_copy(update={"model": model_params})
