@@ -35,8 +35,7 @@ def main(cfg, args):
     train_and_save(model, x_b, labels_b, config, resolve_device(cfg.device), args.out,
                    desc=f"retrain {args.arm}-{args.budget} seed {args.seed}", replay_x0=x_a[keep],
                    replay_labels=labels_a[keep], extra={"arm": args.arm, "budget": args.budget, "seed": args.seed},
-                   checkpoints=CheckpointPolicy.from_params(cfg.execution), compile_unet=cfg.train_b.compile_unet,
-                   channels_last=cfg.train_b.channels_last, cpu_bf16=cfg.train_b.cpu_bf16,
+                   checkpoints=CheckpointPolicy.from_params(cfg.execution), **cfg.train_b.speed_settings(),
                    curves=curves, curves_out=args.out_curves)
 
 

@@ -26,8 +26,7 @@ def main(cfg, args):
     model = build_model(cfg.model, x0.shape[1:], tensor_meta(args.x0), seed=tp.seed)
     config = TrainConfig(**tp.loop_settings(), replay_fraction=0.0)
     train_and_save(model, x0, labels, config, resolve_device(cfg.device), args.out, desc="train_a",
-                   checkpoints=CheckpointPolicy.from_params(cfg.execution), compile_unet=tp.compile_unet,
-                   channels_last=tp.channels_last, cpu_bf16=tp.cpu_bf16,
+                   checkpoints=CheckpointPolicy.from_params(cfg.execution), **tp.speed_settings(),
                    curves=training_curves(cfg.curves, {"task_a": (x0, ids, labels)}), curves_out=args.out_curves)
 
 

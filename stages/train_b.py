@@ -25,8 +25,7 @@ def main(cfg, args):
     curves = training_curves(cfg.curves, {"task_b": (x0, ids, labels), "task_a": (x_a, ids_a, labels_a)})
     config = TrainConfig(**cfg.train_b.loop_settings(), seed=args.seed, replay_fraction=0.0)
     train_and_save(model, x0, labels, config, resolve_device(cfg.device), args.out, desc=f"train_b seed {args.seed}",
-                   checkpoints=CheckpointPolicy.from_params(cfg.execution), compile_unet=cfg.train_b.compile_unet,
-                   channels_last=cfg.train_b.channels_last, cpu_bf16=cfg.train_b.cpu_bf16,
+                   checkpoints=CheckpointPolicy.from_params(cfg.execution), **cfg.train_b.speed_settings(),
                    curves=curves, curves_out=args.out_curves)
 
 

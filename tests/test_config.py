@@ -250,3 +250,14 @@ def test_the_training_loop_takes_every_setting_from_the_params():
     names = {f.name for f in fields(TrainConfig)}
     assert names == set(cfg.train_a.loop_settings()) | {"replay_fraction"}
     assert names == set(cfg.train_b.loop_settings()) | {"seed", "replay_fraction"}
+
+
+@pytest.mark.parametrize("section", ["train_a", "train_b"])
+def test_loop_and_speed_settings_split_a_training_section(section):
+    """Every key of a training section goes to the loop (TrainConfig), to how it computes (train_and_save's speed
+    keywords) or is `processes` (the launcher's): none is dropped, none goes to both."""
+    tp = getattr(validate_config(shipped_params()), section)
+    loop, speed = set(tp.loop_settings()), set(tp.speed_settings())
+    assert not loop & speed
+    assert loop | speed | {"processes"} == set(type(tp).model_fields)
+    assert speed == {"compile_unet", "channels_last", "cpu_bf16"}

@@ -144,8 +144,13 @@ class TrainParams(Section):
         return self
 
     def loop_settings(self) -> dict:
-        """The settings of ``models.TrainConfig``: all but how the loop runs (processes, compilation, layout)."""
-        return self.model_dump(exclude={"processes", "compile_unet", "channels_last", "cpu_bf16"})
+        """The settings of ``models.TrainConfig``: all but how the loop runs (processes, ``speed_settings``)."""
+        return self.model_dump(exclude={"processes", *self.speed_settings()})
+
+    def speed_settings(self) -> dict:
+        """How the loop computes (``train_and_save``'s keywords): compilation, layout, CPU bf16; other rounding,
+        same method."""
+        return {"compile_unet": self.compile_unet, "channels_last": self.channels_last, "cpu_bf16": self.cpu_bf16}
 
 
 class TrainAParams(TrainParams):
