@@ -41,6 +41,9 @@ RECIPES = {  # name: the TrainConfig fields that differ from the plain loop
     "cosine-2e-3-ema": dict(lr=2e-3, lr_schedule="cosine", lr_warmup_steps=100, ema_decay=0.999),
     "warmup-1e-3-ema": dict(lr=1e-3, lr_schedule="constant_with_warmup", lr_warmup_steps=100, ema_decay=0.999),
     "warmup-2e-3-ema": dict(lr=2e-3, lr_schedule="constant_with_warmup", lr_warmup_steps=100, ema_decay=0.999),
+    "warmup-2e-3-ema995": dict(lr=2e-3, lr_schedule="constant_with_warmup", lr_warmup_steps=100, ema_decay=0.995),
+    "warmup-3e-3-ema995": dict(lr=3e-3, lr_schedule="constant_with_warmup", lr_warmup_steps=100, ema_decay=0.995),
+    "warmup-2e-3": dict(lr=2e-3, lr_schedule="constant_with_warmup", lr_warmup_steps=100, ema_decay=None),
 }
 
 
@@ -92,6 +95,7 @@ def main() -> None:
     ap.add_argument("--classifier", help="a folder written by the classifier stage (default: train one here)")
     ap.add_argument("--channels", nargs="+", type=int,
                     help="the UNet's block_out_channels instead of params.yaml's (e.g. 16 32 32: a narrower model)")
+    ap.add_argument("--batch", type=int, help="the batch size of every run here instead of params.yaml's")
     args = ap.parse_args()
     cfg = load_config("params.yaml")
     if args.channels:  # validated as params.yaml's model section is
@@ -103,6 +107,11 @@ def main() -> None:
         except ValidationError as exc:
             ap.error(f"--channels {' '.join(map(str, args.channels))}: {exc.errors()[0]['msg']}")
         cfg = cfg.model_copy(update={"model": model_params})
+    if args.batch is not None:
+        if args.batch < 1:
+            ap.error(f"--batch {args.batch}: a batch size is at least 1")
+        cfg = cfg.model_copy(update={"train_a": cfg.train_a.model_copy(update={"batch_size": args.batch}),
+                                     "train_b": cfg.train_b.model_copy(update={"batch_size": args.batch})})
     g, c = cfg.generation, cfg.classifier
     if args.quick:
         args.steps, args.samples, args.ddim, args.recipes = [20], 32, 5, args.recipes[:2]

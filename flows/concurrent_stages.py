@@ -5,7 +5,8 @@ DVC runs one ``dvc repro`` per workspace at a time (its repository lock), so the
 ``dvc repro`` calls. Instead, for the items ``dvc status`` reports as changed, the flow runs each item's own
 command (the ``cmd`` DVC resolves for it) in a process group of its own, at most ``per_device`` per GPU (each
 pinned with ``CUDA_VISIBLE_DEVICES``) or ``per_device`` on the CPU (with the threads `dvc repro` would use: CPU
-results depend on the thread count), and as each one finishes, ``dvc commit --force <item>`` records it: DVC hashes its
+results depend on the thread count; ``train_b.threads: 1`` makes that one thread per item, so that items fill the
+cores side by side: ``auto_per_device``), and as each one finishes, ``dvc commit --force <item>`` records it: DVC hashes its
 dependencies and outputs, caches the outputs and writes its entry in dvc.lock, exactly as ``dvc repro`` would.
 The commits run one at a time (DVC's lock again). Items write their outputs atomically, so a stopped item leaves
 nothing for DVC to record, and it runs again next time. Before any item runs, DVC's run-cache is asked first, as
@@ -78,6 +79,32 @@ def restore_cached_items(repo_root: str | Path, stage: str, names: list[str]) ->
     return restored
 
 
+def item_threads(repo_root: str | Path) -> int:
+    """``train_b.threads`` of the project's params.yaml: the CPU threads each train_b / retrain item computes with
+    (0: torch's default, every core)."""
+    import yaml
+
+    path = Path(repo_root) / "params.yaml"
+    params = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    return int((params.get("train_b") or {}).get("threads", 0) or 0)
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity; the machine's count where that is unknown)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def auto_per_device(repo_root: str | Path) -> int:
+    """The flow's default: 1 with a GPU (one item per GPU at a time); on the CPU, as many items side by side as
+    the cores hold at ``train_b.threads`` each (cores // threads), or 1 when threads is 0 (every core per item)."""
+    import torch
+
+    threads = item_threads(repo_root)
+    if torch.cuda.is_available() or threads == 0:
+        return 1
+    return max(1, cpu_cores() // threads)
+
+
 def device_slots(per_device: int) -> list[dict]:
     """Environment overrides of each slot: ``per_device`` slots per visible GPU (``CUDA_VISIBLE_DEVICES``), or
     ``per_device`` CPU slots that keep the environment as it is. (Not ``OMP_NUM_THREADS``: CPU training results
@@ -132,10 +159,12 @@ def run_group(stage: str, repo_root: str, env: dict, per_device: int, timeout_s:
         if not todo:
             return "up to date"  # as `dvc repro` reports a stage it restored: nothing ran
     slots = device_slots(per_device)
-    if not any("CUDA_VISIBLE_DEVICES" in slot for slot in slots):
+    threads = item_threads(repo_root)
+    if not any("CUDA_VISIBLE_DEVICES" in slot for slot in slots) and (threads or cpu_cores()) * len(slots) > cpu_cores():
         log.warning("No GPU: the items share the CPU cores, each with the threads `dvc repro` would use (so the "
                     "results are the same bytes); that oversubscribes the cores and is usually slower than one at a "
-                    "time (measured 0.30x for 2 on 2 cores: benchmarks/bench_side_by_side.py).")
+                    "time (measured 0.30x for 2 on 2 cores: benchmarks/bench_side_by_side.py); "
+                    "train_b.threads: 1 gives each item one core instead.")
     while not _SLOTS.empty():
         _SLOTS.get_nowait()
     for slot in slots:

@@ -10,8 +10,9 @@ DVC's git hints dropped; bars stay live in a terminal's `dvc repro`). DVC's lock
 repo lock), and killed after its timeout.
 
 With ``--per-device N`` (N > 1), the independent items of a foreach / matrix stage (train_b per seed, retrain per
-arm) run N at a time per device (flows/concurrent_stages.py: each item's command, then `dvc commit` of it); the
-default, 1, runs every stage through `dvc repro`.
+arm) run N at a time per device (flows/concurrent_stages.py: each item's command, then `dvc commit` of it); 1 runs
+every stage through `dvc repro`. The default, auto, is 1 with a GPU and, on the CPU, cores // train_b.threads
+(params.yaml's 1 thread per item: two items side by side on 2 cores), or 1 when train_b.threads is 0.
 
 Ctrl-C (SIGINT) or SIGTERM stops the running stage (its whole process group: DVC and the stage), marks the flow
 run Crashed, stops the temporary Prefect server and exits with 128 + the signal number. Finished stages stay in
@@ -47,7 +48,7 @@ import yaml  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.exceptions import TerminationSignal  # noqa: E402
 
-from flows.concurrent_stages import group_items, run_group  # noqa: E402
+from flows.concurrent_stages import auto_per_device, group_items, run_group  # noqa: E402
 from flows.prefect_server import temporary_prefect_server  # noqa: E402
 from flows.stage_output import StageFailed, run_streamed, stop_all  # noqa: E402
 
@@ -168,12 +169,16 @@ def main(argv=None) -> int:
                          "(default: this checkout)")
     ap.add_argument("--stages", nargs="*", help="stage names from dvc.yaml (default: all, in order)")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="per-stage timeout in seconds")
-    ap.add_argument("--per-device", type=int, default=1, metavar="N",
+    ap.add_argument("--per-device", default="auto", metavar="N",
                     help="run the items of a foreach / matrix stage (train_b, retrain) N at a time per GPU, or N "
-                         "at a time on the CPU (default 1: every stage through `dvc repro`, one at a time)")
+                         "at a time on the CPU; 1: every stage through `dvc repro`, one at a time (default auto: 1 "
+                         "with a GPU; on the CPU, cores // train_b.threads, or 1 when train_b.threads is 0)")
     args = ap.parse_args(argv)
-    if args.per_device < 1:
-        ap.error(f"--per-device {args.per_device}: must be >= 1")
+    if args.per_device == "auto":
+        args.per_device = auto_per_device(args.repo_root)
+    elif not args.per_device.isdigit() or int(args.per_device) < 1:
+        ap.error(f"--per-device {args.per_device}: must be an integer >= 1 or auto")
+    args.per_device = int(args.per_device)
     if args.per_device > 1:  # an item pinned to one GPU cannot train as several data-parallel processes
         params = yaml.safe_load((Path(args.repo_root) / "params.yaml").read_text()) or {}
         processes = (params.get("train_b") or {}).get("processes", 1)

@@ -260,4 +260,4 @@ def test_loop_and_speed_settings_split_a_training_section(section):
     loop, speed = set(tp.loop_settings()), set(tp.speed_settings())
     assert not loop & speed
     assert loop | speed | {"processes"} == set(type(tp).model_fields)
-    assert speed == {"compile_unet", "channels_last", "cpu_bf16"}
+    assert speed == {"compile_unet", "channels_last", "cpu_bf16", "threads"}

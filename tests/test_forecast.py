@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from hopfield_replay.forecast import _losses, forecast, gradient_interference, probe_rise
+from hopfield_replay.measures.noise import fixed_noise
 from hopfield_replay.measures.reconstruction import denoising_energy
 from hopfield_replay.models import DDPMConfig, PixelDDPM, TrainConfig, train_denoiser
 from tests.conftest import ROOT
@@ -57,6 +58,35 @@ def test_gradient_interference_predicts_the_loss_change_of_a_small_step(setup):
     rise = after - before
     np.testing.assert_allclose(lr * got["grad_dot"], rise, rtol=0.05, atol=2e-6)
     assert np.corrcoef(lr * got["grad_dot"], rise)[0, 1] > 0.999
+
+
+def test_the_per_sample_gradients_are_each_samples_own_in_float64(setup):
+    """The vmapped chunks of per-sample gradients (6 samples each, the last one short) give every old sample its own
+    g_k . g_B and |g_k|: against an independent float64 computation, one backward per sample on a float64 copy."""
+    model, old, new = setup
+    assert model.family == "ddpm"  # the vmapped path
+    got = gradient_interference(model, old, np.arange(20), new, np.arange(100, 120), T, seed=1, per_sample_chunk=6)
+    ref = copy.deepcopy(model.unet).double()
+    params = [p for p in ref.parameters() if p.requires_grad]
+    abar = model.scheduler.alphas_cumprod.double()
+
+    def loss(x, ids):  # mean over t of the mean squared noise error, at the fixed noise of the measures
+        total = 0
+        for t in T:
+            eps = torch.cat([fixed_noise([i], t, tuple(x.shape[1:]), 1) for i in ids]).double()
+            x_t = abar[t].sqrt() * x.double() + (1 - abar[t]).sqrt() * eps
+            total = total + ((ref(x_t, torch.full((len(ids),), t)).sample - eps) ** 2).flatten(1).mean(1)
+        return total / len(T)
+
+    g_b = torch.autograd.grad(loss(new, list(range(100, 120))).mean(), params)
+    dot, norm = [], []
+    for k in range(20):
+        g_k = torch.autograd.grad(loss(old[k : k + 1], [k]).sum(), params)
+        dot.append(float(sum((a * b).sum() for a, b in zip(g_k, g_b))))
+        norm.append(float(torch.sqrt(sum((a**2).sum() for a in g_k))))
+    norm_b = float(torch.sqrt(sum((b**2).sum() for b in g_b)))
+    np.testing.assert_allclose(-got["grad_dot"], dot, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(-got["grad_cos"], np.array(dot) / (np.array(norm) * norm_b), rtol=1e-4, atol=1e-7)
 
 
 def test_the_probe_is_a_fine_tune_of_a_copy(setup):

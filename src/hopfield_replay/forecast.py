@@ -11,7 +11,8 @@ L_k is the denoising loss of sample k at the fixed noise of the reconstruction m
 |eps_theta(x_t, t) - eps|^2 (``reconstruction.denoising_energy``). lr * grad_dot is the first-order rise of L_k after
 one SGD step of rate lr on the new data; the probe is that step taken for real, s times, with the fine-tune's own
 optimiser (MIR, Aljundi et al. 2019: replay the samples whose loss a virtual update on the new data raises most).
-The per-sample gradients are exact (one backward per old sample, nothing stored but two numbers).
+The per-sample gradients are exact (a vmapped backward over a chunk of old samples for a pixel-space DDPM, one
+backward per old sample for Stable Diffusion; nothing kept but two numbers per sample).
 
     python -m hopfield_replay.forecast --model DIR --old DATA --new DATA --out forecast.parquet
     forecast_folders("DIR", "OLD_DATA", "NEW_DATA", probe_steps=[80, 400], buffer=250)   # the same, in Python
@@ -58,9 +59,10 @@ def _losses(model: DenoisingModel, x0: torch.Tensor, ids, timesteps: list[int], 
 
 def gradient_interference(model: DenoisingModel, x_old: torch.Tensor, ids_old, x_new: torch.Tensor, ids_new,
                           timesteps: list[int], *, seed: int = 0, labels_old=None, labels_new=None,
-                          chunk: int = 64, progress: bool = False) -> dict[str, np.ndarray]:
-    """grad_dot and grad_cos (module docstring): g_B accumulated over chunks of the new data, then one backward
-    per old sample against it."""
+                          chunk: int = 64, per_sample_chunk: int = 16, progress: bool = False
+                          ) -> dict[str, np.ndarray]:
+    """grad_dot and grad_cos (module docstring): g_B accumulated over chunks of the new data, then each old
+    sample's gradient against it (``per_sample_chunk`` at a time for a pixel-space DDPM, one at a time else)."""
     from tqdm.auto import tqdm
 
     model.eval()
@@ -73,17 +75,60 @@ def gradient_interference(model: DenoisingModel, x_old: torch.Tensor, ids_old, x
         for acc, g in zip(g_b, torch.autograd.grad(loss, params)):
             acc += g
     norm_b = torch.sqrt(sum((g.double() ** 2).sum() for g in g_b))
-    dot, norm = np.empty(x_old.shape[0]), np.empty(x_old.shape[0])
     ids_old = np.asarray(ids_old)
-    for k in tqdm(range(x_old.shape[0]), desc="gradient interference", disable=not progress, mininterval=2.0):
-        loss = _losses(model, x_old[k : k + 1], ids_old[k : k + 1], timesteps, seed,
-                       labels_old[k : k + 1] if labels_old is not None else None).sum()
-        grads = torch.autograd.grad(loss, params)
-        dot[k] = float(sum((g.double() * b.double()).sum() for g, b in zip(grads, g_b)))
-        norm[k] = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+    if model.family == "ddpm":  # a small pixel-space UNet: per-sample gradients of a chunk in one vmapped backward
+        dot, norm = _dots_and_norms_vmapped(model, x_old, ids_old, timesteps, g_b, seed=seed,
+                                            chunk=per_sample_chunk, progress=progress)
+    else:  # a latent UNet (Stable Diffusion): a chunk of per-sample gradients would not fit; one backward each
+        dot, norm = np.empty(x_old.shape[0]), np.empty(x_old.shape[0])
+        for k in tqdm(range(x_old.shape[0]), desc="gradient interference", disable=not progress, mininterval=2.0):
+            loss = _losses(model, x_old[k : k + 1], ids_old[k : k + 1], timesteps, seed,
+                           labels_old[k : k + 1] if labels_old is not None else None).sum()
+            grads = torch.autograd.grad(loss, params)
+            dot[k] = float(sum((g.double() * b.double()).sum() for g, b in zip(grads, g_b)))
+            norm[k] = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
     with np.errstate(divide="ignore", invalid="ignore"):
         cos = np.where(norm * float(norm_b) > 0, dot / (norm * float(norm_b)), 0.0)
     return {"grad_dot": -dot, "grad_cos": -cos}
+
+
+def _dots_and_norms_vmapped(model: DenoisingModel, x_old: torch.Tensor, ids_old: np.ndarray, timesteps: list[int],
+                            g_b: list[torch.Tensor], *, seed: int, chunk: int, progress: bool
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """(g_k . g_B, |g_k|) for every old sample of an unconditional pixel-space model: the per-sample gradients of
+    ``chunk`` samples at once (``torch.func.vmap`` of ``grad`` of L_k, the same loss as ``_losses``), in float64."""
+    import warnings
+
+    from torch.func import functional_call, grad, vmap
+    from tqdm.auto import tqdm
+
+    unet, device, shape = model.unet, model.device, tuple(x_old.shape[1:])
+    params = {name: p.detach() for name, p in unet.named_parameters() if p.requires_grad}
+    g_b = [b.double() for b in g_b]  # the order of unet.parameters(), as trainable_parameters()
+    t = torch.tensor(timesteps, dtype=torch.long, device=device)
+
+    def loss(weights, x_t, noise):  # one sample: x_t and noise (T, C, H, W), one row per timestep
+        pred = functional_call(unet, weights, (x_t, t)).sample
+        return ((pred.float() - noise) ** 2).flatten(1).mean(1).mean()
+
+    per_sample_grads = vmap(grad(loss), in_dims=(None, 0, 0))
+    dot, norm = np.empty(x_old.shape[0]), np.empty(x_old.shape[0])
+    bar = tqdm(total=x_old.shape[0], desc="gradient interference", disable=not progress, mininterval=2.0)
+    for lo in range(0, x_old.shape[0], chunk):
+        ids = ids_old[lo : lo + chunk]
+        noise = torch.stack([fixed_noise(ids, int(s), shape, seed, device=device) for s in timesteps], 1)
+        clean = x_old[lo : lo + chunk].to(device, torch.float32).unsqueeze(1).expand_as(noise)
+        x_t = model.scheduler.add_noise(clean.reshape(-1, *shape), noise.reshape(-1, *shape),
+                                        t.repeat(len(ids))).view_as(noise)
+        with warnings.catch_warnings():  # the attention of the mid block has no batching rule: a slower loop, exact
+            warnings.filterwarnings("ignore", message=".*batching rule.*")
+            grads = per_sample_grads(params, x_t, noise)
+        grads = [g.double().flatten(1) for g in grads.values()]
+        dot[lo : lo + len(ids)] = sum(g @ b.flatten() for g, b in zip(grads, g_b)).cpu().numpy()
+        norm[lo : lo + len(ids)] = torch.sqrt(sum((g**2).sum(1) for g in grads)).cpu().numpy()
+        bar.update(len(ids))
+    bar.close()
+    return dot, norm
 
 
 def probe_rise(model: DenoisingModel, x_old: torch.Tensor, ids_old, x_new: torch.Tensor, timesteps: list[int],

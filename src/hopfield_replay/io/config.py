@@ -126,6 +126,7 @@ class TrainParams(Section):
     compile_unet: bool  # torch.compile of the noise prediction (same method, other rounding)
     channels_last: bool  # channels-last UNet weights and inputs while training (same method, other rounding)
     cpu_bf16: bool  # bf16 autocast of the noise prediction when training on the CPU (same method, other rounding)
+    threads: NonNegInt  # torch CPU threads of a run on the CPU (0: torch's default, every core); other rounding
 
     @model_validator(mode="after")
     def _rules(self):
@@ -148,9 +149,10 @@ class TrainParams(Section):
         return self.model_dump(exclude={"processes", *self.speed_settings()})
 
     def speed_settings(self) -> dict:
-        """How the loop computes (``train_and_save``'s keywords): compilation, layout, CPU bf16; other rounding,
-        same method."""
-        return {"compile_unet": self.compile_unet, "channels_last": self.channels_last, "cpu_bf16": self.cpu_bf16}
+        """How the loop computes (``train_and_save``'s keywords): compilation, layout, CPU bf16, CPU threads; other
+        rounding, same method."""
+        return {"compile_unet": self.compile_unet, "channels_last": self.channels_last, "cpu_bf16": self.cpu_bf16,
+                "threads": self.threads}
 
 
 class TrainAParams(TrainParams):

@@ -342,14 +342,19 @@ def train_and_save(model: DenoisingModel, x0: torch.Tensor, labels: torch.Tensor
                    device: torch.device, out: str | Path, *, desc: str, replay_x0: torch.Tensor | None = None,
                    replay_labels: torch.Tensor | None = None, extra: dict | None = None,
                    checkpoints: CheckpointPolicy | None = None, compile_unet: bool = False,
-                   channels_last: bool = False, cpu_bf16: bool = False, curves=None,
+                   channels_last: bool = False, cpu_bf16: bool = False, threads: int = 0, curves=None,
                    curves_out: str | Path | None = None) -> list[float]:
     """Train (``train_denoiser``), then write the model (``save_pretrained``: the EMA weights when ``ema_decay`` is
     set) and ``train_log.json`` (config, device, losses, ``extra``) to the folder ``out``, atomically; under data
     parallel only the main process writes. With ``checkpoints``, the run saves and resumes its checkpoint, and
     removes it once the model is written. With ``curves`` (``measures.curves.TrainingCurves``) and ``curves_out``,
-    the training curves go to that folder (dvclive), atomically with the model. Returns the per-step losses."""
+    the training curves go to that folder (dvclive), atomically with the model. ``threads`` > 0 on the CPU: torch
+    computes with that many threads (CPU results depend on the count, so it is part of the run's key). Returns the
+    per-step losses."""
     from ..io.tables import atomic_path
+
+    if threads and device.type == "cpu":
+        torch.set_num_threads(threads)
 
     procs = _accelerator().state
     processes = procs.num_processes
@@ -359,6 +364,7 @@ def train_and_save(model: DenoisingModel, x0: torch.Tensor, labels: torch.Tensor
         weights = sorted(trainable_weights(model).items())
         speed_key = [speed] if any(speed.values()) else []
         parallel_key = [{"processes": processes}] if processes > 1 else []
+        parallel_key += [{"threads": threads}] if threads and device.type == "cpu" else []
         curves_key = [curves.key()] if curves is not None else []
         key = run_key(asdict(config), str(device), model.family, x0, labels, replay_x0, replay_labels,
                       [name for name, _ in weights], *(w for _, w in weights), *speed_key, *parallel_key,
@@ -376,6 +382,7 @@ def train_and_save(model: DenoisingModel, x0: torch.Tensor, labels: torch.Tensor
             model.save_pretrained(tmp)
             log = {"config": asdict(config), "device": str(model.device), "n_train": int(x0.shape[0]),
                    "final_loss": final, "losses": losses, **({"processes": processes} if processes > 1 else {}),
+                   **({"threads": threads} if threads and device.type == "cpu" else {}),
                    **{name: True for name, on in speed.items() if on}, **(extra or {})}
             (Path(tmp) / "train_log.json").write_text(json.dumps(log) + "\n")
         if checkpoint is not None:
