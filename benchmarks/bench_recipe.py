@@ -6,6 +6,8 @@
     python benchmarks/bench_recipe.py --task-b 300 600   # then fine-tune the best model A on task B for these steps
     python benchmarks/bench_recipe.py --model-a data/models/task_a --classifier data/models/classifier \
         --task-b 800 1200 --b-recipes cosine-1e-3-ema cosine-2e-3-ema --b-seeds 1 3   # task-B recipes from a saved A
+    python benchmarks/bench_recipe.py --model-a data/models/task_a --classifier data/models/classifier \
+        --task-b 1600 --b-recipes warmup-2e-3-ema --b-seeds 1 2 --batch 32 --no-levers   # another batch size
 
 Each recipe trains model A (the default UNet, task A of the embedded MNIST 5k at 16x16) for every step count (a
 separate run: warmup and decay follow the run's length), samples it with DDIM from the same initial noise, and
@@ -14,7 +16,8 @@ samples (against real held-out task-A images, the floor), the Frechet distance i
 (against the real floor) and whether the run passes the learned rule of params.yaml (``generation``). A second
 table times one training step with channels-last, bf16 autocast and torch.compile against the plain eager step
 (ratios measured in one run). Figures vary by about 20% from run to run on these machines. Training follows
-params.yaml's `cpu_bf16` (model A: train_a's, task B: train_b's); `--channels` swaps in another UNet width.
+params.yaml's `cpu_bf16` (model A: train_a's, task B: train_b's); `--channels` swaps in another UNet width,
+`--batch` another batch size.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ RECIPES = {  # name: the TrainConfig fields that differ from the plain loop
     "warmup-1e-3-ema": dict(lr=1e-3, lr_schedule="constant_with_warmup", lr_warmup_steps=100, ema_decay=0.999),
     "warmup-2e-3-ema": dict(lr=2e-3, lr_schedule="constant_with_warmup", lr_warmup_steps=100, ema_decay=0.999),
     "warmup-2e-3-ema995": dict(lr=2e-3, lr_schedule="constant_with_warmup", lr_warmup_steps=100, ema_decay=0.995),
+    "warmup-2e-3-ema99": dict(lr=2e-3, lr_schedule="constant_with_warmup", lr_warmup_steps=100, ema_decay=0.99),
     "warmup-3e-3-ema995": dict(lr=3e-3, lr_schedule="constant_with_warmup", lr_warmup_steps=100, ema_decay=0.995),
     "warmup-2e-3": dict(lr=2e-3, lr_schedule="constant_with_warmup", lr_warmup_steps=100, ema_decay=None),
 }

@@ -6,9 +6,9 @@ DVC runs one ``dvc repro`` per workspace at a time (its repository lock), so the
 command (the ``cmd`` DVC resolves for it) in a process group of its own, at most ``per_device`` per GPU (each
 pinned with ``CUDA_VISIBLE_DEVICES``) or ``per_device`` on the CPU (with the threads `dvc repro` would use: CPU
 results depend on the thread count; ``train_b.threads: 1`` makes that one thread per item, so that items fill the
-cores side by side: ``auto_per_device``), and as each one finishes, ``dvc commit --force <item>`` records it: DVC hashes its
-dependencies and outputs, caches the outputs and writes its entry in dvc.lock, exactly as ``dvc repro`` would.
-The commits run one at a time (DVC's lock again). Items write their outputs atomically, so a stopped item leaves
+cores side by side: ``auto_per_device``), and as each one finishes, ``dvc commit --force <item>`` records it: DVC
+hashes its dependencies and outputs, caches the outputs and writes its entry in dvc.lock, exactly as ``dvc repro``
+would. The commits run one at a time (DVC's lock again). Items write their outputs atomically, so a stopped item leaves
 nothing for DVC to record, and it runs again next time. Before any item runs, DVC's run-cache is asked first, as
 ``dvc repro`` does: a changed item whose inputs match a recorded run (its lock entry, or any earlier run in the
 run-cache) gets its outputs checked out of the cache and its lock entry written, and is not run.
@@ -160,7 +160,8 @@ def run_group(stage: str, repo_root: str, env: dict, per_device: int, timeout_s:
             return "up to date"  # as `dvc repro` reports a stage it restored: nothing ran
     slots = device_slots(per_device)
     threads = item_threads(repo_root)
-    if not any("CUDA_VISIBLE_DEVICES" in slot for slot in slots) and (threads or cpu_cores()) * len(slots) > cpu_cores():
+    oversubscribed = (threads or cpu_cores()) * len(slots) > cpu_cores()
+    if not any("CUDA_VISIBLE_DEVICES" in slot for slot in slots) and oversubscribed:
         log.warning("No GPU: the items share the CPU cores, each with the threads `dvc repro` would use (so the "
                     "results are the same bytes); that oversubscribes the cores and is usually slower than one at a "
                     "time (measured 0.30x for 2 on 2 cores: benchmarks/bench_side_by_side.py); "

@@ -4,6 +4,7 @@ The whole pipeline side by side on a fresh clone: tests/test_pipeline.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -14,7 +15,8 @@ import pytest
 import torch
 import yaml
 
-from flows.concurrent_stages import device_slots, group_items
+from flows import concurrent_stages
+from flows.concurrent_stages import auto_per_device, device_slots, group_items
 from tests.conftest import run
 
 
@@ -96,6 +98,43 @@ def test_items_side_by_side_give_the_lock_of_dvc_repro(tiny_project, tmp_path):
     assert all(path.is_dir() for path in _outputs(project)) and len(_outputs(project)) == 8
 
 
+@pytest.mark.slow
+def test_one_thread_items_fill_the_cores_by_default_and_give_the_bytes_of_dvc_repro(tiny_project, tmp_path):
+    """train_b.threads: 1 makes the flow's default (--per-device auto) run cores // 1 train_b items at once on the
+    CPU, without the oversubscription warning; `dvc repro` of the same items, one at a time, writes the same
+    dvc.lock byte for byte (each item computes with one thread either way)."""
+    project = tmp_path / "project"
+    shutil.copytree(tiny_project, project, symlinks=True)
+    changed = yaml.safe_load((project / "params.yaml").read_text())
+    changed["train_b"]["threads"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+    slots = auto_per_device(project)
+    out = _flow(project, "--stages", "train_b")
+    assert f"Stage 'train_b': 2 of 2 items to run, {slots} at a time." in out
+    assert "No GPU: the items share the CPU cores" not in out
+    if not torch.cuda.is_available():
+        assert slots == concurrent_stages.cpu_cores()
+        assert most_at_once(out, "train_b") == min(2, slots)
+    logs = [json.loads((project / "data" / "models" / "task_b" / f"seed{s}" / "train_log.json").read_text())
+            for s in (1, 2)]
+    assert all(log.get("threads") == (None if torch.cuda.is_available() else 1) for log in logs)
+    lock = (project / "dvc.lock").read_bytes()
+    run(["dvc", "repro", "--single-item", "--force", "--no-run-cache", "train_b"], project)
+    assert (project / "dvc.lock").read_bytes() == lock
+    assert run(["dvc", "status", "--json", "train_b"], project).stdout.strip() == "{}"
+
+
+def test_the_default_side_by_side_count_follows_the_item_threads(tmp_path, monkeypatch):
+    """auto: one item at a time with a GPU or with train_b.threads 0 (every core each); else cores // threads."""
+    monkeypatch.setattr(concurrent_stages, "cpu_cores", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for threads, expected in [(0, 1), (1, 8), (3, 2), (16, 1)]:
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train_b": {"threads": threads}}))
+        assert auto_per_device(tmp_path) == expected, threads
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert auto_per_device(tmp_path) == 1
+
+
 def test_slots_pin_a_gpu_or_keep_the_cpu_threads(monkeypatch):
     """On the CPU a slot changes nothing in the environment: an item must train with the threads `dvc repro`
     would use (the thread count changes CPU training results in their last bits) to give the same bytes."""
@@ -119,3 +158,14 @@ def test_items_side_by_side_refuse_data_parallel_items(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.endswith("--per-device 2 runs one GPU per item, but train_b.processes is 2: use --per-device 1 "
                         "(data parallel) or train_b.processes: 1 (items side by side)")
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_bad_side_by_side_count_is_one_line_naming_the_option(value, tmp_path, capsys):
+    from flows.pipeline import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--repo-root", str(tmp_path), "--per-device", value])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"--per-device {value}: must be an integer >= 1 or auto")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hopfield_replay.forecast import _losses, forecast, gradient_interference, probe_rise
+from hopfield_replay.forecast import _losses, forecast, gradient_interference, probe_rise, probe_rises
 from hopfield_replay.measures.noise import fixed_noise
 from hopfield_replay.measures.reconstruction import denoising_energy
 from hopfield_replay.models import DDPMConfig, PixelDDPM, TrainConfig, train_denoiser
@@ -100,6 +100,25 @@ def test_the_probe_is_a_fine_tune_of_a_copy(setup):
     ref = (denoising_energy(by_hand, old, np.arange(20), T, seed=4, progress=False).double()
            - denoising_energy(model, old, np.arange(20), T, seed=4, progress=False).double()).numpy()
     np.testing.assert_allclose(rise, ref, rtol=1e-6, atol=1e-9)
+
+
+def test_one_fine_tune_measured_at_each_length_is_one_fine_tune_per_length(setup):
+    """The forecast's probes share one fine-tune, measured as it passes each length: at a constant learning rate
+    without EMA the first s steps of the longer run are the run of s steps, so every rise is the same bytes as a
+    probe of that length alone; a recipe whose steps depend on the run's length is refused."""
+    model, old, new = setup
+    config = TrainConfig(steps=1, batch_size=10, lr=1e-3, seed=2, replay_fraction=0.0)
+    rises, seconds, train_seconds = probe_rises(model, old, np.arange(20), new, T, config, [2, 5], seed=4)
+    assert sorted(rises) == [2, 5] and all(seconds[s] > 0 for s in (2, 5)) and train_seconds > 0
+    for steps in (2, 5):
+        alone = probe_rise(model, old, np.arange(20), new, T, TrainConfig(**{**config.__dict__, "steps": steps}),
+                           seed=4)
+        np.testing.assert_array_equal(rises[steps], alone)
+    table, _ = forecast(model, old, new, timesteps=T, probe=config, probe_steps=[2, 5], knn_k=3, seed=4)
+    np.testing.assert_array_equal(table["probe_5"], rises[5])
+    for changed in ({"ema_decay": 0.9}, {"lr_schedule": "cosine"}):
+        with pytest.raises(ValueError, match="constant learning rate without warmup and no EMA"):
+            probe_rises(model, old, np.arange(20), new, T, TrainConfig(**{**config.__dict__, **changed}), [2])
 
 
 def test_forecast_returns_every_column_and_its_cost(setup):
@@ -246,4 +265,5 @@ def test_the_forecast_benchmark_prints_each_forecast_as_a_share_of_one_fine_tune
     total, ratio = map(float, re.search(r"all forecasts together: ([\d.]+) s; ratio to one train_b run = ([\d.]+)x",
                                         text).groups())
     assert abs(ratio - total / run) <= 0.05 / run * (1 + total / run) + 1e-3  # seconds are printed to 0.1 s
-    assert re.search(r"probe_1 \(1 steps and the losses after\)", text) and "(goal <= 1.0x: " in text
+    assert re.search(r"probe_1 \(1 steps and the losses after, as if alone\)", text) and "(goal <= 1.0x: " in text
+    assert re.search(r"the \d+ probes as one fine-tune of \d+ steps, measured at each length: [\d.]+ s", text)

@@ -42,6 +42,7 @@ from .measures.reconstruction import denoising_energy
 from .models import DenoisingModel, TrainConfig, load_model, train_denoiser
 
 FORECASTS = ("proximity_b", "grad_dot", "grad_cos")  # plus probe_{steps} for every probe length
+PER_SAMPLE_CHUNK = 16  # old samples per vmapped backward: 1.8x the one-at-a-time loop on 2 cores; 16 x 3 gradients
 
 
 def _losses(model: DenoisingModel, x0: torch.Tensor, ids, timesteps: list[int], seed: int,
@@ -59,7 +60,7 @@ def _losses(model: DenoisingModel, x0: torch.Tensor, ids, timesteps: list[int], 
 
 def gradient_interference(model: DenoisingModel, x_old: torch.Tensor, ids_old, x_new: torch.Tensor, ids_new,
                           timesteps: list[int], *, seed: int = 0, labels_old=None, labels_new=None,
-                          chunk: int = 64, per_sample_chunk: int = 16, progress: bool = False
+                          chunk: int = 64, per_sample_chunk: int = PER_SAMPLE_CHUNK, progress: bool = False
                           ) -> dict[str, np.ndarray]:
     """grad_dot and grad_cos (module docstring): g_B accumulated over chunks of the new data, then each old
     sample's gradient against it (``per_sample_chunk`` at a time for a pixel-space DDPM, one at a time else)."""
@@ -147,6 +148,62 @@ def probe_rise(model: DenoisingModel, x_old: torch.Tensor, ids_old, x_new: torch
     return (np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64))
 
 
+def _prefix_of_longer_run(config: TrainConfig) -> bool:
+    """Whether the first s steps of a run of this recipe are the run of s steps: a constant learning rate from the
+    first step and no EMA (warmup, decay and the EMA's warmup depend on where a step is, not on the run's length,
+    but decay depends on the length; the saved weights of a run with EMA are the average, not the weights)."""
+    return config.lr_schedule == "constant" and config.lr_warmup_steps == 0 and config.ema_decay is None
+
+
+class _ProbeSnapshots:
+    """``train_denoiser``'s curves hook, used to measure L_k of the old samples as the fine-tune passes each probe
+    length (its step-0 call, on model A, is skipped: the losses before are given)."""
+
+    def __init__(self, steps: list[int], measure):
+        self.steps, self.measure_losses, self.points, self.losses = {int(s) for s in steps}, measure, [], {}
+        self.started, self.measuring = time.perf_counter(), 0.0
+
+    def due(self, step: int, steps: int) -> bool:
+        return step in self.steps
+
+    @torch.no_grad()
+    def measure(self, step: int, model, train_loss):
+        if step not in self.steps:
+            return None
+        start = time.perf_counter()
+        self.losses[step] = (np.asarray(self.measure_losses(model), dtype=np.float64), start - self.started
+                             - self.measuring)
+        self.measuring += time.perf_counter() - start
+        self.points.append({"step": step})
+        return self.points[-1]
+
+
+def probe_rises(model: DenoisingModel, x_old: torch.Tensor, ids_old, x_new: torch.Tensor, timesteps: list[int],
+                config: TrainConfig, probe_steps: list[int], *, seed: int = 0, labels_old=None, labels_new=None,
+                base_losses: np.ndarray | None = None) -> tuple[dict[int, np.ndarray], dict[int, float], float]:
+    """``probe_rise`` at every length of ``probe_steps`` from one fine-tune of max(probe_steps) steps, measured as
+    it passes each length: the same numbers as one fine-tune per length where the recipe allows it
+    (``_prefix_of_longer_run``; tested). Returns ({s: rise}, {s: seconds a probe of s steps alone would take: its
+    training and its one measurement}, the training's seconds)."""
+    if not _prefix_of_longer_run(config):
+        raise ValueError("probe_rises needs a constant learning rate without warmup and no EMA: one fine-tune per "
+                         "length otherwise (probe_rise)")
+    kw = dict(labels=labels_old, seed=seed, progress=False)
+    before = base_losses if base_losses is not None else denoising_energy(model, x_old, ids_old, timesteps, **kw)
+    before = np.asarray(before, dtype=np.float64)
+    probe = copy.deepcopy(model)
+    snapshots = _ProbeSnapshots(probe_steps, lambda m: denoising_energy(m, x_old, ids_old, timesteps, **kw))
+    run = TrainConfig(**{**config.__dict__, "steps": int(max(probe_steps)), "replay_fraction": 0.0})
+    start = time.perf_counter()
+    train_denoiser(probe, x_new, run, labels=labels_new, device=model.device, progress=False, curves=snapshots)
+    train_seconds = time.perf_counter() - start - snapshots.measuring
+    rises, seconds = {}, {}
+    for s, (after, trained) in snapshots.losses.items():
+        rises[s] = after - before
+        seconds[s] = trained + snapshots.measuring / len(snapshots.losses)
+    return rises, seconds, train_seconds
+
+
 def forecast_cost(n_old: int, n_new: int, n_timesteps: int, probe_steps: list[int], batch_size: int) -> dict:
     """The compute of each forecast in image passes: one forward and backward of one noisy image counts 1, a forward
     alone 1/3 (a backward costs about two forwards). Deterministic, unlike seconds, so it can sit in a table; one
@@ -194,7 +251,17 @@ def forecast(model: DenoisingModel, x_old: torch.Tensor, x_new: torch.Tensor, *,
     start = time.perf_counter()
     base = denoising_energy(model, x_old, ids_old, timesteps, labels=labels_old, seed=seed, progress=False)
     shared = time.perf_counter() - start
-    for steps in probe_steps:
+    if _prefix_of_longer_run(probe) and probe_steps:  # one fine-tune, measured as it passes each probe length
+        rises, seconds, train_seconds = probe_rises(model, x_old, ids_old, x_new, timesteps, probe, probe_steps,
+                                                    seed=seed, labels_old=labels_old, labels_new=labels_new,
+                                                    base_losses=base)
+        for steps in probe_steps:
+            out[f"probe_{steps}"] = rises[int(steps)]
+            cost[f"probe_{steps}"] = seconds[int(steps)] + shared
+        if timing is not None:
+            timing["train_seconds_per_step"] = train_seconds / max(probe_steps)
+        probe_steps = []
+    for steps in probe_steps:  # a schedule or EMA that depends on the run's length: one fine-tune per length
         start = time.perf_counter()
         config = TrainConfig(**{**probe.__dict__, "steps": int(steps), "replay_fraction": 0.0})
         probe_timing = {}
