@@ -143,7 +143,7 @@ def main(argv=None) -> None:
     sync(device)
     per_step = (time.perf_counter() - start) / train_steps
     run = per_step * train_b_steps
-    report(f"one train_b run ({train_b_steps} steps, projected from {train_steps} timed): {run:.1f} s "
+    report(f"one train_b run ({train_b_steps} steps, projected from {train_steps} timed): {run:.2f} s "
            f"({per_step:.3f} s/step)")
 
     ids_old, ids_new = np.arange(len(x_old)), np.arange(len(x_new)) + 2**31

@@ -150,8 +150,8 @@ def probe_rise(model: DenoisingModel, x_old: torch.Tensor, ids_old, x_new: torch
 
 def _prefix_of_longer_run(config: TrainConfig) -> bool:
     """Whether the first s steps of a run of this recipe are the run of s steps: a constant learning rate from the
-    first step and no EMA (warmup, decay and the EMA's warmup depend on where a step is, not on the run's length,
-    but decay depends on the length; the saved weights of a run with EMA are the average, not the weights)."""
+    first step and no EMA (a warmup or decay schedule is laid out over the run's length, and a run with EMA saves
+    the average of its weights, not the weights it has at step s)."""
     return config.lr_schedule == "constant" and config.lr_warmup_steps == 0 and config.ema_decay is None
 
 
