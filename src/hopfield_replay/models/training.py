@@ -353,8 +353,9 @@ def train_and_save(model: DenoisingModel, x0: torch.Tensor, labels: torch.Tensor
     per-step losses."""
     from ..io.tables import atomic_path
 
-    if threads and device.type == "cpu":
-        torch.set_num_threads(threads)
+    cpu_threads = threads if device.type == "cpu" else 0  # a GPU run's results do not depend on the CPU threads
+    if cpu_threads:
+        torch.set_num_threads(cpu_threads)
 
     procs = _accelerator().state
     processes = procs.num_processes
@@ -364,7 +365,7 @@ def train_and_save(model: DenoisingModel, x0: torch.Tensor, labels: torch.Tensor
         weights = sorted(trainable_weights(model).items())
         speed_key = [speed] if any(speed.values()) else []
         parallel_key = [{"processes": processes}] if processes > 1 else []
-        parallel_key += [{"threads": threads}] if threads and device.type == "cpu" else []
+        parallel_key += [{"threads": cpu_threads}] if cpu_threads else []
         curves_key = [curves.key()] if curves is not None else []
         key = run_key(asdict(config), str(device), model.family, x0, labels, replay_x0, replay_labels,
                       [name for name, _ in weights], *(w for _, w in weights), *speed_key, *parallel_key,
@@ -382,7 +383,7 @@ def train_and_save(model: DenoisingModel, x0: torch.Tensor, labels: torch.Tensor
             model.save_pretrained(tmp)
             log = {"config": asdict(config), "device": str(model.device), "n_train": int(x0.shape[0]),
                    "final_loss": final, "losses": losses, **({"processes": processes} if processes > 1 else {}),
-                   **({"threads": threads} if threads and device.type == "cpu" else {}),
+                   **({"threads": cpu_threads} if cpu_threads else {}),
                    **{name: True for name, on in speed.items() if on}, **(extra or {})}
             (Path(tmp) / "train_log.json").write_text(json.dumps(log) + "\n")
         if checkpoint is not None:
