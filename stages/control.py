@@ -33,7 +33,9 @@ def main(cfg, args):
     train_and_save(model, x_a, labels_a, config, device, args.out_model, desc=f"control (task A again) seed {seed}",
                    checkpoints=CheckpointPolicy.from_params(cfg.execution),
                    **{**cfg.train_b.speed_settings(), "threads": 0},  # a plain stage, alone: every core
-                   curves=training_curves(cfg.curves, {"task_a": (x_a, ids_a, labels_a)}), curves_out=args.out_curves)
+                   curves=training_curves(cfg.curves, {"task_a": (x_a, ids_a, labels_a)},
+                                          cpu_bf16=cfg.train_b.cpu_bf16),
+                   curves_out=args.out_curves)
     control = load_model(args.out_model)
     df = measure_forgetting(control, x_a, ids_a, error_a, fp.timesteps, labels=labels_a, seed=fp.noise_seed,
                             space=fp.space, batch_size=fp.batch_size, device=device).assign(seed=seed)

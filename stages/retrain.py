@@ -28,7 +28,8 @@ def main(cfg, args):
     model = load_model(args.model)
     x_a, labels_a, ids_a = load_task(args.x0, args.samples, "A", family=model.family)
     x_b, labels_b, ids_b = load_task(args.x0, args.samples, "B", family=model.family)
-    curves = training_curves(cfg.curves, {"task_b": (x_b, ids_b, labels_b), "task_a": (x_a, ids_a, labels_a)})
+    curves = training_curves(cfg.curves, {"task_b": (x_b, ids_b, labels_b), "task_a": (x_a, ids_a, labels_a)},
+                             cpu_bf16=cfg.train_b.cpu_bf16)
     keep = torch.from_numpy(np.isin(ids_a, buffer["sample_id"].to_numpy()))
     config = TrainConfig(**cfg.train_b.loop_settings(), seed=args.seed,
                          replay_fraction=cfg.retrain.replay_fraction)

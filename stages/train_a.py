@@ -27,7 +27,8 @@ def main(cfg, args):
     config = TrainConfig(**tp.loop_settings(), replay_fraction=0.0)
     train_and_save(model, x0, labels, config, resolve_device(cfg.device), args.out, desc="train_a",
                    checkpoints=CheckpointPolicy.from_params(cfg.execution), **tp.speed_settings(),
-                   curves=training_curves(cfg.curves, {"task_a": (x0, ids, labels)}), curves_out=args.out_curves)
+                   curves=training_curves(cfg.curves, {"task_a": (x0, ids, labels)}, cpu_bf16=tp.cpu_bf16),
+                   curves_out=args.out_curves)
 
 
 if __name__ == "__main__":

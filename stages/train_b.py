@@ -22,7 +22,8 @@ def main(cfg, args):
     model = load_model(args.model)
     x0, labels, ids = load_task(args.x0, args.samples, "B", family=model.family)
     x_a, labels_a, ids_a = load_task(args.x0, args.samples, "A", family=model.family)
-    curves = training_curves(cfg.curves, {"task_b": (x0, ids, labels), "task_a": (x_a, ids_a, labels_a)})
+    curves = training_curves(cfg.curves, {"task_b": (x0, ids, labels), "task_a": (x_a, ids_a, labels_a)},
+                             cpu_bf16=cfg.train_b.cpu_bf16)
     config = TrainConfig(**cfg.train_b.loop_settings(), seed=args.seed, replay_fraction=0.0)
     train_and_save(model, x0, labels, config, resolve_device(cfg.device), args.out, desc=f"train_b seed {args.seed}",
                    checkpoints=CheckpointPolicy.from_params(cfg.execution), **cfg.train_b.speed_settings(),

@@ -81,6 +81,28 @@ def test_a_point_is_the_fp64_denoising_loss_of_the_saved_weights():
         assert curves.points[0][f"eval_{s.name}"] == pytest.approx(_loss64(first, s, T, seed=7), rel=1e-5)
 
 
+def test_a_bf16_run_measures_its_points_in_bf16_near_the_fp64_loss_and_changes_no_weight():
+    """A run that trains in CPU bf16 autocast measures its curve in bf16 too: other rounding than fp32 (so the
+    setting is really used), within bf16's precision of the fp64 loss, and the trained weights are those of the
+    same bf16 run without curves."""
+    x, y = _data()
+    fp32, bf16 = _curves(x, y), replace(_curves(x, y), cpu_bf16=True, points=[])
+    plain = _model()
+    train_denoiser(plain, x, CONFIG, labels=y, progress=False, cpu_bf16=True)
+    model = _model()
+    train_denoiser(model, x, CONFIG, labels=y, progress=False, cpu_bf16=True, curves=bf16)
+    assert torch.equal(_weights(model), _weights(plain))
+    for s in bf16.sets:
+        fp32.measure(10, model, None)
+        exact = _loss64(model, s, T, seed=7)
+        assert bf16.points[-1][f"eval_{s.name}"] == pytest.approx(exact, rel=3e-2)
+        assert fp32.points[-1][f"eval_{s.name}"] == pytest.approx(exact, rel=1e-5)
+        assert bf16.points[-1][f"eval_{s.name}"] != fp32.points[-1][f"eval_{s.name}"]
+    assert bf16.key() != fp32.key()  # a checkpoint of an fp32-curve run does not resume a bf16-curve one
+    params = type("P", (), {"every": 3, "samples": 5, "timesteps": [10], "seed": 1})
+    assert training_curves(params, {"task_a": (x, np.arange(30), y)}, cpu_bf16=True).cpu_bf16
+
+
 def test_a_resumed_run_keeps_its_points(tmp_path):
     x, y = _data()
     reference = _curves(x, y)

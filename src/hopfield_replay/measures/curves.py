@@ -11,7 +11,9 @@ step s: its EMA weights when it keeps an EMA. Every task-A image trains (forgett
 S is a fixed, seeded subset of a task's training images, not a held-out set: the curve says whether the fit still
 improves, not how the model generalises. A task-B run follows both tasks: its own (task B) and task A's curve, the
 course of forgetting during the fine-tune. ``train_loss`` is the mean training loss of the steps since the previous
-point (none at step 0).
+point (none at step 0). A run that trains in bf16 autocast on the CPU (``cpu_bf16``) measures its points in bf16
+autocast too, as every run on CUDA does (``devices.autocast``): about half the cost of an fp32 point, the same
+fixed noise and subsets, other rounding.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..runtime.devices import autocast
 from .reconstruction import denoising_energy
 
 __all__ = ["EvalSet", "TrainingCurves", "eval_subset", "training_curves"]
@@ -58,6 +61,7 @@ class TrainingCurves:
     timesteps: list[int]
     seed: int
     batch_size: int | None = None
+    cpu_bf16: bool = False
     points: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
@@ -70,7 +74,8 @@ class TrainingCurves:
     def key(self) -> dict:
         """What the points depend on besides the run (part of a checkpoint's key: a resumed run keeps its points)."""
         return {"curves": [self.every, [int(t) for t in self.timesteps], self.seed,
-                           [(s.name, [int(i) for i in s.sample_ids]) for s in self.sets]]}
+                           [(s.name, [int(i) for i in s.sample_ids]) for s in self.sets],
+                           *(["cpu_bf16"] if self.cpu_bf16 else [])]}
 
     def due(self, step: int, steps: int) -> bool:
         return step % self.every == 0 or step == steps
@@ -80,8 +85,9 @@ class TrainingCurves:
         """Add the point of ``step``: every set's L_S of ``model`` as it is now (module docstring)."""
         point = {"step": int(step), "train_loss": None if train_loss is None else float(train_loss)}
         for s in self.sets:
-            err = denoising_energy(model, s.x0, s.sample_ids, self.timesteps, labels=s.labels, seed=self.seed,
-                                   batch_size=self.batch_size, device=model.device, progress=False)
+            with autocast(model.device, cpu_bf16=self.cpu_bf16):
+                err = denoising_energy(model, s.x0, s.sample_ids, self.timesteps, labels=s.labels, seed=self.seed,
+                                       batch_size=self.batch_size, device=model.device, progress=False)
             point[f"eval_{s.name}"] = float(err.double().mean())
         self.points.append(point)
         return point
@@ -123,8 +129,11 @@ def write_dvclive_layout(points: list[dict], folder: Path) -> None:
     (folder / "metrics.json").write_text(json.dumps(dict(sorted(summary.items())), indent=4) + "\n")
 
 
-def training_curves(params, tasks: dict[str, tuple]) -> TrainingCurves:
+def training_curves(params, tasks: dict[str, tuple], *, cpu_bf16: bool = False) -> TrainingCurves:
     """The curves of one run from the ``curves`` params (every, samples, timesteps, seed): one evaluation set per
-    entry of ``tasks`` (name -> (x0, sample_ids, labels)), each a fixed subset of ``params.samples`` images."""
-    sets = [eval_subset(name, x0, ids, labels, params.samples, params.seed) for name, (x0, ids, labels) in tasks.items()]
-    return TrainingCurves(sets, every=params.every, timesteps=list(params.timesteps), seed=params.seed)
+    entry of ``tasks`` (name -> (x0, sample_ids, labels)), each a fixed subset of ``params.samples`` images;
+    ``cpu_bf16``: the run's own setting (its points in bf16 autocast on the CPU, as it trains)."""
+    sets = [eval_subset(name, x0, ids, labels, params.samples, params.seed)
+            for name, (x0, ids, labels) in tasks.items()]
+    return TrainingCurves(sets, every=params.every, timesteps=list(params.timesteps), seed=params.seed,
+                          cpu_bf16=cpu_bf16)
