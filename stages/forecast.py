@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from hopfield_replay.energy import knn_distances
-from hopfield_replay.forecast import estimate_seconds, forecast, forecast_cost
+from hopfield_replay.forecast import estimate_seconds, forecast, forecast_cost, probes_share_one_run
 from hopfield_replay.io.tables import check_output, load_task, write_table
 from hopfield_replay.measures.classifier import extract_features
 from hopfield_replay.models import TrainConfig, load_model
@@ -36,7 +36,8 @@ def main(cfg, args):
                             "ema_decay": None}, seed=cfg.seeds[0], replay_fraction=0.0)
     conditional, timing = model.family != "ddpm", {}
     estimate = estimate_seconds(model, x_a, x_b, timesteps=fp.timesteps, probe_steps=steps, batch_size=tb.batch_size,
-                                labels_old=labels_a if conditional else None, seed=fp.noise_seed)
+                                labels_old=labels_a if conditional else None, seed=fp.noise_seed,
+                                shared_probes=probes_share_one_run(recipe))
     print(f"forecast: {len(x_a)} task-A and {len(x_b)} task-B samples, probes of {steps} steps; estimated "
           f"{estimate / 60:.1f} min here", flush=True)
     table, seconds = forecast(model, x_a, x_b, timesteps=fp.timesteps, probe=recipe, probe_steps=steps,

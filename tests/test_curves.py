@@ -212,3 +212,26 @@ def test_a_damaged_curve_file_is_named(tmp_path, damage):
         read_curves(folder)
     with pytest.raises(UserError, match="holds no training curves"):
         read_curves(tmp_path / "nowhere")
+
+
+def test_train_and_save_trains_at_its_thread_count_and_restores_the_callers(tmp_path):
+    """``threads`` is the count the run trains with (its curve points too), and the caller's count comes back
+    after: a notebook that trains one model does not compute everything after it at another count."""
+    from hopfield_replay.models import train_and_save
+
+    seen = []
+
+    class Watched(TrainingCurves):
+        def measure(self, step, model, train_loss):
+            seen.append(torch.get_num_threads())
+            return super().measure(step, model, train_loss)
+
+    x, y = _data()
+    ids = np.arange(len(x))
+    curves = Watched([eval_subset("a", x, ids, y, 8, seed=5)], every=5, timesteps=T, seed=7)
+    before = torch.get_num_threads()
+    threads = 2 if before == 1 else 1
+    train_and_save(_model(), x, y, CONFIG, torch.device("cpu"), tmp_path / "model", desc="t", threads=threads,
+                   curves=curves, curves_out=tmp_path / "curves")
+    assert seen == [threads] * 3 and torch.get_num_threads() == before
+    assert json.loads((tmp_path / "model" / "train_log.json").read_text())["threads"] == threads

@@ -230,16 +230,32 @@ def test_the_command_line_forecasts_for_stable_diffusion_and_refuses_data_a_mode
 
 
 def test_the_time_estimate_counts_every_pass_of_the_forecast(setup, monkeypatch):
-    """estimate_seconds = n_old s_g + n_new T / B s_B + sum_s s s_B + (1 + P) n_old T / B s_B / 3, with s_g and s_B
-    the timed seconds of one old sample's gradient over the t grid and of one batch's at one t (here both 1 s)."""
+    """estimate_seconds = n_old s_g + n_new T / B s_B + S s_B + (1 + P) n_old T / B s_B / 3, with s_B the timed
+    seconds of one batch's backward at one t, s_g an old sample's share of one timed vmapped chunk (a pixel-space
+    DDPM: PER_SAMPLE_CHUNK samples at once, as gradient_interference) or one timed per-sample backward (any other
+    family), and S the probes' steps: the longest when they share one fine-tune, their sum otherwise. Here every
+    timed call takes 1 s."""
     import hopfield_replay.forecast as F
 
     model, old, new = setup
-    clock = iter(range(100))
+    clock = iter(range(1000))
     monkeypatch.setattr(F.time, "perf_counter", lambda: float(next(clock)))  # every timed call takes 1 s
-    seconds = F.estimate_seconds(model, old, new[:10], timesteps=T, probe_steps=[2, 5], batch_size=4)
     n_old, n_new, n_t, b = 20, 10, 3, 4
-    assert seconds == pytest.approx(n_old + n_new * n_t / b + 7 + 3 * n_old * n_t / b / 3)
+    chunk = min(F.PER_SAMPLE_CHUNK, n_old)
+    rest = n_new * n_t / b + 3 * n_old * n_t / b / 3
+    seconds = F.estimate_seconds(model, old, new[:10], timesteps=T, probe_steps=[2, 5], batch_size=4)
+    assert seconds == pytest.approx(n_old / chunk + 5 + rest)  # one fine-tune of 5 steps for both probes
+    separate = F.estimate_seconds(model, old, new[:10], timesteps=T, probe_steps=[2, 5], batch_size=4,
+                                  shared_probes=False)
+    assert separate == pytest.approx(n_old / chunk + 7 + rest)
+    monkeypatch.setattr(model, "family", "sd")  # the per-sample loop of any family but a pixel-space DDPM
+    loop = F.estimate_seconds(model, old, new[:10], timesteps=T, probe_steps=[2, 5], batch_size=4)
+    assert loop == pytest.approx(n_old + 5 + rest)
+    assert F.total_passes(n_old, n_new, n_t, [2, 5], b) == pytest.approx((n_old + n_new) * n_t + 5 * b + 60)
+    assert F.total_passes(n_old, n_new, n_t, [2, 5], b, shared_probes=False) == \
+        pytest.approx((n_old + n_new) * n_t + 7 * b + 60)
+    assert F.probes_share_one_run(TrainConfig(lr=1e-3))  # constant, no warmup, no EMA
+    assert not F.probes_share_one_run(TrainConfig(lr=1e-3, ema_decay=0.9))
 
 
 def test_the_cost_of_a_forecast_is_counted_in_image_passes():

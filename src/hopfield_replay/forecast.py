@@ -148,7 +148,7 @@ def probe_rise(model: DenoisingModel, x_old: torch.Tensor, ids_old, x_new: torch
     return (np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64))
 
 
-def _prefix_of_longer_run(config: TrainConfig) -> bool:
+def probes_share_one_run(config: TrainConfig) -> bool:
     """Whether the first s steps of a run of this recipe are the run of s steps: a constant learning rate from the
     first step and no EMA (a warmup or decay schedule is laid out over the run's length, and a run with EMA saves
     the average of its weights, not the weights it has at step s)."""
@@ -183,9 +183,9 @@ def probe_rises(model: DenoisingModel, x_old: torch.Tensor, ids_old, x_new: torc
                 base_losses: np.ndarray | None = None) -> tuple[dict[int, np.ndarray], dict[int, float], float]:
     """``probe_rise`` at every length of ``probe_steps`` from one fine-tune of max(probe_steps) steps, measured as
     it passes each length: the same numbers as one fine-tune per length where the recipe allows it
-    (``_prefix_of_longer_run``; tested). Returns ({s: rise}, {s: seconds a probe of s steps alone would take: its
+    (``probes_share_one_run``; tested). Returns ({s: rise}, {s: seconds a probe of s steps alone would take: its
     training and its one measurement}, the training's seconds)."""
-    if not _prefix_of_longer_run(config):
+    if not probes_share_one_run(config):
         raise ValueError("probe_rises needs a constant learning rate without warmup and no EMA: one fine-tune per "
                          "length otherwise (probe_rise)")
     kw = dict(labels=labels_old, seed=seed, progress=False)
@@ -218,12 +218,14 @@ def forecast_cost(n_old: int, n_new: int, n_timesteps: int, probe_steps: list[in
     return cost
 
 
-def total_passes(n_old: int, n_new: int, n_timesteps: int, probe_steps: list[int], batch_size: int) -> float:
+def total_passes(n_old: int, n_new: int, n_timesteps: int, probe_steps: list[int], batch_size: int, *,
+                 shared_probes: bool = True) -> float:
     """The image passes of all forecasts together, each shared piece once (``forecast_cost`` counts per column):
-    (n_old + n_new) T for the gradients, s B per probe, and the old losses before (once) and after each probe,
+    (n_old + n_new) T for the gradients, S B for the probes' fine-tuning (S = max_s s when the probes share one
+    fine-tune, ``probes_share_one_run``; sum_s s otherwise), and the old losses before (once) and after each probe,
     (1 + P) n_old T / 3."""
-    return float((n_old + n_new) * n_timesteps + batch_size * sum(probe_steps)
-                 + (1 + len(probe_steps)) * n_old * n_timesteps / 3)
+    steps = max(probe_steps, default=0) if shared_probes else sum(probe_steps)
+    return float((n_old + n_new) * n_timesteps + batch_size * steps + (1 + len(probe_steps)) * n_old * n_timesteps / 3)
 
 
 def forecast(model: DenoisingModel, x_old: torch.Tensor, x_new: torch.Tensor, *, timesteps: list[int],
@@ -251,7 +253,7 @@ def forecast(model: DenoisingModel, x_old: torch.Tensor, x_new: torch.Tensor, *,
     start = time.perf_counter()
     base = denoising_energy(model, x_old, ids_old, timesteps, labels=labels_old, seed=seed, progress=False)
     shared = time.perf_counter() - start
-    if _prefix_of_longer_run(probe) and probe_steps:  # one fine-tune, measured as it passes each probe length
+    if probes_share_one_run(probe) and probe_steps:  # one fine-tune, measured as it passes each probe length
         rises, seconds, train_seconds = probe_rises(model, x_old, ids_old, x_new, timesteps, probe, probe_steps,
                                                     seed=seed, labels_old=labels_old, labels_new=labels_new,
                                                     base_losses=base)
@@ -306,31 +308,44 @@ def _model_space(model: DenoisingModel, folder: str) -> tuple[torch.Tensor, torc
 
 
 def estimate_seconds(model: DenoisingModel, x_old: torch.Tensor, x_new: torch.Tensor, *, timesteps: list[int],
-                     probe_steps: list[int], batch_size: int, labels_old=None, seed: int = 0) -> float:
+                     probe_steps: list[int], batch_size: int, labels_old=None, seed: int = 0,
+                     shared_probes: bool = True) -> float:
     """The seconds ``forecast`` will take here, from two timed primitives (each run twice, the second timed): one
-    old sample's gradient over the t grid (s_g, one step of the per-sample loop) and one forward and backward of a
-    batch of B noisy images (s_B, one training step):
+    old sample's gradient over the t grid (s_g: its share of one vmapped chunk of ``PER_SAMPLE_CHUNK`` samples for
+    a pixel-space DDPM, one backward of the per-sample loop otherwise, as ``gradient_interference`` computes them)
+    and one forward and backward of a batch of B noisy images (s_B, one training step):
 
-        n_old * s_g + (n_new * T / B) * s_B                gradient interference (per-sample loop; g_B in batches)
-        + sum_s s * s_B + (1 + P) (n_old T / B) s_B / 3     the P probes (their steps; the losses before, once, and
-                                                            after each; a forward costs about 1/3)
+        n_old * s_g + (n_new * T / B) * s_B             gradient interference (g_B in batches)
+        + S * s_B + (1 + P) (n_old T / B) s_B / 3        the P probes: S = max_s s when they share one fine-tune
+                                                         (``shared_probes``), sum_s s otherwise; the losses before,
+                                                         once, and after each (a forward costs about 1/3)
     """
     n_old, n_new, n_t = x_old.shape[0], x_new.shape[0], len(timesteps)
     params = [p for p in model.trainable_parameters() if p.requires_grad]
     ids = np.arange(min(batch_size, n_old))
     model.eval()
 
-    def timed(n: int, t: list[int]) -> float:
-        labels = labels_old[:n] if labels_old is not None else None
+    def timed(run) -> float:
         for _ in range(2):
             start = time.perf_counter()
-            torch.autograd.grad(_losses(model, x_old[:n], ids[:n], t, seed, labels).sum(), params)
+            run()
             seconds = time.perf_counter() - start
         return seconds
 
-    per_sample = timed(1, timesteps)
-    batch = timed(len(ids), timesteps[:1]) * batch_size / len(ids)
-    return (n_old * per_sample + n_new * n_t / batch_size * batch + sum(probe_steps) * batch
+    def backward(n: int, t: list[int]):
+        labels = labels_old[:n] if labels_old is not None else None
+        return lambda: torch.autograd.grad(_losses(model, x_old[:n], ids[:n], t, seed, labels).sum(), params)
+
+    if model.family == "ddpm":  # as gradient_interference: one vmapped backward per chunk of old samples
+        n = min(PER_SAMPLE_CHUNK, n_old)
+        zeros = [torch.zeros_like(p) for p in params]
+        per_sample = timed(lambda: _dots_and_norms_vmapped(model, x_old[:n], np.arange(n), timesteps, zeros,
+                                                           seed=seed, chunk=n, progress=False)) / n
+    else:
+        per_sample = timed(backward(1, timesteps))
+    batch = timed(backward(len(ids), timesteps[:1])) * batch_size / len(ids)
+    steps = max(probe_steps, default=0) if shared_probes else sum(probe_steps)
+    return (n_old * per_sample + n_new * n_t / batch_size * batch + steps * batch
             + (1 + len(probe_steps)) * n_old * n_t / batch_size * batch / 3)
 
 
@@ -361,16 +376,19 @@ def forecast_folders(model: str | Path, old: str | Path, new: str | Path, *, tim
                         f"{len(x_old)}")
     x_new, y_new = _model_space(model, new)
     conditional = model.family != "ddpm"
+    probe = TrainConfig(batch_size=batch_size, lr=lr, seed=seed)
+    shared = probes_share_one_run(probe)
     passes = forecast_cost(len(x_old), len(x_new), len(timesteps), probe_steps, batch_size)
     estimate = estimate_seconds(model, x_old, x_new, timesteps=timesteps, probe_steps=probe_steps,
-                                batch_size=batch_size, labels_old=y_old if conditional else None, seed=seed)
-    total = total_passes(len(x_old), len(x_new), len(timesteps), probe_steps, batch_size)
+                                batch_size=batch_size, labels_old=y_old if conditional else None, seed=seed,
+                                shared_probes=shared)
+    total = total_passes(len(x_old), len(x_new), len(timesteps), probe_steps, batch_size, shared_probes=shared)
     share = (f", {total / (fine_tune_steps * batch_size):.2f} x the image passes of the {fine_tune_steps}-step "
              "fine-tune" if fine_tune_steps else "")
     print(f"forecast: {len(x_old)} old and {len(x_new)} new samples on {model.device}; {total:.0f} image passes "
           f"in all{share}; estimated {estimate / 60:.1f} min here", flush=True)
     table, seconds = forecast(model, x_old, x_new, timesteps=timesteps, knn_k=knn, seed=seed,
-                              probe=TrainConfig(batch_size=batch_size, lr=lr, seed=seed), probe_steps=probe_steps,
+                              probe=probe, probe_steps=probe_steps,
                               labels_old=y_old if conditional else None, labels_new=y_new if conditional else None,
                               progress=progress)
     table.insert(0, "label", y_old.numpy().astype(np.int64))

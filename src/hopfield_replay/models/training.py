@@ -338,6 +338,19 @@ def _save_now(accelerator, checkpoint: Checkpoint, step: int) -> bool:
     return bool(broadcast(torch.tensor([int(due)], device=accelerator.device), from_process=0).item())
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch computes with ``n`` CPU threads inside (0: as it is), and with as many as before after."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(before)
+
+
 def train_and_save(model: DenoisingModel, x0: torch.Tensor, labels: torch.Tensor | None, config: TrainConfig,
                    device: torch.device, out: str | Path, *, desc: str, replay_x0: torch.Tensor | None = None,
                    replay_labels: torch.Tensor | None = None, extra: dict | None = None,
@@ -349,13 +362,11 @@ def train_and_save(model: DenoisingModel, x0: torch.Tensor, labels: torch.Tensor
     parallel only the main process writes. With ``checkpoints``, the run saves and resumes its checkpoint, and
     removes it once the model is written. With ``curves`` (``measures.curves.TrainingCurves``) and ``curves_out``,
     the training curves go to that folder (dvclive), atomically with the model. ``threads`` > 0 on the CPU: torch
-    computes with that many threads (CPU results depend on the count, so it is part of the run's key). Returns the
-    per-step losses."""
+    trains with that many threads, and with as many as before after (CPU results depend on the count, so it is part
+    of the run's key). Returns the per-step losses."""
     from ..io.tables import atomic_path
 
     cpu_threads = threads if device.type == "cpu" else 0  # a GPU run's results do not depend on the CPU threads
-    if cpu_threads:
-        torch.set_num_threads(cpu_threads)
 
     procs = _accelerator().state
     processes = procs.num_processes
@@ -371,9 +382,10 @@ def train_and_save(model: DenoisingModel, x0: torch.Tensor, labels: torch.Tensor
                       [name for name, _ in weights], *(w for _, w in weights), *speed_key, *parallel_key,
                       *curves_key)
         checkpoint = Checkpoint(checkpoints, desc, key)
-    losses = train_denoiser(model, x0, config, labels=labels, replay_x0=replay_x0, replay_labels=replay_labels,
-                            device=device, desc=desc, checkpoint=checkpoint, compile_unet=compile_unet,
-                            channels_last=channels_last, cpu_bf16=cpu_bf16, curves=curves)
+    with torch_threads(cpu_threads):
+        losses = train_denoiser(model, x0, config, labels=labels, replay_x0=replay_x0, replay_labels=replay_labels,
+                                device=device, desc=desc, checkpoint=checkpoint, compile_unet=compile_unet,
+                                channels_last=channels_last, cpu_bf16=cpu_bf16, curves=curves)
     final = sum(losses[-50:]) / len(losses[-50:])
     if procs.is_main_process:
         with atomic_path(out, is_dir=True) as tmp, \
