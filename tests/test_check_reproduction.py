@@ -72,6 +72,7 @@ def test_a_rerun_within_the_tolerance_reproduces(committed, capsys):
     assert cli(["--details", str(committed.relative_to(committed.parents[2]))]) == 0
     out = capsys.readouterr().out
     assert "claim1 fails, replay_helps inconclusive (every verdict the same)" in out
+    assert "headline verdicts (claims and design checks): the same" in out
     assert "1 not identical, largest difference 4e-05 at /absolute/predictors[predictor=energy_a]/spearman" in out
     assert out.rstrip().endswith("reproduced") and "NOT" not in out
 
@@ -82,12 +83,16 @@ def test_a_number_beyond_the_tolerance_or_another_verdict_does_not(committed, ca
     assert cli(["--details", rel]) == 1
     out = capsys.readouterr().out
     assert "beyond the tolerance: /absolute/predictors[predictor=pixel_mass]/spearman: 0.2 here, 0.123 there" in out
+    assert "headline verdicts (claims and design checks): the same" in out  # numbers moved, the headline did not
+    assert "(the headline verdicts are the same: a run on another CPU model" in out
     assert cli(["--details", rel, "--tol", "0.1"]) == 0
     capsys.readouterr()
     _rerun(committed, lambda d: d["verdicts"]["claim1"].update(verdict="holds"))
     assert cli(["--details", rel, "--tol", "0.1"]) == 1
     out = capsys.readouterr().out
     assert "verdict differs: /verdicts/claim1/verdict: holds here, fails there" in out and "NOT reproduced" in out
+    assert "headline verdicts (claims and design checks): differ: claim1 holds here, fails there" in out
+    assert "the headline verdicts are the same" not in out
     other = committed.parent / "other.json"  # --against: a file as the reference
     other.write_text(committed.read_text())
     assert cli(["--details", rel, "--against", str(other), "--tol", "0"]) == 0
