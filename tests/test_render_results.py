@@ -79,11 +79,18 @@ def test_render_states_the_verdicts_and_the_numbers_it_is_given():
         splice(readme + BEGIN, "new", name="docs/results.md")
     assert render_answer(details) == (
         "On the last committed `make run` (10 task-A samples, seeds [1, 2]; 95% intervals), claim 1 **inconclusive**: "
-        "whether the task-A energy predicts forgetting beyond the baselines is open (the energy's Spearman with "
-        "relative forgetting minus the best baseline's: -0.500 [-0.700, -0.200]). Claim 2 **fails**: top-energy "
+        "the two forgetting measures disagree: under absolute forgetting whether the task-A energy predicts "
+        "forgetting beyond the baselines is open (the energy's Spearman with absolute forgetting minus the best "
+        "baseline's: +0.123 [-0.050, +0.300]); under relative forgetting the task-A energy does not predict "
+        "forgetting beyond the baselines (the energy's Spearman with relative forgetting minus the best baseline's: "
+        "-0.500 [-0.700, -0.200]). Claim 2 **fails**: top-energy "
         "replay forgets more than random replay at equal budget (relative forgetting under random minus under "
         "top-energy replay: +0.123 [-0.050, +0.300]); no oracle ceiling ran, so whether this run could show a buffer "
         "better than random is unknown.")
+    details["verdicts"]["claim1"]["relative"]["verdict"] = "inconclusive"  # both measures open: one sentence
+    assert ("claim 1 **inconclusive**: whether the task-A energy predicts forgetting beyond the baselines is open (the "
+            "energy's Spearman with relative forgetting minus the best baseline's: -0.500 [-0.700, -0.200]). Claim 2"
+            in render_answer(details))
     details["checks"]["ceiling_wins"]["verdict"] = "inconclusive"
     assert render_answer(details).endswith("the oracle ceiling did not beat random replay, so claim 2 has no "
                                            "demonstrated power in this run.")

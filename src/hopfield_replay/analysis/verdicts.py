@@ -198,19 +198,28 @@ ANSWER = {"claim1": {"holds": "the task-A energy predicts forgetting beyond the 
           "claim2": {"holds": "top-energy replay forgets less than random replay at equal budget",
                      "fails": "top-energy replay forgets more than random replay at equal budget",
                      "inconclusive": "top-energy replay and random replay cannot be told apart at equal budget"}}
-ANSWER_EFFECT = {"claim1": "the energy's Spearman with relative forgetting minus the best baseline's",
-                 "claim2": "relative forgetting under random minus under top-energy replay"}
+ANSWER_EFFECT = {"claim1": "the energy's Spearman with {measure} forgetting minus the best baseline's",
+                 "claim2": "{measure} forgetting under random minus under top-energy replay"}
+
+
+def _answer_part(key: str, verdict: str, measure: str, ci: dict) -> str:
+    return (f"{ANSWER[key][verdict]} ({ANSWER_EFFECT[key].format(measure=measure)}: "
+            f"{format_interval(ci['effect'], ci['lo'], ci['hi'])})")
 
 
 def answer(verdicts: dict, checks: dict) -> str:
-    """The two claims' verdicts in two sentences, each with its effect on relative forgetting, and whether the
-    ceiling showed that the run can detect a buffer better than random. verdicts, checks: combined over the measures
-    (details.json's `verdicts` and `checks`)."""
+    """The two claims' verdicts in two sentences, each with its effect on relative forgetting (an inconclusive
+    claim whose two measures disagree: each measure's verdict with its effect), and whether the ceiling showed that
+    the run can detect a buffer better than random. verdicts, checks: combined over the measures (details.json's
+    `verdicts` and `checks`)."""
     said = {}
     for key in ("claim1", "claim2"):
-        v, rel = verdicts[key]["verdict"], verdicts[key]["relative"]
-        said[key] = (f"**{v}**: {ANSWER[key][v]} ({ANSWER_EFFECT[key]}: "
-                     f"{format_interval(rel['effect'], rel['lo'], rel['hi'])})")
+        v, per = verdicts[key]["verdict"], {m: verdicts[key][m] for m in ("absolute", "relative")}
+        if v == "inconclusive" and per["absolute"]["verdict"] != per["relative"]["verdict"]:
+            said[key] = ("**inconclusive**: the two forgetting measures disagree: " + "; ".join(
+                f"under {m} forgetting " + _answer_part(key, per[m]["verdict"], m, per[m]) for m in per))
+        else:
+            said[key] = f"**{v}**: " + _answer_part(key, v, "relative", per["relative"])
     power = {"holds": "the oracle ceiling beat random replay, so this run can show a buffer better than random",
              "not run": "no oracle ceiling ran, so whether this run could show a buffer better than random is unknown"
              }.get(checks["ceiling_wins"]["verdict"],
