@@ -92,8 +92,8 @@ def test_a_bf16_run_measures_its_points_in_bf16_near_the_fp64_loss_and_changes_n
     model = _model()
     train_denoiser(model, x, CONFIG, labels=y, progress=False, cpu_bf16=True, curves=bf16)
     assert torch.equal(_weights(model), _weights(plain))
+    fp32.measure(10, model, None)  # the same weights, measured in fp32
     for s in bf16.sets:
-        fp32.measure(10, model, None)
         exact = _loss64(model, s, T, seed=7)
         assert bf16.points[-1][f"eval_{s.name}"] == pytest.approx(exact, rel=3e-2)
         assert fp32.points[-1][f"eval_{s.name}"] == pytest.approx(exact, rel=1e-5)
